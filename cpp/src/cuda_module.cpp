@@ -1,0 +1,54 @@
+// The CUDA extension module cmir_trt._cuda: thin pybind11 wrappers over the plain launchers in cuda/.
+// Imported lazily by cmir_trt.cuda, so a machine without a GPU never loads it unless asked.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <stdexcept>
+#include <string>
+
+#include "device.cuh"
+
+namespace py = pybind11;
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "cmir_trt CUDA kernels";
+  m.def("device_count", []() {
+    int n = 0;
+    const cudaError_t err = cmir_device_count(&n);
+    // No driver or no device is an answer (0), not an error, for this query.
+    if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver) {
+      cudaGetLastError();
+      return 0;
+    }
+    check(err, "cudaGetDeviceCount");
+    return n;
+  });
+  m.def("device_properties", [](int device) {
+    std::array<char, 256> name{};
+    int major = 0, minor = 0;
+    size_t mem = 0;
+    check(cmir_device_properties(device, name.data(), static_cast<int>(name.size()), &major, &minor, &mem),
+          "cudaGetDeviceProperties");
+    py::dict d;
+    d["name"] = std::string(name.data());
+    d["compute_capability"] = py::make_tuple(major, minor);
+    d["total_memory"] = mem;
+    return d;
+  });
+  m.def("runtime_version", []() {
+    int v = 0;
+    check(cmir_runtime_version(&v), "cudaRuntimeGetVersion");
+    return v;
+  });
+}

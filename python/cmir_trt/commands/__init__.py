@@ -1,0 +1,1 @@
+"""Subcommands of `cmir-trt`, one module each (see cmir_trt.cli)."""
