@@ -14,3 +14,6 @@ namespace cmir_cuda {
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace cmir_cuda
+
+// Element type of a kernel's tensors (all tensors of one op share it; accumulation is always fp32).
+enum class CmirDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };

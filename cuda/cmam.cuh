@@ -1,0 +1,25 @@
+// CMAM (cross-modality attention, both directions) on the GPU (plain launcher: no torch, no TensorRT types).
+#pragma once
+#include <cstddef>
+
+#include <cuda_runtime.h>
+
+#include "common.cuh"
+
+// Number of elements of one packed weight buffer (see export/plugin_schema.json, CMIRCrossModalAttention):
+// Wq[dim,C], bq[dim], Wk[dim,C], bk[dim], Wv[dim,C], bv[dim], Wo[C,dim], bo[C], ln_gamma[C], ln_beta[C].
+inline size_t cmam_packed_weights_size(int channels, int dim) {
+  const size_t c = static_cast<size_t>(channels), d = static_cast<size_t>(dim);
+  return 4 * d * c + 3 * d + 3 * c;
+}
+
+// Bytes of device scratch the launcher needs (0 allowed; the caller allocates it, e.g. TensorRT's workspace).
+size_t cmam_workspace_size(CmirDType dtype, int batch, int channels, int height, int width, int dim, int heads);
+
+// art, pv, art_out, pv_out: [B, C, H, W] (tokens are the H*W pixels); weights_art / weights_pv: packed buffers of
+// the same dtype. art_out = LN_a(t_a + O_a(MHA(Q_a t_a, K_a t_p, V_a t_p))), pv_out symmetric; softmax scale
+// 1/sqrt(dim/heads). Outputs must not alias inputs. Never allocates; runs on `stream`.
+cudaError_t launch_cmam(cudaStream_t stream, CmirDType dtype, const void* art, const void* pv,
+                        const void* weights_art, const void* weights_pv, void* art_out, void* pv_out,
+                        void* workspace, size_t workspace_bytes, int batch, int channels, int height, int width,
+                        int dim, int heads, float eps);
