@@ -6,6 +6,10 @@
 
 namespace py = pybind11;
 
+namespace cmir {
+void register_kernel_bindings(py::module_& m);  // cpp/src/kernels/bindings.cpp
+}  // namespace cmir
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "cmir_trt native CPU core";
   m.def("build_info", []() {
@@ -21,4 +25,5 @@ PYBIND11_MODULE(_C, m) {
     d["build_type"] = info.build_type;
     return d;
   }, "What this build of cmir_trt contains (CPU, CUDA archs, TensorRT plugins, compilers).");
+  cmir::register_kernel_bindings(m);
 }

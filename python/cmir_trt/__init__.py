@@ -10,7 +10,20 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_info"]
+__all__ = ["Engine", "Prediction", "__version__", "build_info"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the engine facade pulls in the native core, and backends pull in torch/cupy only when used.
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    if name == "Prediction":
+        from .prediction import Prediction
+
+        return Prediction
+    raise AttributeError(f"module 'cmir_trt' has no attribute {name!r}")
 
 
 def build_info() -> dict[str, Any]:
