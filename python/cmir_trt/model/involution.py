@@ -12,7 +12,6 @@ on odd inputs with stride 2.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
