@@ -29,7 +29,7 @@ $(VENV)/.built: $(VENV)/.deps $(NATIVE_SRCS)
 install: $(VENV)/.built
 
 lint: $(VENV)/.deps
-	$(VENV)/bin/ruff check python tests benchmarks export
+	$(VENV)/bin/ruff check $(wildcard python tests benchmarks export)
 
 pytest: install
 	$(VENV)/bin/pytest
