@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common.cuh"
+#include "cuda_bindings/bindings.hpp"
 #include "device.cuh"
 
 namespace py = pybind11;
@@ -51,4 +53,11 @@ PYBIND11_MODULE(_cuda, m) {
     check(cmir_runtime_version(&v), "cudaRuntimeGetVersion");
     return v;
   });
+  // Element types of the launchers (CmirDType), and what this module's kernels were compiled for.
+  m.attr("DTYPE_FLOAT32") = static_cast<int>(CmirDType::kFloat32);
+  m.attr("DTYPE_FLOAT16") = static_cast<int>(CmirDType::kFloat16);
+  m.attr("DTYPE_BFLOAT16") = static_cast<int>(CmirDType::kBFloat16);
+  m.attr("KERNELS") = py::make_tuple("involution", "involution_fused", "cmam");
+  cmir_bindings::register_involution(m);
+  cmir_bindings::register_cmam(m);
 }

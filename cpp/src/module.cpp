@@ -8,6 +8,9 @@ namespace py = pybind11;
 
 namespace cmir {
 void register_kernel_bindings(py::module_& m);  // cpp/src/kernels/bindings.cpp
+#if CMIR_HAS_NATIVE
+void register_engine_bindings(py::module_& m);  // cpp/src/engine_bindings.cpp
+#endif
 }  // namespace cmir
 
 PYBIND11_MODULE(_C, m) {
@@ -23,7 +26,11 @@ PYBIND11_MODULE(_C, m) {
     d["cxx_compiler"] = info.cxx_compiler;
     d["cuda_compiler"] = info.cuda_compiler;
     d["build_type"] = info.build_type;
+    d["native_engine"] = CMIR_HAS_NATIVE != 0;
     return d;
   }, "What this build of cmir_trt contains (CPU, CUDA archs, TensorRT plugins, compilers).");
   cmir::register_kernel_bindings(m);
+#if CMIR_HAS_NATIVE
+  cmir::register_engine_bindings(m);
+#endif
 }

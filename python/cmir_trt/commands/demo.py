@@ -1,37 +1,133 @@
-"""`cmir-trt demo`: the main job on its built-in default."""
+"""`cmir-trt demo`: the whole deployment path on one synthetic case, end to end.
+
+model (models/cmir-demo.pt when present, else a freshly initialised UNTRAINED model) -> plan in a cache folder ->
+one synthetic case (ART/PV/mask NIfTI + clinical CSV) -> `predict` with the native engine -> JSON + heatmaps.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+from typing import Any
 
-HELP = "run CMIR end to end on a built-in example (reference model on a generated input until the engine lands)"
+HELP = "run the native engine end to end on a synthetic case (built-in demo model; research use only)"
+REPO_MODEL = Path(__file__).resolve().parents[3] / "models" / "cmir-demo.pt"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated input")
-    p.add_argument("--variant", default="full", help="model variant (S1, M1, M2, M3, full)")
+    p.add_argument("--model", default=None, help=f"checkpoint or plan (default: {REPO_MODEL.name} if present, else "
+                                                 "an untrained model)")
+    p.add_argument("--out", default="cmir-demo-output", help="output folder (default: ./cmir-demo-output)")
+    p.add_argument("--cache", default=None, help="cache folder for the plan (default: $XDG_CACHE_HOME/cmir_trt)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic case")
+
+
+def _cache_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cmir_trt"
+
+
+def write_synthetic_case(folder: Path, seed: int, schema: Any, case_id: str = "DEMO001") -> None:
+    """One SYNTHETIC case: a bright, slightly lobulated lesion in a noisy liver-like volume (ART, PV on a shifted
+    grid-identical volume, mask) as NIfTI, and a clinical CSV row within the schema's ranges."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ..data import write_image_atomic
+    rng = np.random.default_rng(seed)
+    nz, n = 16, 96
+    zz, yy, xx = np.mgrid[:nz, :n, :n].astype(np.float64)
+    c = np.array([48.0, 46.0]) + rng.uniform(-4, 4, 2)
+    ang = np.arctan2(yy - c[1], xx - c[0])
+    radius = 11 * (1 + 0.12 * np.sin(3 * ang + rng.uniform(0, 6)))
+    r = np.sqrt((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + ((zz - nz / 2) * 2.5) ** 2)
+    mask = (r < radius).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, gain in (("0000", 1.8), ("0001", 1.3)):
+        vol = 120 + 15 * rng.standard_normal((nz, n, n)) + gain * 70 * mask * (1 - 0.3 * (r / radius) ** 2)
+        img = sitk.GetImageFromArray(vol.astype(np.float32))
+        img.SetSpacing((0.8, 0.8, 2.5))
+        write_image_atomic(img, folder / f"{case_id}_{suffix}.nii.gz")
+    m = sitk.GetImageFromArray(mask)
+    m.SetSpacing((0.8, 0.8, 2.5))
+    write_image_atomic(m, folder / f"{case_id}_mask.nii.gz")
+    typical = {"age": 58, "sex": 1, "log10_afp": 2.1, "log10_pivka": 2.4, "hbv": 1, "cirrhosis": 1, "albi": -2.6}
+    cols = list(schema.csv_columns)
+    vals = []
+    for col in cols:
+        lo, hi = schema.ranges[col]
+        v = typical.get(col, (lo + hi) / 2)
+        vals.append(f"{min(max(v, lo), hi):g}")
+    (folder / "clinical.csv").write_text("case_id," + ",".join(cols) + "\n" + case_id + "," + ",".join(vals) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
+    import hashlib
+    import json
 
-    import torch
+    from .. import cli
+    from ..data import ClinicalSchema
+    from ..export.plan import read_plan_metadata
 
-    from ..model import CMIRConfig, build_model, count_parameters
+    cache = _cache_dir(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    src = Path(args.model) if args.model else (REPO_MODEL if REPO_MODEL.is_file() else None)
+    untrained = src is None
+    if src is not None and src.suffix == ".plan":
+        plan = src
+        print(f"model: {src} (plan)")
+    else:
+        import torch
 
-    torch.manual_seed(args.seed)
-    cfg = CMIRConfig(variant=args.variant)
-    model = build_model(cfg).eval()
-    g = torch.Generator().manual_seed(args.seed)
-    art = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=g)
-    pv = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=g)
-    clinical = torch.randn(1, cfg.num_clinical, generator=g)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(art, pv, clinical)
-    dt = time.perf_counter() - t0
-    print(f"CMIR {cfg.variant}: {count_parameters(model):,} parameters (untrained weights, synthetic random input)")
-    print(f"probability (synthetic input, untrained model) = {out.probability.item():.4f}  "
-          f"logit = {out.logit.item():+.4f}  heatmap {tuple(out.heatmap.shape)} in "
-          f"[{out.heatmap.min().item():.3f}, {out.heatmap.max().item():.3f}]  ({dt * 1e3:.0f} ms, PyTorch CPU)")
-    return 0
+        from ..export.plan import export_plan
+        from ..model import CMIRConfig, build_model
+        from ..model.checkpoint import file_sha256
+
+        if untrained:
+            print("model: models/cmir-demo.pt not found -> a freshly initialised, UNTRAINED model "
+                  "(its probabilities mean nothing)")
+            torch.manual_seed(0)
+            model = build_model(CMIRConfig(variant="full", width=0.25)).eval()
+            model.metadata = {"training_data": {"description": "untrained (random initialisation)",  # type: ignore
+                                                "synthetic": False}, "threshold": 0.5}
+            tag = "untrained-full-w0.25-seed0"
+            plan = cache / f"demo-{tag}.plan"
+            if not plan.is_file():
+                export_plan(model, plan, model_id="cmir-demo-untrained")
+        else:
+            assert src is not None
+            sha = file_sha256(src)
+            plan = cache / f"demo-{sha[:16]}.plan"
+            print(f"model: {src} (checkpoint sha256 {sha[:12]}…)")
+            if not plan.is_file():
+                export_plan(str(src), plan)
+        print(f"plan:  {plan}")
+    meta = read_plan_metadata(plan)
+    schema_d = meta.get("clinical_schema")
+    schema = ClinicalSchema.from_dict(schema_d) if isinstance(schema_d, dict) else ClinicalSchema()
+    case_dir = cache / f"demo-case-{args.seed}-{hashlib.sha256(json.dumps(schema_d).encode()).hexdigest()[:8]}"
+    if not (case_dir / "clinical.csv").is_file():
+        write_synthetic_case(case_dir, args.seed, schema)
+    print(f"case:  {case_dir} (one SYNTHETIC case)")
+    argv = ["predict", "--model", str(plan), "--input", str(case_dir), "--out", args.out, "--backend", "native",
+            "--no-progress"]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    rc = cli.main(argv)
+    out = Path(args.out)
+    for js in sorted(out.glob("*.json")):
+        res = json.loads(js.read_text())
+        prob = res["probability"]
+        ptxt = f"{prob:.4f}" if isinstance(prob, float) else ", ".join(f"{p:.4f}" for p in prob)
+        print(f"\n{res['case_id']}: probability {ptxt} -> {res['decision']} (threshold {res['threshold']:g}, "
+              f"model {res['model']}{', UNTRAINED' if untrained else ''}"
+              f"{', trained on SYNTHETIC data' if res.get('synthetic_training_data') and not untrained else ''})")
+        print(f"  JSON:    {js}")
+        print(f"  heatmap: {out / res['heatmap_nifti']}" + (f", {out / res['heatmap_png']}" if 'heatmap_png' in res
+                                                             else ""))
+        print(f"  {res['disclaimer']}")
+    return rc

@@ -1,0 +1,28 @@
+"""Involution on the GPU: ours (plain, fused) vs the PyTorch unfold reference; GB/s and % of measured copy bandwidth.
+
+    python benchmarks/bench_involution.py [--quick] [--out DIR]
+Needs a CUDA GPU. Inputs are synthetic; writes DIR/involution.json and .md when --out is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cmir_trt.gpu.bench import run_gpu_benchmarks, to_markdown
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer shapes and iterations")
+    p.add_argument("--out", default=None, help="folder for involution.json / involution.md")
+    args = p.parse_args()
+    res = run_gpu_benchmarks(args.out, parts=("involution",), quick=args.quick, name="involution")
+    print(to_markdown(res))
+    if res["failures"]:
+        print(json.dumps(res["failures"], indent=2))
+    return 1 if res["failures"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

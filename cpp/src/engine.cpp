@@ -1,0 +1,580 @@
+// Executor of a validated plan. Convolutions and max pooling run through oneDNN (NHWC activations, weights reordered
+// once into the layout oneDNN picks, BN already folded, ReLU/residual fused as post-ops); involution, CMAM and spatial
+// attention run cmir_trt's own kernels (cmir/cpu_kernels.hpp); the small head ops are plain loops here.
+//
+// Memory: every tensor has a per-sample size, so one first-fit plan over tensor lifetimes (in per-sample floats) is
+// scaled by the batch size. An execution context owns the arena, scratch buffers, oneDNN primitives and memory objects
+// for one batch size; contexts are pooled, so a warm engine allocates nothing per call and concurrent calls never share
+// buffers.
+#include "cmir/engine.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+#include <utility>
+
+#include "cmir/cpu_kernels.hpp"
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace cmir {
+namespace {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+constexpr int kMaxBatch = 1 << 16;
+constexpr std::size_t kAlignFloats = 16;  // 64 bytes
+constexpr std::size_t kMaxPooledContexts = 16;
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using FloatBuffer = std::unique_ptr<float[], FreeDeleter>;
+
+FloatBuffer alloc_floats(std::size_t n) {
+  const std::size_t bytes = std::max<std::size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  return FloatBuffer(static_cast<float*>(p));
+}
+
+std::size_t round_up(std::size_t n) { return (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
+
+std::string describe(const Plan& plan, const Op& op) {
+  std::ostringstream os;
+  os << op_name(op.type);
+  const auto& in = plan.tensors[op.inputs[0]];
+  switch (op.type) {
+    case OpType::kConv: {
+      const auto& out = plan.tensors[op.outputs[0]];
+      os << " " << op.ints[0] << "x" << op.ints[0] << " s" << op.ints[1] << " " << in.c << "->" << out.c << " @"
+         << out.h << "x" << out.w << (op.inputs.size() == 2 ? " +res" : "") << (op.ints[3] ? " relu" : "");
+      break;
+    }
+    case OpType::kInvolution:
+      os << " " << op.ints[0] << "x" << op.ints[0] << " s" << op.ints[1] << " C" << in.c << " @" << in.h << "x"
+         << in.w;
+      break;
+    default:
+      os << " " << in.h << "x" << in.w << "x" << in.c;
+  }
+  return os.str();
+}
+
+void check_finite(const float* p, std::size_t n, const char* what) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]))
+      throw std::invalid_argument(std::string(what) + " contains NaN or infinity (element " + std::to_string(i) + ")");
+}
+
+// Bilinear resize with PyTorch's align_corners=False convention (source index clamped at 0).
+void resize_bilinear(const float* x, float* y, int batch, int ih, int iw, int oh, int ow, int c) {
+  const float sh = static_cast<float>(ih) / static_cast<float>(oh);
+  const float sw = static_cast<float>(iw) / static_cast<float>(ow);
+  auto index = [](int d, float scale, int in, int* i0, int* i1, float* l1) {
+    float src = (static_cast<float>(d) + 0.5f) * scale - 0.5f;
+    if (src < 0.f) src = 0.f;
+    int i = static_cast<int>(src);
+    if (i > in - 1) i = in - 1;
+    *i0 = i;
+    *i1 = i + (i < in - 1 ? 1 : 0);
+    *l1 = src - static_cast<float>(i);
+  };
+  for (int b = 0; b < batch; ++b) {
+    const float* xb = x + static_cast<std::size_t>(b) * ih * iw * c;
+    float* yb = y + static_cast<std::size_t>(b) * oh * ow * c;
+    for (int oy = 0; oy < oh; ++oy) {
+      int y0, y1;
+      float ly1;
+      index(oy, sh, ih, &y0, &y1, &ly1);
+      const float ly0 = 1.f - ly1;
+      for (int ox = 0; ox < ow; ++ox) {
+        int x0, x1;
+        float lx1;
+        index(ox, sw, iw, &x0, &x1, &lx1);
+        const float lx0 = 1.f - lx1;
+        float* o = yb + (static_cast<std::size_t>(oy) * ow + ox) * c;
+        const float* p00 = xb + (static_cast<std::size_t>(y0) * iw + x0) * c;
+        const float* p01 = xb + (static_cast<std::size_t>(y0) * iw + x1) * c;
+        const float* p10 = xb + (static_cast<std::size_t>(y1) * iw + x0) * c;
+        const float* p11 = xb + (static_cast<std::size_t>(y1) * iw + x1) * c;
+        for (int k = 0; k < c; ++k)
+          o[k] = ly0 * (lx0 * p00[k] + lx1 * p01[k]) + ly1 * (lx0 * p10[k] + lx1 * p11[k]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  Plan plan;
+  int threads = 1;
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  std::vector<std::size_t> offsets;  // per-sample float offset of every tensor in the arena
+  std::size_t arena_per_sample = 0;
+  std::vector<std::string> labels;
+
+  // Weights reordered to the layout a conv primitive asked for, shared by all contexts (keyed by op and layout).
+  std::mutex weights_mutex;
+  std::map<std::size_t, std::vector<std::pair<memory::desc, memory>>> weights_cache;
+
+  struct Step {
+    dnnl::primitive prim;
+    std::unordered_map<int, memory> args;
+    bool copy_residual = false;
+  };
+  struct Context {
+    int batch = 0;
+    FloatBuffer arena, scratch, kernel_scratch;
+    dnnl::stream stream;
+    std::vector<Step> steps;  // one per op (prim empty for ops run by our own code)
+  };
+  std::mutex pool_mutex;
+  std::deque<std::unique_ptr<Context>> pool;
+
+  void plan_memory() {
+    const auto& P = plan;
+    const std::size_t nt = P.tensors.size();
+    std::vector<long> first(nt, -1), last(nt, -1);
+    for (std::size_t i = 0; i < P.ops.size(); ++i) {
+      for (auto t : P.ops[i].outputs) first[t] = static_cast<long>(i);
+      for (auto t : P.ops[i].inputs) last[t] = static_cast<long>(i);
+    }
+    const long end = static_cast<long>(P.ops.size());
+    for (auto t : {P.logit, P.probability, P.heatmap}) last[t] = end;
+    for (auto t : {P.art, P.pv, P.clinical})
+      if (t != kNoTensor) first[t] = -1;
+    std::vector<std::size_t> order;
+    for (std::size_t t = 0; t < nt; ++t)
+      if (last[t] >= 0 || t == P.art || t == P.pv || t == P.clinical) order.push_back(t);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return P.tensors[a].elems() > P.tensors[b].elems(); });
+    offsets.assign(nt, 0);
+    struct Placed {
+      std::size_t off, size;
+      long first, last;
+    };
+    std::vector<Placed> placed;
+    arena_per_sample = 0;
+    for (auto t : order) {
+      const std::size_t size = round_up(P.tensors[t].elems());
+      const long f = first[t], l = std::max(last[t], first[t]);
+      std::vector<std::pair<std::size_t, std::size_t>> busy;
+      for (const auto& p : placed)
+        if (!(p.last < f || l < p.first)) busy.emplace_back(p.off, p.off + p.size);
+      std::sort(busy.begin(), busy.end());
+      std::size_t off = 0;
+      for (const auto& b : busy) {
+        if (off + size <= b.first) break;
+        off = std::max(off, b.second);
+      }
+      offsets[t] = off;
+      placed.push_back({off, size, f, l});
+      arena_per_sample = std::max(arena_per_sample, off + size);
+    }
+  }
+
+  memory::dims nchw(std::uint32_t t, int batch) const {
+    const auto& d = plan.tensors[t];
+    return {batch, d.c, d.h, d.w};
+  }
+
+  memory reordered_weights(std::size_t op_index, const memory::desc& want) {
+    std::lock_guard<std::mutex> lock(weights_mutex);
+    auto& entries = weights_cache[op_index];
+    for (auto& e : entries)
+      if (e.first == want) return e.second;
+    const Op& op = plan.ops[op_index];
+    const auto& in = plan.tensors[op.inputs[0]];
+    const auto& out = plan.tensors[op.outputs[0]];
+    const int k = op.ints[0];
+    memory::desc user_md({out.c, in.c, k, k}, dt::f32, tag::oihw);
+    memory user(user_md, eng, const_cast<float*>(op.weights[0].data));  // read only: the reorder's source
+    memory dst(want, eng);
+    dnnl::stream s(eng);
+    dnnl::reorder(user, dst).execute(s, user, dst);
+    s.wait();
+    entries.emplace_back(want, dst);
+    return dst;
+  }
+
+  std::unique_ptr<Context> make_context(int batch) {
+    omp_set_num_threads(threads);  // oneDNN sizes its parallel work at primitive creation
+    auto ctx = std::make_unique<Context>();
+    ctx->batch = batch;
+    ctx->stream = dnnl::stream(eng);
+    std::size_t arena_floats = 0;
+    if (arena_per_sample > (static_cast<std::size_t>(1) << 40) / static_cast<std::size_t>(batch))
+      throw std::invalid_argument("batch " + std::to_string(batch) + " needs more memory than allowed");
+    arena_floats = arena_per_sample * static_cast<std::size_t>(batch);
+    ctx->arena = alloc_floats(arena_floats);
+    float* arena = ctx->arena.get();
+    auto ptr = [&](std::uint32_t t) { return arena + offsets[t] * static_cast<std::size_t>(batch); };
+    std::size_t scratch_bytes = 0, kernel_scratch = 0;
+    std::vector<std::pair<std::size_t, memory::desc>> scratch_users;  // step index, scratchpad desc
+    ctx->steps.resize(plan.ops.size());
+    for (std::size_t i = 0; i < plan.ops.size(); ++i) {
+      const Op& op = plan.ops[i];
+      Step& st = ctx->steps[i];
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      if (op.type == OpType::kConv) {
+        const int k = op.ints[0], s = op.ints[1], p = op.ints[2];
+        const auto& out = plan.tensors[op.outputs[0]];
+        memory::desc src_md(nchw(op.inputs[0], batch), dt::f32, tag::nhwc);
+        memory::desc dst_md(nchw(op.outputs[0], batch), dt::f32, tag::nhwc);
+        memory::desc w_any({out.c, plan.tensors[op.inputs[0]].c, k, k}, dt::f32, tag::any);
+        memory::desc b_md({out.c}, dt::f32, tag::a);
+        dnnl::post_ops po;
+        if (op.inputs.size() == 2) po.append_sum(1.0f);
+        if (op.ints[3]) po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        attr.set_post_ops(po);
+        dnnl::convolution_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference,
+                                                     dnnl::algorithm::convolution_direct, src_md, w_any, b_md, dst_md,
+                                                     {s, s}, {p, p}, {p, p}, attr);
+        st.prim = dnnl::convolution_forward(pd);
+        st.args[DNNL_ARG_SRC] = memory(src_md, eng, ptr(op.inputs[0]));
+        st.args[DNNL_ARG_WEIGHTS] = reordered_weights(i, pd.weights_desc());
+        st.args[DNNL_ARG_BIAS] = memory(b_md, eng, const_cast<float*>(op.weights[1].data));
+        st.args[DNNL_ARG_DST] = memory(dst_md, eng, ptr(op.outputs[0]));
+        st.copy_residual = op.inputs.size() == 2;
+        scratch_users.emplace_back(i, pd.scratchpad_desc());
+        scratch_bytes = std::max(scratch_bytes, pd.scratchpad_desc().get_size());
+      } else if (op.type == OpType::kMaxPool) {
+        const int k = op.ints[0], s = op.ints[1], p = op.ints[2];
+        memory::desc src_md(nchw(op.inputs[0], batch), dt::f32, tag::nhwc);
+        memory::desc dst_md(nchw(op.outputs[0], batch), dt::f32, tag::nhwc);
+        dnnl::pooling_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference,
+                                                 dnnl::algorithm::pooling_max, src_md, dst_md, {s, s}, {k, k}, {0, 0},
+                                                 {p, p}, {p, p}, attr);
+        st.prim = dnnl::pooling_forward(pd);
+        st.args[DNNL_ARG_SRC] = memory(src_md, eng, ptr(op.inputs[0]));
+        st.args[DNNL_ARG_DST] = memory(dst_md, eng, ptr(op.outputs[0]));
+        scratch_users.emplace_back(i, pd.scratchpad_desc());
+        scratch_bytes = std::max(scratch_bytes, pd.scratchpad_desc().get_size());
+      } else if (op.type == OpType::kCmam) {
+        const auto& t = plan.tensors[op.inputs[0]];
+        kernel_scratch = std::max(kernel_scratch, cpu::cmam_scratch_floats(batch, t.h * t.w, t.c, op.ints[0],
+                                                                           op.ints[1]));
+      } else if (op.type == OpType::kSpatialAttention) {
+        const auto& t = plan.tensors[op.inputs[0]];
+        kernel_scratch = std::max(kernel_scratch, cpu::spatial_attention_scratch_floats(batch, t.h, t.w));
+      }
+    }
+    ctx->scratch = alloc_floats(scratch_bytes / sizeof(float) + 1);
+    for (const auto& [i, md] : scratch_users)
+      if (md.get_size() > 0) ctx->steps[i].args[DNNL_ARG_SCRATCHPAD] = memory(md, eng, ctx->scratch.get());
+    ctx->kernel_scratch = alloc_floats(kernel_scratch + 1);
+    return ctx;
+  }
+
+  std::unique_ptr<Context> acquire(int batch) {
+    {
+      std::lock_guard<std::mutex> lock(pool_mutex);
+      for (auto it = pool.begin(); it != pool.end(); ++it)
+        if ((*it)->batch == batch) {
+          auto ctx = std::move(*it);
+          pool.erase(it);
+          return ctx;
+        }
+    }
+    return make_context(batch);  // outside the lock: creation takes a while and other batch sizes may proceed
+  }
+
+  void release(std::unique_ptr<Context> ctx) {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    pool.push_front(std::move(ctx));
+    while (pool.size() > kMaxPooledContexts) pool.pop_back();  // least recently used
+  }
+
+  void run_op(Context& ctx, std::size_t i) {
+    const Op& op = plan.ops[i];
+    const int B = ctx.batch;
+    float* arena = ctx.arena.get();
+    auto ptr = [&](std::uint32_t t) { return arena + offsets[t] * static_cast<std::size_t>(B); };
+    auto T = [&](std::uint32_t t) -> const TensorDesc& { return plan.tensors[t]; };
+    switch (op.type) {
+      case OpType::kConv:
+      case OpType::kMaxPool: {
+        Step& st = ctx.steps[i];
+        if (st.copy_residual)
+          std::memcpy(ptr(op.outputs[0]), ptr(op.inputs[1]), T(op.outputs[0]).elems() * B * sizeof(float));
+        st.prim.execute(ctx.stream, st.args);
+        ctx.stream.wait();
+        break;
+      }
+      case OpType::kAvgPoolCeil: {
+        const auto& x = T(op.inputs[0]);
+        const auto& y = T(op.outputs[0]);
+        const int s = op.ints[0], C = x.c;
+        const float* xp = ptr(op.inputs[0]);
+        float* yp = ptr(op.outputs[0]);
+        for (int b = 0; b < B; ++b)
+          for (int oy = 0; oy < y.h; ++oy)
+            for (int ox = 0; ox < y.w; ++ox) {
+              float* o = yp + ((static_cast<std::size_t>(b) * y.h + oy) * y.w + ox) * C;
+              const int y0 = oy * s, y1 = std::min(y0 + s, x.h), x0 = ox * s, x1 = std::min(x0 + s, x.w);
+              for (int c = 0; c < C; ++c) o[c] = 0.f;
+              for (int iy = y0; iy < y1; ++iy)
+                for (int ix = x0; ix < x1; ++ix) {
+                  const float* q = xp + ((static_cast<std::size_t>(b) * x.h + iy) * x.w + ix) * C;
+                  for (int c = 0; c < C; ++c) o[c] += q[c];
+                }
+              const float inv = 1.f / static_cast<float>((y1 - y0) * (x1 - x0));
+              for (int c = 0; c < C; ++c) o[c] *= inv;
+            }
+        break;
+      }
+      case OpType::kInvolution: {
+        const auto& x = T(op.inputs[0]);
+        cpu::Epilogue ep;
+        ep.scale = op.weights[0].data;
+        ep.shift = op.weights[1].data;
+        ep.relu = op.ints[3] != 0;
+        cpu::involution_nhwc_epilogue(ptr(op.inputs[0]), ptr(op.inputs[1]), ptr(op.outputs[0]), B, x.h, x.w, x.c,
+                                      op.ints[0], op.ints[1], op.ints[2], ep, threads);
+        break;
+      }
+      case OpType::kAffine: {
+        const auto& x = T(op.inputs[0]);
+        const float* sc = op.weights[0].data;
+        const float* sh = op.weights[1].data;
+        const float* xp = ptr(op.inputs[0]);
+        float* yp = ptr(op.outputs[0]);
+        const std::size_t pixels = static_cast<std::size_t>(B) * x.h * x.w;
+        for (std::size_t px = 0; px < pixels; ++px)
+          for (int c = 0; c < x.c; ++c) {
+            const float v = xp[px * x.c + c] * sc[c] + sh[c];
+            yp[px * x.c + c] = op.ints[0] && v < 0.f ? 0.f : v;
+          }
+        break;
+      }
+      case OpType::kSpatialAttention: {
+        const auto& x = T(op.inputs[0]);
+        cpu::spatial_attention_nhwc(ptr(op.inputs[0]), ptr(op.inputs[1]), op.weights[0].data, op.weights[1].data[0],
+                                    op.ints[0], ptr(op.outputs[2]), ptr(op.outputs[0]), ptr(op.outputs[1]),
+                                    ctx.kernel_scratch.get(), B, x.h, x.w, x.c, threads);
+        break;
+      }
+      case OpType::kCmam: {
+        const auto& x = T(op.inputs[0]);
+        cpu::cmam(ptr(op.inputs[0]), ptr(op.inputs[1]), op.weights[0].data, op.weights[1].data, ptr(op.outputs[0]),
+                  ptr(op.outputs[1]), ctx.kernel_scratch.get(), B, x.h * x.w, x.c, op.ints[0], op.ints[1],
+                  op.floats[0], threads);
+        break;
+      }
+      case OpType::kGap: {
+        const auto& x = T(op.inputs[0]);
+        const std::size_t hw = static_cast<std::size_t>(x.h) * x.w;
+        const float* xp = ptr(op.inputs[0]);
+        float* yp = ptr(op.outputs[0]);
+        for (int b = 0; b < B; ++b)
+          for (int c = 0; c < x.c; ++c) {
+            double acc = 0;
+            for (std::size_t p = 0; p < hw; ++p) acc += xp[(b * hw + p) * x.c + c];
+            yp[static_cast<std::size_t>(b) * x.c + c] = static_cast<float>(acc / static_cast<double>(hw));
+          }
+        break;
+      }
+      case OpType::kLinear: {
+        const int n_in = T(op.inputs[0]).c, n_out = T(op.outputs[0]).c;
+        const float* W = op.weights[0].data;
+        const float* bias = op.weights[1].data;
+        const float* xp = ptr(op.inputs[0]);
+        float* yp = ptr(op.outputs[0]);
+        for (int b = 0; b < B; ++b)
+          for (int o = 0; o < n_out; ++o) {
+            double acc = bias[o];
+            const float* w = W + static_cast<std::size_t>(o) * n_in;
+            const float* xv = xp + static_cast<std::size_t>(b) * n_in;
+            for (int k = 0; k < n_in; ++k) acc += static_cast<double>(w[k]) * xv[k];
+            const float v = static_cast<float>(acc);
+            yp[static_cast<std::size_t>(b) * n_out + o] = op.ints[0] && v < 0.f ? 0.f : v;
+          }
+        break;
+      }
+      case OpType::kConcat: {
+        const int total = T(op.outputs[0]).c;
+        float* yp = ptr(op.outputs[0]);
+        int at = 0;
+        for (auto t : op.inputs) {
+          const int c = T(t).c;
+          const float* xp = ptr(t);
+          for (int b = 0; b < B; ++b)
+            std::memcpy(yp + static_cast<std::size_t>(b) * total + at, xp + static_cast<std::size_t>(b) * c,
+                        sizeof(float) * c);
+          at += c;
+        }
+        break;
+      }
+      case OpType::kProbability: {
+        const int n = T(op.inputs[0]).c;
+        const float* xp = ptr(op.inputs[0]);
+        float* yp = ptr(op.outputs[0]);
+        for (int b = 0; b < B; ++b) {
+          const float* x = xp + static_cast<std::size_t>(b) * n;
+          float* y = yp + static_cast<std::size_t>(b) * n;
+          if (op.ints[0] == 0) {
+            for (int k = 0; k < n; ++k) y[k] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(x[k]))));
+          } else {
+            double m = x[0], sum = 0;
+            for (int k = 1; k < n; ++k) m = std::max(m, static_cast<double>(x[k]));
+            for (int k = 0; k < n; ++k) sum += std::exp(x[k] - m);
+            for (int k = 0; k < n; ++k) y[k] = static_cast<float>(std::exp(x[k] - m) / sum);
+          }
+        }
+        break;
+      }
+      case OpType::kResizeBilinear: {
+        const auto& x = T(op.inputs[0]);
+        const auto& y = T(op.outputs[0]);
+        resize_bilinear(ptr(op.inputs[0]), ptr(op.outputs[0]), B, x.h, x.w, y.h, y.w, x.c);
+        break;
+      }
+      case OpType::kMean2: {
+        const std::size_t n = T(op.inputs[0]).elems() * B;
+        const float* a = ptr(op.inputs[0]);
+        const float* b = ptr(op.inputs[1]);
+        float* y = ptr(op.outputs[0]);
+        for (std::size_t k = 0; k < n; ++k) y[k] = 0.5f * (a[k] + b[k]);
+        break;
+      }
+      case OpType::kCam: {
+        const int ncls = op.ints[0], nph = op.ints[1];
+        const auto& a = T(op.inputs[0]);
+        const std::size_t hw = static_cast<std::size_t>(a.h) * a.w;
+        const float* logit = ptr(op.inputs[op.inputs.size() - 1]);
+        float* yp = ptr(op.outputs[0]);
+        const float eps = op.floats[0];
+        for (int b = 0; b < B; ++b) {
+          int cls = 0;
+          for (int k = 1; k < ncls; ++k)
+            if (logit[b * ncls + k] > logit[b * ncls + cls]) cls = k;
+          const float* w = op.weights[0].data + static_cast<std::size_t>(cls) * nph * a.c;
+          float* y = yp + b * hw;
+          float peak = 0.f;
+          for (std::size_t p = 0; p < hw; ++p) {
+            double acc = 0;
+            for (int ph = 0; ph < nph; ++ph) {
+              const float* x = ptr(op.inputs[ph]) + (b * hw + p) * a.c;
+              const float* wp = w + static_cast<std::size_t>(ph) * a.c;
+              for (int c = 0; c < a.c; ++c) acc += static_cast<double>(wp[c]) * x[c];
+            }
+            const float v = acc > 0 ? static_cast<float>(acc) : 0.f;
+            y[p] = v;
+            peak = std::max(peak, v);
+          }
+          const float denom = peak + eps;
+          for (std::size_t p = 0; p < hw; ++p) y[p] /= denom;
+        }
+        break;
+      }
+    }
+  }
+};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::load(const std::string& path, int threads) {
+  Plan plan = load_plan_file(path);
+  auto impl = std::make_unique<Impl>();
+  impl->plan = std::move(plan);
+  impl->threads = threads > 0 ? threads : omp_get_num_procs();
+  impl->plan_memory();
+  for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+std::unique_ptr<Engine> Engine::from_bytes(const unsigned char* data, std::size_t size, int threads) {
+  auto impl = std::make_unique<Impl>();
+  impl->plan = parse_plan(data, size);
+  impl->threads = threads > 0 ? threads : omp_get_num_procs();
+  impl->plan_memory();
+  for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+const InputSpec& Engine::spec() const { return impl_->plan.spec; }
+const std::string& Engine::metadata_json() const { return impl_->plan.metadata_json; }
+int Engine::threads() const { return impl_->threads; }
+std::size_t Engine::num_ops() const { return impl_->plan.ops.size(); }
+
+void Engine::predict(const float* art, const float* pv, const float* clinical, int batch, float* logit,
+                     float* probability, float* heatmap, std::vector<OpTiming>* profile) {
+  Impl& m = *impl_;
+  const InputSpec& sp = m.plan.spec;
+  if (batch < 1 || batch > kMaxBatch) throw std::invalid_argument("batch size must be in [1, 65536], got " +
+                                                                  std::to_string(batch));
+  if (art == nullptr) throw std::invalid_argument("art input is missing");
+  if (sp.two_phase && pv == nullptr) throw std::invalid_argument("pv input is missing (two-phase model)");
+  if (sp.num_clinical > 0 && clinical == nullptr) throw std::invalid_argument("clinical input is missing");
+  if (logit == nullptr || probability == nullptr || heatmap == nullptr)
+    throw std::invalid_argument("an output buffer is missing");
+  const std::size_t S = static_cast<std::size_t>(sp.image_size), C = static_cast<std::size_t>(sp.in_channels);
+  const std::size_t image = C * S * S;
+  check_finite(art, image * batch, "art");
+  if (sp.two_phase) check_finite(pv, image * batch, "pv");
+  if (sp.num_clinical > 0) check_finite(clinical, static_cast<std::size_t>(sp.num_clinical) * batch, "clinical");
+
+  omp_set_num_threads(m.threads);
+  std::unique_ptr<Impl::Context> ctx;
+  try {
+    ctx = m.acquire(batch);
+  } catch (const dnnl::error& e) {
+    throw std::runtime_error(std::string("oneDNN could not set up batch ") + std::to_string(batch) + ": " + e.what());
+  }
+  float* arena = ctx->arena.get();
+  auto ptr = [&](std::uint32_t t) { return arena + m.offsets[t] * static_cast<std::size_t>(batch); };
+  // NCHW user inputs -> NHWC arena tensors.
+  auto to_nhwc = [&](const float* src, float* dst) {
+    for (int b = 0; b < batch; ++b)
+      for (std::size_t c = 0; c < C; ++c)
+        for (std::size_t p = 0; p < S * S; ++p) dst[(b * S * S + p) * C + c] = src[(b * C + c) * S * S + p];
+  };
+  to_nhwc(art, ptr(m.plan.art));
+  if (sp.two_phase) to_nhwc(pv, ptr(m.plan.pv));
+  if (sp.num_clinical > 0)
+    std::memcpy(ptr(m.plan.clinical), clinical, sizeof(float) * static_cast<std::size_t>(sp.num_clinical) * batch);
+
+  if (profile != nullptr && profile->size() != m.plan.ops.size()) {
+    profile->clear();
+    for (const auto& l : m.labels) profile->push_back(OpTiming{l, 0.0});
+  }
+  try {
+    for (std::size_t i = 0; i < m.plan.ops.size(); ++i) {
+      if (profile != nullptr) {
+        const auto t0 = std::chrono::steady_clock::now();
+        m.run_op(*ctx, i);
+        (*profile)[i].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      } else {
+        m.run_op(*ctx, i);
+      }
+    }
+  } catch (const dnnl::error& e) {
+    m.release(std::move(ctx));
+    throw std::runtime_error(std::string("oneDNN error: ") + e.what());
+  } catch (...) {
+    m.release(std::move(ctx));
+    throw;
+  }
+  const std::size_t ncls = static_cast<std::size_t>(sp.num_classes);
+  std::memcpy(logit, ptr(m.plan.logit), sizeof(float) * ncls * batch);
+  std::memcpy(probability, ptr(m.plan.probability), sizeof(float) * ncls * batch);
+  std::memcpy(heatmap, ptr(m.plan.heatmap), sizeof(float) * S * S * batch);
+  m.release(std::move(ctx));
+}
+
+}  // namespace cmir

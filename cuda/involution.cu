@@ -1,0 +1,403 @@
+// Involution forward on the GPU: aggregation (plain, with a BN/ReLU epilogue) and fused generation + aggregation.
+// Design (see cuda/README.md): one block = one (image, group, channel chunk, output tile); the K*K weights of each
+// output pixel live in registers for the whole group (loaded once, reused by every channel of the group); each channel's
+// input tile plus its (K-1)/2 halo is staged in shared memory once and read K*K times from there. All arithmetic fp32.
+#include <algorithm>
+#include <cstdint>
+
+#include "dtype.cuh"
+#include "involution.cuh"
+
+namespace {
+
+using cmir_cuda::ceil_div;
+using cmir_cuda::from_f32;
+using cmir_cuda::ldg_f32;
+
+constexpr int kMaxThreads = 256;
+constexpr int kMaxTileW = 32;
+constexpr int kMaxTileH = 64;
+constexpr size_t kSmemLimit = 48 * 1024;  // default dynamic shared memory without opt-in
+
+struct InvGeom {
+  int B, C, H, W, Ho, Wo, K, stride, gc, G;
+  int tile_h, tile_w, tiles_w, tiles;  // output tile and the number of tiles per image
+  int in_h, in_w;                      // haloed input tile
+  int slices;                          // channels processed side by side in one block
+  int cchunks, chunk_ch;               // channel chunks per group (split over blocks) and channels per chunk
+  const float* scale;                  // epilogue (nullable)
+  const float* shift;
+  int relu;
+};
+
+template <typename T>
+__device__ __forceinline__ T epilogue(float acc, const InvGeom& g, int c) {
+  if (g.scale != nullptr) acc *= __ldg(g.scale + c);
+  if (g.shift != nullptr) acc += __ldg(g.shift + c);
+  if (g.relu) acc = fmaxf(acc, 0.f);
+  return from_f32<T>(acc);
+}
+
+// Stage one channel's haloed input tile (zero outside the image) into shared memory as fp32.
+template <typename T>
+__device__ __forceinline__ void load_tile(float* xs, const T* __restrict__ xc, const InvGeom& g, int ih0, int iw0,
+                                          int first, int step) {
+  const int n = g.in_h * g.in_w;
+  for (int i = first; i < n; i += step) {
+    const int r = i / g.in_w;
+    const int q = i - r * g.in_w;
+    const int ih = ih0 + r, iw = iw0 + q;
+    xs[i] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? ldg_f32(xc + static_cast<size_t>(ih) * g.W + iw) : 0.f;
+  }
+}
+
+// KS > 0: kernel size known at compile time, the pixel's K*K weights in registers. KS == 0: any odd K, weights
+// re-read from global memory (L1-resident) for each channel.
+template <typename T, int KS>
+__global__ void __launch_bounds__(kMaxThreads) involution_fwd(const T* __restrict__ x, const T* __restrict__ wk,
+                                                             T* __restrict__ y, InvGeom g) {
+  extern __shared__ float smem[];
+  const int K = KS > 0 ? KS : g.K;
+  const int KK = K * K;
+  int bid = blockIdx.x;
+  const int tile = bid % g.tiles;
+  bid /= g.tiles;
+  const int chunk = bid % g.cchunks;
+  bid /= g.cchunks;
+  const int grp = bid % g.G;
+  const int n = bid / g.G;
+
+  const int tile_px = g.tile_h * g.tile_w;
+  const int pix = threadIdx.x % tile_px;
+  const int slice = threadIdx.x / tile_px;
+  const int ty = pix / g.tile_w, tx = pix - (pix / g.tile_w) * g.tile_w;
+  const int oh0 = (tile / g.tiles_w) * g.tile_h, ow0 = (tile % g.tiles_w) * g.tile_w;
+  const int oh = oh0 + ty, ow = ow0 + tx;
+  const bool active = oh < g.Ho && ow < g.Wo;
+  const int pad = (K - 1) / 2;
+  const int ih0 = oh0 * g.stride - pad, iw0 = ow0 * g.stride - pad;
+  const size_t out_hw = static_cast<size_t>(g.Ho) * g.Wo;
+  const size_t in_hw = static_cast<size_t>(g.H) * g.W;
+  const T* wbase = wk + (static_cast<size_t>(n) * g.G + grp) * KK * out_hw +
+                   (active ? static_cast<size_t>(oh) * g.Wo + ow : 0);
+
+  float wreg[KS > 0 ? KS * KS : 1];
+  if constexpr (KS > 0) {
+#pragma unroll
+    for (int k = 0; k < KS * KS; ++k) wreg[k] = active ? ldg_f32(wbase + k * out_hw) : 0.f;
+  }
+
+  float* xs = smem + static_cast<size_t>(slice) * g.in_h * g.in_w;
+  const int c_begin = grp * g.gc + chunk * g.chunk_ch;
+  // Every thread runs the same number of iterations, so the barriers are uniform.
+  for (int c0 = 0; c0 < g.chunk_ch; c0 += g.slices) {
+    const int cl = c0 + slice;
+    const bool has_c = cl < g.chunk_ch;
+    const int c = c_begin + cl;
+    const size_t chan = static_cast<size_t>(n) * g.C + c;
+    if (c0 > 0) __syncthreads();  // the previous channel's tile is no longer read
+    if (has_c) load_tile(xs, x + chan * in_hw, g, ih0, iw0, pix, tile_px);
+    __syncthreads();
+    if (has_c && active) {
+      const float* xp = xs + ty * g.stride * g.in_w + tx * g.stride;
+      float acc = 0.f;
+      if constexpr (KS > 0) {
+#pragma unroll
+        for (int kh = 0; kh < KS; ++kh) {
+#pragma unroll
+          for (int kw = 0; kw < KS; ++kw) acc = fmaf(wreg[kh * KS + kw], xp[kh * g.in_w + kw], acc);
+        }
+      } else {
+        for (int kh = 0; kh < K; ++kh) {
+          for (int kw = 0; kw < K; ++kw) {
+            acc = fmaf(ldg_f32(wbase + (kh * K + kw) * out_hw), xp[kh * g.in_w + kw], acc);
+          }
+        }
+      }
+      y[chan * out_hw + static_cast<size_t>(oh) * g.Wo + ow] = epilogue<T>(acc, g, c);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- fused generation + aggregation
+constexpr int kFusedMaxPx = 64;   // pixels (= threads) per block of the fused kernel
+constexpr int kHiddenBlock = 8;   // hidden units accumulated in registers at a time
+
+struct FusedArgs {
+  const float* w1;
+  const float* b1;
+  const float* w2;
+  const float* b2;
+  int hidden;
+  int gchunks, groups_per_block;
+};
+
+template <typename T>
+__device__ __forceinline__ float pooled(const T* __restrict__ xc, const InvGeom& g, int oh, int ow) {
+  if (g.stride == 1) return ldg_f32(xc + static_cast<size_t>(oh) * g.W + ow);
+  const int h0 = oh * g.stride, w0 = ow * g.stride;
+  const int h1 = min(h0 + g.stride, g.H), w1 = min(w0 + g.stride, g.W);
+  float s = 0.f;
+  for (int h = h0; h < h1; ++h) {
+    for (int w = w0; w < w1; ++w) s += ldg_f32(xc + static_cast<size_t>(h) * g.W + w);
+  }
+  return s / static_cast<float>((h1 - h0) * (w1 - w0));  // ceil mode: mean of the valid pixels
+}
+
+template <typename T, int KS>
+__global__ void __launch_bounds__(kFusedMaxPx) involution_fused_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                                                   InvGeom g, FusedArgs f) {
+  extern __shared__ float smem[];
+  constexpr int KK = KS * KS;
+  int bid = blockIdx.x;
+  const int tile = bid % g.tiles;
+  bid /= g.tiles;
+  const int gchunk = bid % f.gchunks;
+  const int n = bid / f.gchunks;
+
+  const int tile_px = g.tile_h * g.tile_w;
+  const int pix = threadIdx.x;
+  const int ty = pix / g.tile_w, tx = pix - (pix / g.tile_w) * g.tile_w;
+  const int oh0 = (tile / g.tiles_w) * g.tile_h, ow0 = (tile % g.tiles_w) * g.tile_w;
+  const int oh = oh0 + ty, ow = ow0 + tx;
+  const bool active = pix < tile_px && oh < g.Ho && ow < g.Wo;
+  const int pad = (KS - 1) / 2;
+  const int ih0 = oh0 * g.stride - pad, iw0 = ow0 * g.stride - pad;
+  const size_t out_hw = static_cast<size_t>(g.Ho) * g.Wo;
+  const size_t in_hw = static_cast<size_t>(g.H) * g.W;
+  const T* xn = x + static_cast<size_t>(n) * g.C * in_hw;
+
+  float* hid = smem;                              // [hidden][kFusedMaxPx]
+  float* xs = smem + static_cast<size_t>(f.hidden) * kFusedMaxPx;  // [in_h][in_w]
+
+  // 1) hidden = relu(w1 . pool(x) + b1) for this pixel, kHiddenBlock units at a time (w1 reads are warp-uniform).
+  for (int j0 = 0; j0 < f.hidden; j0 += kHiddenBlock) {
+    float acc[kHiddenBlock];
+#pragma unroll
+    for (int jj = 0; jj < kHiddenBlock; ++jj) acc[jj] = (j0 + jj < f.hidden) ? __ldg(f.b1 + j0 + jj) : 0.f;
+    if (active) {
+      for (int c = 0; c < g.C; ++c) {
+        const float v = pooled(xn + c * in_hw, g, oh, ow);
+#pragma unroll
+        for (int jj = 0; jj < kHiddenBlock; ++jj) {
+          if (j0 + jj < f.hidden) acc[jj] = fmaf(__ldg(f.w1 + static_cast<size_t>(j0 + jj) * g.C + c), v, acc[jj]);
+        }
+      }
+    }
+#pragma unroll
+    for (int jj = 0; jj < kHiddenBlock; ++jj) {
+      if (j0 + jj < f.hidden) hid[(j0 + jj) * kFusedMaxPx + pix] = fmaxf(acc[jj], 0.f);
+    }
+  }
+  // hid is per-thread (column pix), so no barrier is needed before reading it back.
+
+  for (int gi = 0; gi < f.groups_per_block; ++gi) {
+    const int grp = gchunk * f.groups_per_block + gi;
+    // 2) the pixel's K*K weights of this group, in registers.
+    float wreg[KK];
+#pragma unroll
+    for (int k = 0; k < KK; ++k) {
+      const int row = grp * KK + k;
+      float a = __ldg(f.b2 + row);
+      if (active) {
+        const float* w2r = f.w2 + static_cast<size_t>(row) * f.hidden;
+        for (int j = 0; j < f.hidden; ++j) a = fmaf(__ldg(w2r + j), hid[j * kFusedMaxPx + pix], a);
+      }
+      wreg[k] = a;
+    }
+    // 3) aggregation over the group's channels, input tile staged in shared memory.
+    for (int cl = 0; cl < g.gc; ++cl) {
+      const int c = grp * g.gc + cl;
+      __syncthreads();
+      load_tile(xs, xn + c * in_hw, g, ih0, iw0, pix, blockDim.x);
+      __syncthreads();
+      if (active) {
+        const float* xp = xs + ty * g.stride * g.in_w + tx * g.stride;
+        float acc = 0.f;
+#pragma unroll
+        for (int kh = 0; kh < KS; ++kh) {
+#pragma unroll
+          for (int kw = 0; kw < KS; ++kw) acc = fmaf(wreg[kh * KS + kw], xp[kh * g.in_w + kw], acc);
+        }
+        y[(static_cast<size_t>(n) * g.C + c) * out_hw + static_cast<size_t>(oh) * g.Wo + ow] =
+            epilogue<T>(acc, g, c);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- host side
+cudaError_t check_common(CmirDType dtype, const void* x, const void* y, int batch, int channels, int height,
+                         int width, int kernel_size, int stride, int group_channels) {
+  if (!cmir_cuda::valid_dtype(dtype) || x == nullptr || y == nullptr) return cudaErrorInvalidValue;
+  if (batch < 1 || channels < 1 || height < 1 || width < 1 || group_channels < 1) return cudaErrorInvalidValue;
+  if (channels % group_channels != 0) return cudaErrorInvalidValue;
+  if (kernel_size < 1 || kernel_size > 15 || kernel_size % 2 == 0) return cudaErrorInvalidValue;
+  if (stride < 1 || stride > 4) return cudaErrorInvalidValue;
+  // Element offsets are size_t; the per-image plane and the grid must fit 32-bit ints.
+  if (static_cast<int64_t>(height) * width > (int64_t{1} << 30)) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+// Output tile of at most max_px pixels that covers Ho x Wo with little waste (tiles of near-equal size).
+void plan_tile(InvGeom& g, int max_px) {
+  const int tw_max = std::min(kMaxTileW, max_px);
+  const int ntw = ceil_div(g.Wo, tw_max);
+  g.tile_w = ceil_div(g.Wo, ntw);
+  const int th_max = std::max(1, std::min(kMaxTileH, max_px / g.tile_w));
+  const int nth = ceil_div(g.Ho, th_max);
+  g.tile_h = ceil_div(g.Ho, nth);
+  g.tiles_w = ntw;
+  g.tiles = ntw * nth;
+  g.in_h = (g.tile_h - 1) * g.stride + g.K;
+  g.in_w = (g.tile_w - 1) * g.stride + g.K;
+}
+
+InvGeom make_geom(int batch, int channels, int height, int width, int kernel_size, int stride, int group_channels,
+                  const float* scale, const float* shift, int relu) {
+  InvGeom g{};
+  g.B = batch;
+  g.C = channels;
+  g.H = height;
+  g.W = width;
+  g.K = kernel_size;
+  g.stride = stride;
+  g.gc = group_channels;
+  g.G = channels / group_channels;
+  g.Ho = ceil_div(height, stride);
+  g.Wo = ceil_div(width, stride);
+  g.scale = scale;
+  g.shift = shift;
+  g.relu = relu != 0 ? 1 : 0;
+  return g;
+}
+
+template <typename T>
+cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel, void* y, InvGeom g) {
+  plan_tile(g, kMaxThreads);
+  const int tile_px = g.tile_h * g.tile_w;
+  const size_t tile_bytes = static_cast<size_t>(g.in_h) * g.in_w * sizeof(float);
+  if (tile_bytes > kSmemLimit) return cudaErrorInvalidValue;  // only for K=15 with stride 4 and huge tiles
+  // Channels side by side: the largest divisor of group_channels that fits the thread and shared-memory budget
+  // (small maps, e.g. 7x7 at the last stage, would otherwise leave most of the block idle).
+  g.slices = 1;
+  for (int s = g.gc; s >= 1; --s) {
+    if (g.gc % s == 0 && s * tile_px <= kMaxThreads && s * tile_bytes <= kSmemLimit) {
+      g.slices = s;
+      break;
+    }
+  }
+  // Split a group's channels over blocks only when there are too few blocks to fill the GPU (batch 1): each split
+  // re-reads the pixel's K*K weights, so use the fewest splits that give about two blocks per SM.
+  int sms = 0;
+  CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
+  const int64_t base = static_cast<int64_t>(g.B) * g.G * g.tiles;
+  const int per_group_iters = g.gc / g.slices;
+  g.cchunks = 1;
+  for (int d = 1; d <= per_group_iters; ++d) {
+    if (per_group_iters % d != 0) continue;
+    g.cchunks = d;
+    if (base * d >= 2 * static_cast<int64_t>(sms)) break;
+  }
+  g.chunk_ch = g.gc / g.cchunks;
+  const int64_t blocks = base * g.cchunks;
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const dim3 block(static_cast<unsigned>(tile_px * g.slices));
+  const size_t smem = static_cast<size_t>(g.slices) * tile_bytes;
+  const T* xt = static_cast<const T*>(x);
+  const T* kt = static_cast<const T*>(kernel);
+  T* yt = static_cast<T*>(y);
+  switch (g.K) {
+    case 3: involution_fwd<T, 3><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
+    case 5: involution_fwd<T, 5><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
+    case 7: involution_fwd<T, 7><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
+    default: involution_fwd<T, 0><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_fused_typed(cudaStream_t stream, const void* x, void* y, InvGeom g, FusedArgs f) {
+  plan_tile(g, kFusedMaxPx);
+  const size_t smem = (static_cast<size_t>(f.hidden) * kFusedMaxPx + static_cast<size_t>(g.in_h) * g.in_w) *
+                      sizeof(float);
+  constexpr size_t kFusedSmemMax = 96 * 1024;
+  if (smem > kFusedSmemMax) return cudaErrorInvalidValue;
+  int sms = 0;
+  CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
+  // Groups split over blocks when the batch is small (each split recomputes the hidden layer of its pixels).
+  const int64_t base = static_cast<int64_t>(g.B) * g.tiles;
+  f.gchunks = 1;
+  for (int d = 1; d <= g.G; ++d) {
+    if (g.G % d != 0) continue;
+    f.gchunks = d;
+    if (base * d >= 2 * static_cast<int64_t>(sms)) break;
+  }
+  f.groups_per_block = g.G / f.gchunks;
+  const int64_t blocks = base * f.gchunks;
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  g.slices = 1;
+  g.cchunks = 1;
+  g.chunk_ch = g.gc;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const dim3 block(kFusedMaxPx);
+  const T* xt = static_cast<const T*>(x);
+  T* yt = static_cast<T*>(y);
+  auto run = [&](auto kernel_fn) -> cudaError_t {
+    if (smem > kSmemLimit) {
+      CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+    }
+    kernel_fn<<<grid, block, smem, stream>>>(xt, yt, g, f);
+    return cudaGetLastError();
+  };
+  switch (g.K) {
+    case 1: return run(involution_fused_fwd<T, 1>);
+    case 3: return run(involution_fused_fwd<T, 3>);
+    case 5: return run(involution_fused_fwd<T, 5>);
+    case 7: return run(involution_fused_fwd<T, 7>);
+    default: return cudaErrorNotSupported;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_involution_epilogue(cudaStream_t stream, CmirDType dtype, const void* x, const void* kernel,
+                                       void* y, int batch, int channels, int height, int width, int kernel_size,
+                                       int stride, int group_channels, const float* scale, const float* shift,
+                                       int relu) {
+  CMIR_CUDA_TRY(check_common(dtype, x, y, batch, channels, height, width, kernel_size, stride, group_channels));
+  if (kernel == nullptr) return cudaErrorInvalidValue;
+  const InvGeom g = make_geom(batch, channels, height, width, kernel_size, stride, group_channels, scale, shift, relu);
+  switch (dtype) {
+    case CmirDType::kFloat32: return launch_typed<float>(stream, x, kernel, y, g);
+    case CmirDType::kFloat16: return launch_typed<__half>(stream, x, kernel, y, g);
+    case CmirDType::kBFloat16: return launch_typed<__nv_bfloat16>(stream, x, kernel, y, g);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_involution(cudaStream_t stream, CmirDType dtype, const void* x, const void* kernel, void* y,
+                              int batch, int channels, int height, int width, int kernel_size, int stride,
+                              int group_channels) {
+  return launch_involution_epilogue(stream, dtype, x, kernel, y, batch, channels, height, width, kernel_size, stride,
+                                    group_channels, nullptr, nullptr, 0);
+}
+
+cudaError_t launch_involution_fused(cudaStream_t stream, CmirDType dtype, const void* x, const float* w1,
+                                    const float* b1, const float* w2, const float* b2, void* y, int batch,
+                                    int channels, int height, int width, int kernel_size, int stride,
+                                    int group_channels, int hidden, const float* scale, const float* shift,
+                                    int relu) {
+  CMIR_CUDA_TRY(check_common(dtype, x, y, batch, channels, height, width, kernel_size, stride, group_channels));
+  if (w1 == nullptr || b1 == nullptr || w2 == nullptr || b2 == nullptr || hidden < 1) return cudaErrorInvalidValue;
+  const InvGeom g = make_geom(batch, channels, height, width, kernel_size, stride, group_channels, scale, shift, relu);
+  FusedArgs f{w1, b1, w2, b2, hidden, 1, 1};
+  switch (dtype) {
+    case CmirDType::kFloat32: return launch_fused_typed<float>(stream, x, y, g, f);
+    case CmirDType::kFloat16: return launch_fused_typed<__half>(stream, x, y, g, f);
+    case CmirDType::kBFloat16: return launch_fused_typed<__nv_bfloat16>(stream, x, y, g, f);
+  }
+  return cudaErrorInvalidValue;
+}

@@ -1,0 +1,334 @@
+"""TorchCudaBackend: the CMIR reference model on the GPU with cmir_trt's CUDA kernels and CUDA graphs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..prediction import Prediction
+from . import PRECISIONS, require_cuda
+
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _torch_dtype(precision: str) -> Any:
+    import torch
+
+    return getattr(torch, _TORCH_DTYPES[precision])
+
+
+class _ReferenceOps:
+    """cmir_trt.ops' signatures over the float64 references (cast back to the input dtype): lets the model rewrite
+    be checked end to end on a machine without a GPU."""
+
+    @staticmethod
+    def involution(x: Any, kernel: Any, *args: Any) -> Any:
+        from ..ops.reference import involution_ref
+
+        return involution_ref(x, kernel, *args).to(x.dtype)
+
+    @staticmethod
+    def involution_fused(x: Any, *args: Any) -> Any:
+        from ..ops.reference import involution_fused_ref
+
+        return involution_fused_ref(x, *args).to(x.dtype)
+
+    @staticmethod
+    def cmam(art: Any, pv: Any, *args: Any) -> tuple[Any, Any]:
+        from ..ops.reference import cmam_ref
+
+        a, p = cmam_ref(art, pv, *args)
+        return a.to(art.dtype), p.to(pv.dtype)
+
+
+def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
+    """nn.Module replacements, defined lazily so that importing this file needs no torch."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from .. import ops as cuda_ops
+    from ..ops import fold_generator, pack_cmam_module
+
+    if impl not in ("cuda", "reference"):
+        raise ValueError(f"impl must be 'cuda' or 'reference', got {impl!r}")
+    ops: Any = cuda_ops if impl == "cuda" else _ReferenceOps
+
+    class CudaInvolution(nn.Module):
+        """Involution2d [+ BN + ReLU] with the BN folded into the kernel's epilogue. Parameters are plain
+        attributes (not buffers) so that model.to(dtype) leaves the fp32 ones fp32."""
+
+        def __init__(self, inv: nn.Module, bn: nn.Module | None, relu: bool, fused: bool, device: Any,
+                     dtype: Any) -> None:
+            super().__init__()
+            gen = fold_generator(inv)
+            self.k = gen["kernel_size"]
+            self.stride = gen["stride"]
+            self.gc = gen["group_channels"]
+            self.groups = inv.groups
+            self.fused = fused
+            self.relu = relu
+            f32 = {"device": device, "dtype": torch.float32}
+            self.w1_f32 = gen["w1"].to(**f32)
+            self.b1_f32 = gen["b1"].to(**f32)
+            self.w2_f32 = gen["w2"].to(**f32)
+            self.b2_f32 = gen["b2"].to(**f32)
+            # The separate generation runs in the model's dtype through cuDNN/cuBLAS.
+            self.w1 = gen["w1"][:, :, None, None].to(device=device, dtype=dtype)
+            self.b1 = gen["b1"].to(device=device, dtype=dtype)
+            self.w2 = gen["w2"][:, :, None, None].to(device=device, dtype=dtype)
+            self.b2 = gen["b2"].to(device=device, dtype=dtype)
+            self.scale = self.shift = None
+            if bn is not None:
+                with torch.no_grad():
+                    inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
+                    s = bn.weight.double() * inv_std
+                    self.scale = s.to(**f32).contiguous()
+                    self.shift = (bn.bias.double() - bn.running_mean.double() * s).to(**f32).contiguous()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.contiguous()
+            if self.fused:
+                return ops.involution_fused(x, self.w1_f32, self.b1_f32, self.w2_f32, self.b2_f32, self.k,
+                                            self.stride, self.gc, self.scale, self.shift, self.relu)
+            t = x if self.stride == 1 else F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+            wgt = F.conv2d(F.relu(F.conv2d(t, self.w1, self.b1)), self.w2, self.b2)
+            b, _, h, w = wgt.shape
+            kernel = wgt.view(b, self.groups, self.k, self.k, h, w)
+            return ops.involution(x, kernel, self.k, self.stride, self.scale, self.shift, self.relu)
+
+    class CudaCMAM(nn.Module):
+        def __init__(self, cmam: nn.Module, device: Any, dtype: Any) -> None:
+            super().__init__()
+            wa, wp = pack_cmam_module(cmam)
+            self.wa = wa.to(device=device, dtype=dtype)
+            self.wp = wp.to(device=device, dtype=dtype)
+            self.heads = cmam.art_from_pv.heads
+            self.dim = cmam.art_from_pv.dim
+            eps = {float(cmam.norm_art.eps), float(cmam.norm_pv.eps)}
+            if len(eps) != 1:
+                raise ValueError(f"the CUDA CMAM kernel takes one LayerNorm eps, the model has {sorted(eps)}")
+            self.eps = eps.pop()
+
+        def forward(self, art: torch.Tensor, pv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return ops.cmam(art.contiguous(), pv.contiguous(), self.wa, self.wp, self.heads, self.dim, self.eps)
+
+    return {"CudaInvolution": CudaInvolution, "CudaCMAM": CudaCMAM}
+
+
+def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fused_involution: bool = False,
+                  impl: str = "cuda") -> Any:
+    """A copy of a CMIR model for the GPU: conv+BN folded, involution blocks and CMAM on cmir_trt's kernels, moved
+    to `device` in `precision`. The input model is not modified. impl="reference" puts the float64 reference ops in
+    place of the CUDA kernels (any device; for checking the rewrite without a GPU)."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from ..model.cmam import CMAM
+    from ..model.involution import Involution2d
+
+    dtype = _torch_dtype(precision)
+    wrappers = _build_wrappers(impl)
+    m = copy.deepcopy(model).eval().float().cpu()
+
+    def rewrite(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            kids = list(child.children()) if isinstance(child, nn.Sequential) else []
+            if kids and isinstance(kids[0], Involution2d):
+                bn = kids[1] if len(kids) > 1 and isinstance(kids[1], nn.BatchNorm2d) else None
+                relu = bn is not None and len(kids) > 2 and isinstance(kids[2], nn.ReLU)
+                used = 1 + (bn is not None) + relu
+                new = wrappers["CudaInvolution"](kids[0], bn, relu, fused_involution, device, dtype)
+                setattr(parent, name, nn.Sequential(new, *kids[used:]) if used < len(kids) else new)
+            elif isinstance(child, Involution2d):
+                setattr(parent, name, wrappers["CudaInvolution"](child, None, False, fused_involution, device, dtype))
+            elif isinstance(child, CMAM):
+                setattr(parent, name, wrappers["CudaCMAM"](child, device, dtype))
+            elif (kids and isinstance(kids[0], nn.Conv2d) and len(kids) > 1
+                  and isinstance(kids[1], nn.BatchNorm2d)):
+                fused = fuse_conv_bn_eval(kids[0], kids[1])
+                setattr(parent, name, nn.Sequential(fused, *kids[2:]))
+            else:
+                rewrite(child)
+
+    with torch.no_grad():
+        rewrite(m)
+    return m.to(device=device, dtype=dtype)
+
+
+class TorchCudaBackend:
+    """CMIR on one CUDA GPU with cmir_trt's kernels.
+
+    path_or_model: a checkpoint path (``load_checkpoint``) or a CMIR module (copied, not modified).
+    precision: fp32 | fp16 | bf16 (activations and weights; kernels accumulate in fp32; outputs are float32).
+    cuda_graph: capture one CUDA graph per batch size on first use and replay it (static shapes).
+    fused_involution: use the single-kernel generation+aggregation instead of cuDNN generation + our aggregation.
+    allow_tf32: let cuDNN run fp32 convolutions in TF32 (PyTorch's default, faster, ~1e-3 relative error per conv).
+        Off by default so that fp32 reproduces the CPU reference; the setting is applied around this backend's own
+        runs (and graph captures) only and restored afterwards.
+    """
+
+    def __init__(self, path_or_model: Any, precision: str = "fp32", cuda_graph: bool = True, device: int = 0,
+                 fused_involution: bool = False, allow_tf32: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+            raise ValueError(f"device must be a CUDA device index (int >= 0), got {device!r}")
+        require_cuda(device)
+        import torch
+
+        from ..model.checkpoint import load_checkpoint
+
+        if isinstance(path_or_model, (str, os.PathLike)):
+            model = load_checkpoint(Path(path_or_model))
+            source = str(path_or_model)
+        elif isinstance(path_or_model, torch.nn.Module):
+            model = path_or_model
+            source = type(path_or_model).__name__
+        else:
+            raise TypeError(f"path_or_model must be a checkpoint path or a CMIR module, got {type(path_or_model)}")
+        self.config = model.config
+        self.precision = precision
+        self.cuda_graph = bool(cuda_graph)
+        self.fused_involution = bool(fused_involution)
+        self.allow_tf32 = bool(allow_tf32)
+        self.device = torch.device("cuda", device)
+        self.dtype = _torch_dtype(precision)
+        self.model = prepare_model(model, precision, self.device, self.fused_involution)
+        self._graphs: dict[int, tuple[Any, tuple[Any, Any, Any], Any]] = {}
+        props = torch.cuda.get_device_properties(self.device)
+        self.metadata: dict[str, Any] = dict(getattr(model, "metadata", {}) or {})
+        self.metadata.update({
+            "backend": "torch-cuda", "precision": precision, "cuda_graph": self.cuda_graph,
+            "fused_involution": self.fused_involution, "allow_tf32": self.allow_tf32, "device_name": props.name,
+            "source": source,
+            "checkpoint_sha256": getattr(model, "checkpoint_sha256", None), "config": self.config.to_dict(),
+        })
+
+    # ------------------------------------------------------------------ inputs
+    def _as_device_tensor(self, a: Any, name: str, shape_tail: tuple[int, ...]) -> Any:
+        import torch
+
+        if isinstance(a, np.ndarray):
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+            a32 = np.ascontiguousarray(a, dtype=np.float32)
+            if not np.isfinite(a32).all():
+                raise ValueError(f"{name} contains NaN or infinite values")
+            t = torch.from_numpy(a32)
+        elif isinstance(a, torch.Tensor):
+            t = a
+        elif hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__"):
+            t = torch.from_dlpack(a)  # cupy & co: zero copy on the device
+        else:
+            raise TypeError(f"{name} must be a numpy array, torch tensor or cupy array, got {type(a).__name__}")
+        if t.dim() != 1 + len(shape_tail) or tuple(t.shape[1:]) != shape_tail or t.shape[0] < 1:
+            raise ValueError(f"{name} must have shape [B, {', '.join(map(str, shape_tail))}], got {tuple(t.shape)}")
+        if t.is_complex():
+            raise TypeError(f"{name} must be real-valued, got {t.dtype}")
+        return t.to(device=self.device, dtype=self.dtype, non_blocking=True).contiguous()
+
+    def _inputs(self, art: Any, pv: Any, clinical: Any) -> tuple[Any, Any, Any]:
+        import torch
+
+        cfg = self.config
+        img = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        a = self._as_device_tensor(art, "art", img)
+        if pv is None and not cfg.two_phase:
+            p = a  # single-phase variant (S1): the model ignores pv
+        else:
+            if pv is None:
+                raise ValueError(f"pv is required by the two-phase variant {cfg.variant!r}")
+            p = self._as_device_tensor(pv, "pv", img)
+        b = a.shape[0]
+        if p.shape[0] != b:
+            raise ValueError(f"art and pv batch sizes differ: {a.shape[0]} vs {p.shape[0]}")
+        if clinical is None and cfg.num_clinical == 0:
+            c = torch.zeros((b, 0), device=self.device, dtype=self.dtype)
+        else:
+            if clinical is None:
+                raise ValueError(f"clinical [B, {cfg.num_clinical}] is required by this model")
+            c = self._as_device_tensor(clinical, "clinical", (cfg.num_clinical,))
+            if c.shape[0] != b:
+                raise ValueError(f"clinical batch size {c.shape[0]} differs from the images' {b}")
+        # One device-side check for the three (a sync, but cheap next to the model; NaN must never pass silently).
+        if not bool(torch.isfinite(a).all() & torch.isfinite(p).all() & torch.isfinite(c).all()):
+            raise ValueError("inputs contain NaN or infinite values (or values out of range for "
+                             f"{self.precision})")
+        return a, p, c
+
+    # ------------------------------------------------------------------ run
+    @contextlib.contextmanager
+    def _tf32(self) -> Iterator[None]:
+        import torch
+
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = self.allow_tf32
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = old
+
+    def _eager(self, a: Any, p: Any, c: Any) -> Any:
+        import torch
+
+        with torch.inference_mode(), self._tf32():
+            return self.model(a, p, c)
+
+    def _graph_run(self, a: Any, p: Any, c: Any) -> Any:
+        import torch
+
+        b = a.shape[0]
+        entry = self._graphs.get(b)
+        if entry is None:
+            static = (a.clone(), p.clone(), c.clone())
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.inference_mode(), self._tf32():
+                for _ in range(2):  # warm-up outside capture (cuDNN/cuBLAS handles, allocator)
+                    self.model(*static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), self._tf32(), torch.cuda.graph(graph):
+                out = self.model(*static)
+            entry = (graph, static, out)
+            self._graphs[b] = entry
+        graph, static, out = entry
+        with torch.inference_mode():
+            static[0].copy_(a)
+            static[1].copy_(p)
+            static[2].copy_(c)
+            graph.replay()
+        return out
+
+    def forward_device(self, art: Any, pv: Any, clinical: Any, check_finite: bool = True) -> Any:
+        """Model outputs as CUDA tensors in the backend's precision (CMIROutput); for benchmarks and chaining.
+        With CUDA graphs, the returned tensors are overwritten by the next call of the same batch size.
+        check_finite=False skips the NaN/inf check of device inputs (a host sync); benchmarks use it."""
+        import torch
+
+        with torch.cuda.device(self.device):
+            if check_finite:
+                a, p, c = self._inputs(art, pv, clinical)
+            else:
+                a, p, c = (t.contiguous() for t in (art, pv, clinical))
+            return self._graph_run(a, p, c) if self.cuda_graph else self._eager(a, p, c)
+
+    def predict(self, art: Any, pv: Any = None, clinical: Any = None) -> Prediction:
+        """Prediction(probability, logit, heatmap) as float32 numpy arrays."""
+        out = self.forward_device(art, pv, clinical)
+        logit = out.logit.float().cpu().numpy()
+        prob = out.probability.float().cpu().numpy()
+        heat = out.heatmap.float().cpu().numpy()
+        return Prediction(probability=prob, logit=logit, heatmap=heat)
+
+    def __repr__(self) -> str:
+        return (f"TorchCudaBackend(variant={self.config.variant!r}, precision={self.precision!r}, "
+                f"cuda_graph={self.cuda_graph}, device={self.device})")

@@ -1,0 +1,23 @@
+"""GPU ops of cmir_trt over the CUDA kernels in cuda/: torch tensors (as torch custom ops ``torch.ops.cmir_trt.*``)
+or cupy arrays, no copies, on the caller's current stream.
+
+- ``involution(x, kernel, kernel_size, stride=1, scale=None, shift=None, relu=False)``
+- ``involution_fused(x, w1, b1, w2, b2, kernel_size, stride=1, group_channels=16, ...)`` and ``fold_generator``
+- ``cmam(art, pv, weights_art, weights_pv, heads, dim=None, eps=1e-5)`` and ``pack_cmam_module``
+
+Importing this package needs neither torch nor cupy; the first call with a torch tensor registers the custom ops
+(``register_torch_ops()`` does it explicitly, e.g. before torch.compile).
+"""
+
+from __future__ import annotations
+
+from .cmam import cmam, pack_cmam_module, pack_cmam_weights, packed_weights_size
+from .involution import fold_generator, involution, involution_fused, output_size
+
+__all__ = ["cmam", "fold_generator", "involution", "involution_fused", "output_size", "pack_cmam_module",
+           "pack_cmam_weights", "packed_weights_size", "register_torch_ops"]
+
+
+def register_torch_ops() -> None:
+    """Register torch.ops.cmir_trt.{involution, involution_fused, cmam} (imports torch)."""
+    from . import _torch_ops  # noqa: F401

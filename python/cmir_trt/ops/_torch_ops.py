@@ -1,0 +1,144 @@
+"""torch custom ops over the CUDA launchers: ``torch.ops.cmir_trt.involution``, ``.involution_fused``, ``.cmam``.
+
+Registered with torch.library (CUDA implementation + fake implementation), so eager code, torch.compile (the fake
+impl gives output shapes) and CUDA graph capture (no host sync, outputs from the caching allocator) all see one op.
+Imported only when a torch tensor reaches cmir_trt.ops (it imports torch).
+"""
+
+# No `from __future__ import annotations` and Optional[...] rather than `X | None`: torch.library infers the op
+# schema from the annotation objects, and Optional is the form every torch version since 2.4 understands.
+# ruff: noqa: UP045
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._arrays import DTYPE_CODES, describe
+from .cmam import check_cmam_args
+from .involution import check_fused_args, check_involution_args, output_size
+
+_mod = None
+
+
+def _cuda_module():  # noqa: ANN202 - the compiled extension
+    global _mod
+    if _mod is None:
+        from .._native import load_cuda
+
+        _mod = load_cuda()
+    return _mod
+
+
+def _stream(t: Tensor) -> int:
+    return int(torch.cuda.current_stream(t.device).cuda_stream)
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else int(t.data_ptr())
+
+
+def _dtype_code(t: Tensor) -> int:
+    return DTYPE_CODES[str(t.dtype).replace("torch.", "")]
+
+
+@torch.library.custom_op("cmir_trt::involution", mutates_args=(), device_types="cuda")
+def _involution_op(x: Tensor, kernel: Tensor, kernel_size: int, stride: int, scale: Optional[Tensor],
+                   shift: Optional[Tensor], relu: bool) -> Tensor:
+    b, c, h, w = x.shape
+    g = kernel.shape[1]
+    y = torch.empty((b, c, output_size(h, stride), output_size(w, stride)), dtype=x.dtype, device=x.device)
+    with torch.cuda.device(x.device):
+        _cuda_module().involution(_dtype_code(x), x.data_ptr(), kernel.data_ptr(), y.data_ptr(), b, c, h, w,
+                                  kernel_size, stride, c // g, stream=_stream(x), scale=_ptr(scale),
+                                  shift=_ptr(shift), relu=relu)
+    return y
+
+
+@_involution_op.register_fake
+def _involution_fake(x: Tensor, kernel: Tensor, kernel_size: int, stride: int, scale: Optional[Tensor],
+                     shift: Optional[Tensor], relu: bool) -> Tensor:
+    b, c, h, w = x.shape
+    return x.new_empty((b, c, output_size(h, stride), output_size(w, stride)))
+
+
+@torch.library.custom_op("cmir_trt::involution_fused", mutates_args=(), device_types="cuda")
+def _involution_fused_op(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, kernel_size: int, stride: int,
+                         group_channels: int, scale: Optional[Tensor], shift: Optional[Tensor], relu: bool) -> Tensor:
+    b, c, h, w = x.shape
+    y = torch.empty((b, c, output_size(h, stride), output_size(w, stride)), dtype=x.dtype, device=x.device)
+    with torch.cuda.device(x.device):
+        _cuda_module().involution_fused(_dtype_code(x), x.data_ptr(), w1.data_ptr(), b1.data_ptr(), w2.data_ptr(),
+                                        b2.data_ptr(), y.data_ptr(), b, c, h, w, kernel_size, stride, group_channels,
+                                        w1.shape[0], stream=_stream(x), scale=_ptr(scale), shift=_ptr(shift),
+                                        relu=relu)
+    return y
+
+
+@_involution_fused_op.register_fake
+def _involution_fused_fake(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, kernel_size: int, stride: int,
+                           group_channels: int, scale: Optional[Tensor], shift: Optional[Tensor],
+                           relu: bool) -> Tensor:
+    b, c, h, w = x.shape
+    return x.new_empty((b, c, output_size(h, stride), output_size(w, stride)))
+
+
+@torch.library.custom_op("cmir_trt::cmam", mutates_args=(), device_types="cuda")
+def _cmam_op(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor, heads: int, dim: int,
+             eps: float) -> tuple[Tensor, Tensor]:
+    b, c, h, w = art.shape
+    code = _dtype_code(art)
+    mod = _cuda_module()
+    out_a = torch.empty_like(art)
+    out_p = torch.empty_like(pv)
+    with torch.cuda.device(art.device):
+        nbytes = int(mod.cmam_workspace_size(code, b, c, h, w, dim, heads))
+        ws = torch.empty((nbytes,), dtype=torch.uint8, device=art.device)  # caching allocator: graph-capture safe
+        mod.cmam(code, art.data_ptr(), pv.data_ptr(), weights_art.data_ptr(), weights_pv.data_ptr(),
+                 out_a.data_ptr(), out_p.data_ptr(), ws.data_ptr(), nbytes, b, c, h, w, dim, heads, float(eps),
+                 stream=_stream(art))
+    return out_a, out_p
+
+
+@_cmam_op.register_fake
+def _cmam_fake(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor, heads: int, dim: int,
+               eps: float) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(art), torch.empty_like(pv)
+
+
+def _info(t: Optional[Tensor], name: str):  # noqa: ANN202
+    return None if t is None else describe(t, name)
+
+
+def torch_involution(x: Tensor, kernel: Tensor, kernel_size: int, stride: int = 1, scale: Optional[Tensor] = None,
+                     shift: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+    if not isinstance(kernel, Tensor):
+        raise TypeError(f"kernel must be a torch.Tensor like x, got {type(kernel).__name__}")
+    check_involution_args(describe(x, "x"), describe(kernel, "kernel"), kernel_size, stride, _info(scale, "scale"),
+                          _info(shift, "shift"))
+    return torch.ops.cmir_trt.involution(x, kernel, kernel_size, stride, scale, shift, bool(relu))
+
+
+def torch_involution_fused(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, kernel_size: int,
+                           stride: int = 1, group_channels: int = 16, scale: Optional[Tensor] = None,
+                           shift: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+    for n, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{n} must be a torch.Tensor like x, got {type(t).__name__}")
+    check_fused_args(describe(x, "x"), describe(w1, "w1"), describe(b1, "b1"), describe(w2, "w2"),
+                     describe(b2, "b2"), kernel_size, stride, group_channels, _info(scale, "scale"),
+                     _info(shift, "shift"))
+    return torch.ops.cmir_trt.involution_fused(x, w1, b1, w2, b2, kernel_size, stride, group_channels, scale, shift,
+                                               bool(relu))
+
+
+def torch_cmam(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor, heads: int,
+               dim: Optional[int] = None, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    for n, t in (("pv", pv), ("weights_art", weights_art), ("weights_pv", weights_pv)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{n} must be a torch.Tensor like art, got {type(t).__name__}")
+    if not math.isfinite(float(eps)):
+        raise ValueError(f"eps must be finite, got {eps!r}")
+    *_, dim = check_cmam_args(describe(art, "art"), describe(pv, "pv"), describe(weights_art, "weights_art"),
+                              describe(weights_pv, "weights_pv"), heads, dim, eps)
+    return torch.ops.cmir_trt.cmam(art, pv, weights_art, weights_pv, heads, dim, float(eps))

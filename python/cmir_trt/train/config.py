@@ -1,0 +1,66 @@
+"""Training hyper-parameters (plain data; stored in the checkpoint metadata and the resume file)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# the model variants (cmir_trt.model.VARIANTS), repeated here so this module needs no torch
+VARIANTS = ("S1", "M1", "M2", "M3", "full")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str = "full"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+    patience: int = 8            # early stopping: epochs without a better internal-validation AUC
+    min_delta: float = 1e-4      # an AUC gain below this is not an improvement
+    image_size: int = 64
+    depth: int = 26
+    width: float = 0.25
+    cmam_dim: int = 64
+    cmam_heads: int = 4
+    dropout: float = 0.2
+    threads: int = 2             # fixed intra-op threads: part of what makes CPU training reproducible
+    device: str = "cpu"
+    # augmentation (applied identically to both phases of a case, so ART and PV stay registered)
+    flip: bool = True
+    rotate_deg: float = 10.0
+    intensity_jitter: float = 0.1  # per phase: x * (1 + U(-j, j)) + U(-j, j)
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        for name in ("epochs", "batch_size", "threads", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (batch normalisation needs two cases per batch)")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.patience < 1 or self.rotate_deg < 0 or self.intensity_jitter < 0 \
+                or self.min_delta < 0:
+            raise ValueError("weight_decay, rotate_deg, intensity_jitter, min_delta must be >= 0 and patience >= 1")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def model_fields(self) -> dict[str, Any]:
+        """The CMIRConfig fields this training config decides."""
+        return {"variant": self.variant, "image_size": self.image_size, "depth": self.depth, "width": self.width,
+                "cmam_dim": self.cmam_dim, "cmam_heads": self.cmam_heads, "dropout": self.dropout}

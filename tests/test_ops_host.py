@@ -1,0 +1,322 @@
+"""CUDA ops, host side (no GPU needed): the build contains the kernels for sm_80/sm_90, the launchers and the
+Python ops reject bad arguments before touching a device, the custom ops' fake implementations give the right
+shapes, the float64 references of the ops agree with the model's independent loops, and the GPU model rewrite
+(conv+BN folding, involution epilogue, fused generation, packed CMAM weights) reproduces the CPU reference model when
+the float64 reference ops stand in for the kernels.
+
+Tolerances: references vs the naive loops / nn modules in float64: 1e-10 normwise; the rewritten float32 model vs
+the reference float32 model: 1e-4 absolute on probabilities/logits/heatmaps (folding reorders float32 rounding).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _gpu_helpers import SEED, generator, rel_err
+
+import cmir_trt
+from cmir_trt import ops
+from cmir_trt.model.cmam import CMAM
+from cmir_trt.model.cmir import CMIRConfig, build_model
+from cmir_trt.model.involution import Involution2d, involution_aggregate
+from cmir_trt.ops import reference as R
+
+from _reference import involution_loop
+
+
+def _cuda_module():
+    info = cmir_trt.build_info()
+    if not info["cuda"]:
+        pytest.skip("this build has no CUDA part")
+    import cmir_trt._cuda as m
+
+    return m
+
+
+# ---------------------------------------------------------------- build
+def test_build_reports_cuda_archs() -> None:
+    info = cmir_trt.build_info()
+    if not info["cuda"]:
+        pytest.skip("built without nvcc")
+    assert {"sm_80", "sm_90"} <= set(info["cuda_archs"])
+    m = _cuda_module()
+    assert set(m.KERNELS) == {"involution", "involution_fused", "cmam"}
+
+
+def test_cuda_module_embeds_sm80_and_sm90_kernels() -> None:
+    m = _cuda_module()
+    data = open(m.__file__, "rb").read()
+    archs = set()
+    i = data.find(b"\x7fELF", 1)
+    while i >= 0:
+        if data[i + 4] == 2 and struct.unpack_from("<H", data, i + 18)[0] == 190:  # 64-bit ELF, EM_CUDA
+            archs.add((struct.unpack_from("<I", data, i + 48)[0] >> 8) & 0xFF)
+        i = data.find(b"\x7fELF", i + 4)
+    if not archs:
+        pytest.skip("the fatbin is compressed: its cubins cannot be inspected without cuobjdump")
+    assert {80, 90} <= archs
+    for name in (b"involution_fwd", b"involution_fused_fwd", b"attention_kernel", b"gemm_bias_kernel",
+                 b"layernorm_nchw_kernel"):
+        assert name in data, name
+
+
+def test_import_of_ops_and_gpu_needs_no_torch() -> None:
+    code = "import sys, cmir_trt.ops, cmir_trt.gpu; print(int('torch' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "0"
+
+
+# ---------------------------------------------------------------- launchers reject bad sizes before any CUDA call
+def test_launchers_reject_bad_arguments() -> None:
+    m = _cuda_module()
+    fake = 1 << 20  # never dereferenced: validation fails first
+    f32 = m.DTYPE_FLOAT32
+    bad = [
+        dict(x=0),                        # null pointer
+        dict(channels=24),                # not divisible by group_channels
+        dict(kernel_size=4),              # even K
+        dict(kernel_size=17),             # K too large
+        dict(stride=5),
+        dict(batch=0),
+        dict(dtype=7),
+    ]
+    for override in bad:
+        args = dict(dtype=f32, x=fake, kernel=fake, y=fake, batch=1, channels=32, height=9, width=9, kernel_size=7,
+                    stride=1, group_channels=16)
+        args.update(override)
+        with pytest.raises(ValueError, match="cudaErrorInvalidValue"):
+            m.involution(**args)
+    with pytest.raises(ValueError):
+        m.involution_fused(f32, fake, fake, fake, 0, fake, fake, 1, 32, 9, 9, 7, 1, 16, 8)  # b2 null
+    with pytest.raises(ValueError):
+        m.cmam(f32, fake, fake, fake, fake, fake, fake, fake, 0, 1, 64, 2, 2, 32, 4, 1e-5)  # workspace too small
+    with pytest.raises(ValueError):
+        m.cmam(f32, fake, fake, fake, fake, fake, fake, fake, 1 << 30, 1, 64, 2, 2, 30, 4, 1e-5)  # dim % heads
+
+
+def test_cmam_workspace_and_packed_sizes() -> None:
+    m = _cuda_module()
+    b, c, h, w, d = 3, 48, 3, 5, 24
+    mrows = b * h * w
+    need = (6 * mrows * d + 2 * mrows * d + 2 * mrows * c) * 4
+    got = m.cmam_workspace_size(m.DTYPE_FLOAT16, b, c, h, w, d, 4)
+    assert need <= got <= need + 3 * 256
+    assert m.cmam_packed_weights_size(c, d) == ops.packed_weights_size(c, d) == 4 * d * c + 3 * d + 3 * c
+    mod = CMAM(c, heads=4, dim=d)
+    wa, wp = ops.pack_cmam_module(mod)
+    assert wa.shape == wp.shape == (ops.packed_weights_size(c, d),)
+
+
+# ---------------------------------------------------------------- Python argument checks (host side)
+def _inv_inputs(b=2, c=32, h=9, w=11, k=7, s=2, gc=16, dtype=torch.float32):
+    ho, wo = -(-h // s), -(-w // s)
+    return torch.randn(b, c, h, w, dtype=dtype), torch.randn(b, c // gc, k, k, ho, wo, dtype=dtype)
+
+
+@pytest.mark.parametrize("case, exc, match", [
+    ("x3d", ValueError, r"x must be \[B, C, H, W\]"),
+    ("kernel_shape", ValueError, "does not match"),
+    ("groups", ValueError, "divisible"),
+    ("even_k", ValueError, "odd"),
+    ("stride", ValueError, "stride"),
+    ("dtype", TypeError, "dtype"),
+    ("mixed_dtype", TypeError, "one dtype"),
+    ("noncontig", ValueError, "contiguous"),
+    ("cpu", ValueError, "CUDA device"),
+    ("numpy", TypeError, "CUDA tensor"),
+    ("scale_shape", ValueError, "scale"),
+])
+def test_involution_argument_checks(case: str, exc: type, match: str) -> None:
+    x, kern = _inv_inputs()
+    k, s = 7, 2
+    kwargs = {}
+    if case == "x3d":
+        x = x[0]
+    elif case == "kernel_shape":
+        kern = kern[..., :-1]
+    elif case == "groups":
+        x, kern = torch.randn(2, 30, 9, 11), torch.randn(2, 4, 7, 7, 5, 6)
+    elif case == "even_k":
+        k = 6
+    elif case == "stride":
+        s = 0
+    elif case == "dtype":
+        x, kern = x.double(), kern.double()
+    elif case == "mixed_dtype":
+        kern = kern.half()
+    elif case == "noncontig":
+        x = torch.randn(2, 32, 11, 9).transpose(2, 3)
+    elif case == "numpy":
+        x = x.numpy()
+    elif case == "scale_shape":
+        kwargs["scale"] = torch.ones(31)
+    with pytest.raises(exc, match=match):
+        ops.involution(x, kern, k, s, **kwargs)
+
+
+def test_fused_and_cmam_argument_checks() -> None:
+    x = torch.randn(1, 32, 7, 7)
+    gen = ops.fold_generator(Involution2d(32, 3, 1, 16, 4).eval())
+    args = [gen["w1"], gen["b1"], gen["w2"], gen["b2"]]
+    with pytest.raises(ValueError, match="CUDA device"):
+        ops.involution_fused(x, *args, 3, 1, 16)
+    with pytest.raises(ValueError, match="w2 must have shape"):
+        ops.involution_fused(x, args[0], args[1], args[2][:-1], args[3], 3, 1, 16)
+    with pytest.raises(TypeError, match="float32"):
+        ops.involution_fused(x, args[0].half(), *args[1:], 3, 1, 16)
+    with pytest.raises(ValueError, match="kernel_size 1, 3, 5, 7"):
+        ops.involution_fused(x, *args, 9, 1, 16)
+    art = torch.randn(2, 64, 3, 5)
+    wa, wp = ops.pack_cmam_module(CMAM(64, heads=4, dim=32))
+    with pytest.raises(ValueError, match="CUDA device"):
+        ops.cmam(art, art.clone(), wa, wp, 4)
+    with pytest.raises(ValueError, match="one shape"):
+        ops.cmam(art, art[:1], wa, wp, 4)
+    with pytest.raises(ValueError, match="no integer dim"):
+        ops.cmam(art, art.clone(), wa[:-1], wp, 4)
+    with pytest.raises(ValueError, match="multiple of heads"):
+        ops.cmam(art, art.clone(), wa, wp, 5)
+    with pytest.raises(TypeError, match="one dtype"):
+        ops.cmam(art, art.clone(), wa.half(), wp, 4)
+
+
+def test_fake_impls_give_output_shapes() -> None:
+    ops.register_torch_ops()
+    x = torch.empty(2, 48, 13, 13, device="meta")
+    kern = torch.empty(2, 3, 7, 7, 7, 7, device="meta")
+    y = torch.ops.cmir_trt.involution(x, kern, 7, 2, None, None, True)
+    assert y.shape == (2, 48, 7, 7) and y.device.type == "meta"
+    w1, b1 = torch.empty(12, 48, device="meta"), torch.empty(12, device="meta")
+    w2, b2 = torch.empty(3 * 9, 12, device="meta"), torch.empty(27, device="meta")
+    y = torch.ops.cmir_trt.involution_fused(x, w1, b1, w2, b2, 3, 1, 16, None, None, False)
+    assert y.shape == (2, 48, 13, 13)
+    a = torch.empty(1, 64, 3, 5, device="meta", dtype=torch.float16)
+    w = torch.empty(ops.packed_weights_size(64, 32), device="meta", dtype=torch.float16)
+    oa, op = torch.ops.cmir_trt.cmam(a, a, w, w, 4, 32, 1e-5)
+    assert oa.shape == op.shape == a.shape and oa.dtype == torch.float16
+
+
+# ---------------------------------------------------------------- the float64 references used by the GPU tests
+@pytest.mark.parametrize("c, h, w, k, s, gc", [(48, 13, 13, 7, 2, 16), (32, 9, 10, 3, 1, 8), (16, 5, 7, 7, 1, 16),
+                                               (24, 6, 5, 3, 2, 4)])
+def test_involution_reference_matches_loop(c: int, h: int, w: int, k: int, s: int, gc: int) -> None:
+    g = generator(1)
+    ho, wo = -(-h // s), -(-w // s)
+    x = torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
+    kern = torch.randn(2, c // gc, k, k, ho, wo, generator=g, dtype=torch.float64)
+    loop = torch.from_numpy(involution_loop(x.numpy(), kern.numpy(), k, s))
+    assert rel_err(R.involution_ref(x, kern, k, s), loop) < 1e-10
+    assert rel_err(involution_aggregate(x, kern, k, s), loop) < 1e-10
+    scale, shift = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+    ep = R.involution_ref(x, kern, k, s, scale, shift, True)
+    want = (loop * scale.double()[None, :, None, None] + shift.double()[None, :, None, None]).clamp_min(0)
+    assert rel_err(ep, want) < 1e-10
+
+
+@pytest.mark.parametrize("c, h, w, k, s", [(32, 9, 11, 7, 2), (48, 7, 7, 3, 1)])
+def test_fused_reference_matches_module(c: int, h: int, w: int, k: int, s: int) -> None:
+    g = generator(2)
+    m = Involution2d(c, k, s, 16, 4).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+        m.bn.running_mean.copy_(torch.randn(m.bn.num_features, generator=g) * 0.1)
+        m.bn.running_var.copy_(torch.rand(m.bn.num_features, generator=g) + 0.5)
+        x = torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
+        want = m(x)
+        gen = ops.fold_generator(m)
+        got = R.involution_fused_ref(x, gen["w1"].double(), gen["b1"].double(), gen["w2"].double(),
+                                     gen["b2"].double(), k, s, 16)
+    # fold_generator returns float32 weights: float32-level agreement
+    assert rel_err(got, want) < 1e-5
+
+
+def test_cmam_reference_matches_module() -> None:
+    g = generator(3)
+    m = CMAM(48, heads=4, dim=32).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.2)
+        art = torch.randn(2, 48, 3, 5, generator=g, dtype=torch.float64)
+        pv = torch.randn(2, 48, 3, 5, generator=g, dtype=torch.float64)
+        wa, wp = ops.pack_cmam_module(m)
+        ra, rp = m(art, pv)
+        oa, op = R.cmam_ref(art, pv, wa.double(), wp.double(), 4, 32, m.norm_art.eps)
+    assert rel_err(oa, ra) < 1e-5 and rel_err(op, rp) < 1e-5  # packed weights are float32
+
+
+# ---------------------------------------------------------------- the GPU model rewrite, checked on the CPU
+def _random_bn(model: torch.nn.Module, g: torch.Generator) -> None:
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                n = mod.num_features
+                mod.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                mod.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_gpu_model_rewrite_matches_reference_on_cpu(fused: bool) -> None:
+    from cmir_trt.gpu.backend import prepare_model
+
+    torch.manual_seed(SEED)
+    model = build_model(CMIRConfig(width=0.25, image_size=32, cmam_dim=32, cmam_heads=4)).eval()
+    _random_bn(model, generator(4))
+    g = generator(5)
+    art, pv = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    clin = torch.randn(2, 8, generator=g)
+    with torch.no_grad():
+        want = model(art, pv, clin)
+        rewritten = prepare_model(model, "fp32", "cpu", fused_involution=fused, impl="reference")
+        got = rewritten(art, pv, clin)
+    kinds = {type(m).__name__ for m in rewritten.modules()}
+    assert {"CudaInvolution", "CudaCMAM"} <= kinds and "BatchNorm2d" not in kinds
+    for name, a, b in zip(("logit", "probability", "heatmap"), got, want, strict=True):
+        assert a.shape == b.shape
+        assert float((a - b).abs().max()) < 1e-4, (name, SEED)
+    # The source model is left untouched.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_backend_without_gpu_is_a_clear_runtime_error(tmp_path: os.PathLike) -> None:
+    from cmir_trt._native import cuda_device_count
+
+    if cuda_device_count() > 0 and torch.cuda.is_available():
+        pytest.skip("a GPU is present: the no-GPU error path cannot be exercised")
+    from cmir_trt.gpu import TorchCudaBackend
+
+    with pytest.raises(RuntimeError, match="cuda|CUDA"):
+        TorchCudaBackend(build_model(CMIRConfig(width=0.25, image_size=32)))
+    with pytest.raises(ValueError, match="precision"):
+        TorchCudaBackend("missing.pt", precision="int8")
+    # The Engine facade's cuda/torch route ends in the same clear error.
+    from cmir_trt.model.checkpoint import save_checkpoint
+
+    path = save_checkpoint(Path(tmp_path) / "m.pt", build_model(CMIRConfig(width=0.25, image_size=32)))
+    with pytest.raises(RuntimeError, match="cuda|CUDA"):
+        cmir_trt.Engine(path, device="cuda", backend="torch", precision="fp16")
+
+
+def test_cupy_free_paths_are_type_errors() -> None:
+    arr = np.zeros((1, 16, 4, 4), np.float32)
+    with pytest.raises(TypeError, match="CUDA tensor"):
+        ops.cmam(arr, arr, arr.ravel(), arr.ravel(), 1)
+    with pytest.raises(TypeError, match="CUDA tensor"):
+        ops.involution_fused(arr, arr, arr, arr, arr, 3)
+
+
+def test_torch_ops_registered_names() -> None:
+    ops.register_torch_ops()
+    for name in ("involution", "involution_fused", "cmam"):
+        assert hasattr(torch.ops.cmir_trt, name)
+    assert glob.glob(os.path.join(os.path.dirname(cmir_trt.__file__), "*")), "package files"
