@@ -49,9 +49,9 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def time_pair(fns: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each function. Rounds interleave the functions so that machine noise hits all of
-    them alike; within a round each function runs a block of back-to-back calls (>= ~2 ms) so that one function's
+def time_pair(fns: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """(median, min) seconds per call of each function. Rounds interleave the functions so that machine noise hits all
+    of them alike; within a round each function runs a block of back-to-back calls (>= ~2 ms) so that one function's
     cache footprint (torch's unfold buffers) does not become the next one's cold start."""
     inner: dict[str, int] = {}
     for k, f in fns.items():
@@ -68,7 +68,19 @@ def time_pair(fns: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict
             for _ in range(inner[k]):
                 f()
             samples[k].append((time.perf_counter() - t0) / inner[k])
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: (statistics.median(v), min(v)) for k, v in samples.items()}
+
+
+def fold_generation(mod: Any) -> tuple[np.ndarray, ...]:
+    """An eval-mode Involution2d's generation weights for kernels.involution_fused (BN folded, 1x1 weights
+    transposed)."""
+    bn = mod.bn
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach()
+    rw = mod.reduce.weight.detach()[:, :, 0, 0] * scale[:, None]
+    rb = (bn.bias - bn.running_mean * scale).detach()
+    sw = mod.span.weight.detach()[:, :, 0, 0]
+    sb = mod.span.bias.detach()
+    return tuple(np.ascontiguousarray(t.numpy(), dtype=np.float32) for t in (rw.T, rb, sw.T, sb))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,22 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cmir_trt._native import load_core
-    from cmir_trt.model import involution_aggregate
+    from cmir_trt.model import Involution2d, involution_aggregate
     from cmir_trt.model.cmam import CMAM
 
     kern = load_core().kernels
+    load0 = os.getloadavg()
     isas = [i for i in ("avx512", "avx2") if kern.isa_supported(i)]
     rng = np.random.default_rng(0)
     b = args.batch
-    rows: list[tuple[str, int, str, float, dict[str, float]]] = []  # name, threads, shape, torch_ms, {isa: ms}
+    # name, shape, threads, {impl: (median s, min s)}; the first impl is the torch reference
+    rows: list[tuple[str, str, int, dict[str, tuple[float, float]]]] = []
 
     def bench(name: str, shape: str, threads: int, ours: dict[str, Callable[[], Any]],
               ref: Callable[[], Any]) -> None:
         fns = {"torch": ref, **ours}
-        med = time_pair(fns, args.runs, args.warmup)
-        rows.append((name, threads, shape, med["torch"] * 1e3, {k: med[k] * 1e3 for k in ours}))
-        line = "  ".join(f"{k} {v * 1e3:8.3f} ms ({med['torch'] / v:5.2f}x)" for k, v in med.items() if k != "torch")
-        print(f"t={threads} {name:22s} {shape:22s} torch {med['torch'] * 1e3:8.3f} ms  {line}", flush=True)
+        stats = time_pair(fns, args.runs, args.warmup)
+        rows.append((name, shape, threads, stats))
+        t_med = stats["torch"][0]
+        line = "  ".join(f"{k} {v[0] * 1e3:8.3f} ms ({t_med / v[0]:6.2f}x)" for k, v in stats.items() if k != "torch")
+        print(f"t={threads} {name:24s} {shape:24s} torch {t_med * 1e3:8.3f} ms  {line}", flush=True)
 
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
@@ -117,6 +132,37 @@ def main(argv: list[str] | None = None) -> int:
                     return involution_aggregate(xt, kt, k, s)
 
             bench(name, f"{c}x{h}x{w} K{k} s{s}", threads, ours, ref)
+
+        # Whole involution (generation + aggregation): torch module (unfold) vs torch's 1x1 convs (oneDNN inside
+        # torch) + our aggregation (what an unfused engine does) vs our fused kernel.
+        for name, c, h, w, k, s in INVOLUTIONS:
+            torch.manual_seed(0)
+            mod = Involution2d(c, k, s).eval()
+            with torch.no_grad():
+                mod.bn.running_var.uniform_(0.5, 2.0)
+            xt = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
+            x = xt.permute(0, 2, 3, 1).numpy()  # NHWC view of the channels-last tensor, no copy
+            gen = fold_generation(mod)
+            best = isas[0]
+
+            def unfused(mod=mod, xt=xt, x=x, k=k, s=s, t=threads, isa=best) -> Any:
+                with torch.no_grad():  # channels-last 1x1 convs: the span output is already NHWC, as in an engine
+                    wgt = mod.span(torch.relu(mod.bn(mod.reduce(mod.pool(xt)))))
+                kn = np.ascontiguousarray(wgt.permute(0, 2, 3, 1).numpy())
+                return kern.involution(x, kn, k, s, 16, threads=t, isa=isa)
+
+            ours = {f"torch gen + ours ({best})": unfused}
+            ours.update({f"fused {isa}": (lambda isa=isa, x=x, gen=gen, k=k, s=s, t=threads:
+                                          kern.involution_fused(x, *gen, k, s, 16, threads=t, isa=isa))
+                         for isa in isas})
+
+            xt_nchw = xt.contiguous()
+
+            def module(mod=mod, xt=xt_nchw) -> Any:
+                with torch.no_grad():
+                    return mod(xt)
+
+            bench(name.replace("inv", "Involution2d"), f"{c}x{h}x{w} K{k} s{s}", threads, ours, module)
 
         n, c, d, heads = CMAM_SHAPE
         mod = CMAM(c, heads, d).eval()
@@ -164,17 +210,20 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs (shared with other jobs: expect noise), "
         f"torch {torch.__version__}",
         f"- command: `{cmd}`",
+        f"- load average before / after: {load0[0]:.1f} / {os.getloadavg()[0]:.1f} (1 min)",
         f"- batch {b}; median over {args.runs} interleaved rounds (each a block of back-to-back calls, >= ~2 ms) after "
         f"{args.warmup} warm-up calls; NHWC numpy in/out "
         "for ours (includes the binding's output allocation), NCHW tensors for torch (involution: unfold reference "
         "`involution_aggregate`; CMAM: the `CMAM` module; SA: mean/max/conv/sigmoid + both products).",
         "",
-        "| kernel | shape | threads | torch ms | " + " | ".join(f"{i} ms | speed-up ({i})" for i in isas) + " |",
-        "|---|---|---|---|" + "---|---|" * len(isas),
+        "| kernel | shape | threads | implementation | median ms | min ms | speed-up vs torch (median) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, threads, shape, t_ms, ours_ms in rows:
-        cells = " | ".join(f"{ours_ms[i]:.3f} | {t_ms / ours_ms[i]:.2f}x" for i in isas)
-        lines.append(f"| {name} | {shape} | {threads} | {t_ms:.3f} | {cells} |")
+    for name, shape, threads, stats in rows:
+        t_med = stats["torch"][0]
+        for impl, (med, mn) in stats.items():
+            speed = "1.00x (reference)" if impl == "torch" else f"{t_med / med:.2f}x"
+            lines.append(f"| {name} | {shape} | {threads} | {impl} | {med * 1e3:.3f} | {mn * 1e3:.3f} | {speed} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -92,3 +92,17 @@ def pack_cmam_direction(attn: Any, norm: Any) -> np.ndarray:
     parts = [attn.q.weight, attn.q.bias, attn.k.weight, attn.k.bias, attn.v.weight, attn.v.bias,
              attn.o.weight, attn.o.bias, norm.weight, norm.bias]
     return np.concatenate([t.detach().double().numpy().ravel() for t in parts]).astype(np.float32)
+
+
+def fold_involution_generation(mod: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(reduce_wt [C, hidden], reduce_b, span_wt [hidden, G*K*K], span_b) of an eval-mode Involution2d, BN folded
+    into the reduce conv in float64, weights transposed as cmir::cpu::InvolutionGeneration expects."""
+    bn = mod.bn
+    w = mod.reduce.weight.detach().double().numpy()[:, :, 0, 0]  # [hidden, C]
+    scale = bn.weight.detach().double().numpy() / np.sqrt(bn.running_var.double().numpy() + bn.eps)
+    rw = w * scale[:, None]
+    rb = bn.bias.detach().double().numpy() - bn.running_mean.double().numpy() * scale
+    sw = mod.span.weight.detach().double().numpy()[:, :, 0, 0]  # [G*K*K, hidden]
+    sb = mod.span.bias.detach().double().numpy()
+    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return f(rw.T), f(rb), f(sw.T), f(sb)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def toy_arrays(n: int = 40, s: int = 32, seed: int = 0, n_internal: int = 12):
+def toy_arrays(n: int = 30, s: int = 32, seed: int = 0, n_internal: int = 10):
     """art/pv [n,3,s,s] float32 with a bright blob in MVI+ cases, clinical [n,8], labels, splits."""
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.45).astype(np.int64)

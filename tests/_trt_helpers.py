@@ -5,6 +5,7 @@ written config is parsed by protobuf's own text-format parser rather than by our
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,121 @@ def parse_triton_config(text: str) -> Any:
     from google.protobuf import text_format
 
     return text_format.Parse(text, triton_model_config_class()())
+
+
+class FakeTRT:
+    """A recording stand-in for the part of TensorRT's Python API that cmir_trt.tensorrt.build_engine uses (as
+    documented for TensorRT 10/11); its ONNX parser reads the real graph with onnx. Knobs make each failure
+    TensorRT can report happen. Install with monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(v).module())."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.calls: dict[str, Any] = {"profiles": [], "pool": None, "flags": None, "loaded": []}
+        self.parse_ok = True
+        self.build_ok = True
+        self.load_ok = True
+        self.creators = {"CMIRInvolution", "CMIRCrossModalAttention"}
+        self.engine_bytes = bytes(range(256)) * 7
+
+    def module(self) -> types.ModuleType:
+        fake = self
+        m = types.ModuleType("tensorrt")
+        m.__version__ = self.version
+
+        class Logger:
+            VERBOSE, WARNING = 0, 2
+
+            def __init__(self, level: int) -> None:
+                self.level = level
+
+        class Flag:
+            STRONGLY_TYPED = 1 if fake.version.startswith("10.") else 0
+
+        class MemoryPoolType:
+            WORKSPACE = "workspace"
+
+        class Tensor:
+            def __init__(self, name: str, shape: list[int]) -> None:
+                self.name, self.shape, self.dtype = name, shape, "DataType.FLOAT"
+
+        class Network:
+            def __init__(self) -> None:
+                self.inputs: list[Tensor] = []
+                self.outputs: list[Tensor] = []
+
+            num_inputs = property(lambda self: len(self.inputs))
+            num_outputs = property(lambda self: len(self.outputs))
+
+            def get_input(self, i: int) -> Tensor:
+                return self.inputs[i]
+
+            def get_output(self, i: int) -> Tensor:
+                return self.outputs[i]
+
+        class OnnxParser:
+            def __init__(self, network: Network, logger: Logger) -> None:
+                self.network = network
+                self.num_errors = 0
+
+            def parse_from_file(self, path: str) -> bool:
+                if not fake.parse_ok:
+                    self.num_errors = 1
+                    return False
+                import onnx
+
+                g = onnx.load_model(path).graph
+
+                def dims(v: Any) -> list[int]:
+                    return [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+
+                self.network.inputs = [Tensor(v.name, dims(v)) for v in g.input]
+                self.network.outputs = [Tensor(v.name, dims(v)) for v in g.output]
+                return True
+
+            def get_error(self, i: int) -> str:
+                return "In node 3 (CMIRInvolution): plugin not found"
+
+        class Profile:
+            def __init__(self) -> None:
+                self.shapes: dict[str, tuple] = {}
+
+            def set_shape(self, name: str, lo: list[int], opt: list[int], hi: list[int]) -> None:
+                self.shapes[name] = (list(lo), list(opt), list(hi))
+
+        class Config:
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                fake.calls["pool"] = (pool, size)
+
+            def add_optimization_profile(self, p: Profile) -> None:
+                fake.calls["profiles"].append(p.shapes)
+
+        class Builder:
+            def __init__(self, logger: Logger) -> None:
+                pass
+
+            def create_network(self, flags: int) -> Network:
+                fake.calls["flags"] = flags
+                return Network()
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
+                return fake.engine_bytes if fake.build_ok else None
+
+        class Registry:
+            def load_library(self, path: str) -> object | None:
+                fake.calls["loaded"].append(path)
+                return object() if fake.load_ok else None
+
+            def get_creator(self, name: str, version: str, namespace: str) -> object | None:
+                return object() if name in fake.creators and (version, namespace) == ("1", "cmir") else None
+
+        registry = Registry()
+        m.Logger, m.NetworkDefinitionCreationFlag, m.MemoryPoolType = Logger, Flag, MemoryPoolType
+        m.OnnxParser, m.Builder = OnnxParser, Builder
+        m.get_plugin_registry = lambda: registry
+        return m

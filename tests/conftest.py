@@ -31,7 +31,8 @@ def trt_skip_reason() -> str | None:
     from cmir_trt._native import plugin_library_path
 
     if plugin_library_path() is None:
-        return "the TensorRT plugin library was not built (no TensorRT headers at build time)"
+        return ("the TensorRT plugin library is not in this build (CMIR_TENSORRT=OFF, or no TensorRT headers found at "
+                "build time; see cuda/plugins/README.md)")
     return None
 
 

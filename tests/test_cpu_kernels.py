@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from _cpu_kernels_helpers import (
     cmam_direction64,
+    fold_involution_generation,
     involution_abs_sum,
     involution_nhwc64,
     kernels_module,
@@ -30,6 +32,15 @@ from _cpu_kernels_helpers import (
 K = kernels_module()
 ISAS = vector_isas()
 THREADS = (1, 2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _split_every_layer() -> Iterator[None]:
+    # The kernels skip extra threads for small layers; the test shapes are small, so make every layer split across
+    # its threads here, or "1 vs 2 threads" would compare two single-threaded runs.
+    previous = K.set_parallel_grain(0)
+    yield
+    K.set_parallel_grain(previous)
 
 
 def rng_for(*key: object) -> np.random.Generator:
@@ -140,6 +151,69 @@ def test_involution_against_torch_module(stride: int, kernel_size: int, batch: i
             y = K.involution(x_nhwc, k_nhwc, kernel_size, stride, 16, threads=threads, isa=isa)
             err = np.abs(y - want_nhwc)
             assert np.all(err <= 2e-5 * scale + 1e-6), f"{isa} t={threads}: max err {err.max():.3g}"
+
+
+# (batch, H, W, C, K, stride, group_channels)
+FUSED_SHAPES = [
+    (1, 13, 13, 48, 7, 1, 16),
+    (3, 15, 17, 48, 7, 2, 16),
+    (3, 13, 13, 48, 3, 2, 16),
+    (1, 15, 17, 48, 3, 1, 8),
+    (2, 9, 7, 32, 3, 3, 16),  # stride 3: border blocks of 3x3, 3x1 ... averaged over their valid pixels
+]
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_involution_against_torch_module_and_reference(shape: tuple[int, ...]) -> None:
+    torch = pytest.importorskip("torch")
+    from cmir_trt.model import Involution2d
+
+    b, h, w, c, k, s, gc = shape
+    torch.manual_seed(sum(shape))
+    mod = Involution2d(c, k, s, gc).eval()
+    with torch.no_grad():
+        for prm in mod.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.3)
+        mod.bn.running_mean.normal_()
+        mod.bn.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(b, c, h, w)
+        want = mod(x).permute(0, 2, 3, 1).numpy()
+        kern = mod.generate_kernel(x).permute(0, 4, 5, 1, 2, 3).reshape(b, want.shape[1], want.shape[2], -1).numpy()
+    x_nhwc = f32(x.permute(0, 2, 3, 1).numpy())
+    gen = fold_involution_generation(mod)
+    # error scale: sum |k x| of the aggregation, k the (torch-generated) kernels
+    bound = 2e-5 * involution_abs_sum(x_nhwc, f32(kern), k, s, gc) + 1e-5
+    ref = K.involution_fused_ref(x_nhwc, *gen, k, s, gc)
+    assert np.all(np.abs(ref - want) <= bound), f"ref vs torch: max err {np.abs(ref - want).max():.3g}"
+    for isa in ISAS + ["scalar"]:
+        results = {}
+        for threads in THREADS:
+            y = K.involution_fused(x_nhwc, *gen, k, s, gc, threads=threads, isa=isa)
+            err = np.abs(y - want)
+            assert np.all(err <= bound), f"{isa} t={threads}: max err {err.max():.3g}"
+            assert np.all(np.abs(y - ref) <= bound), f"{isa} t={threads}: vs ref {np.abs(y - ref).max():.3g}"
+            assert np.array_equal(y, K.involution_fused(x_nhwc, *gen, k, s, gc, threads=threads, isa=isa))
+            results[threads] = y
+        assert np.array_equal(results[1], results[2]), f"{isa}: fused differs between 1 and 2 threads"
+        # the epilogue (the model's BN + ReLU after the involution) inside the fused kernel
+        sc, sh = f32(np.linspace(0.5, 1.5, c)), f32(np.linspace(-1, 1, c))
+        ye = K.involution_fused(x_nhwc, *gen, k, s, gc, threads=2, isa=isa, scale=sc, shift=sh, relu=True)
+        np.testing.assert_allclose(ye, np.maximum(results[2] * sc + sh, 0), rtol=1e-6, atol=1e-6, err_msg=isa)
+
+
+def test_fused_involution_rejects_bad_weights() -> None:
+    x = f32(np.ones((1, 5, 5, 32)))
+    rw, rb = f32(np.ones((32, 8))), f32(np.ones(8))
+    sw, sb = f32(np.ones((8, 2 * 9))), f32(np.ones(2 * 9))
+    assert K.involution_fused(x, rw, rb, sw, sb, 3).shape == (1, 5, 5, 32)
+    with pytest.raises(ValueError, match="reduce_wt must have shape"):
+        K.involution_fused(x, f32(np.ones((31, 8))), rb, sw, sb, 3)
+    with pytest.raises(ValueError, match="span_wt must have shape"):
+        K.involution_fused(x, rw, rb, sw, sb, 5)  # a 5x5 kernel needs G*25 span outputs
+    with pytest.raises(ValueError, match="reduce_b must have shape"):
+        K.involution_fused(x, rw, f32(np.ones(9)), sw, sb, 3)
+    with pytest.raises(TypeError, match="span_b must be a float32"):
+        K.involution_fused(x, rw, rb, sw, sb.astype(np.float64), 3)
 
 
 # ---------------------------------------------------------------- CMAM
@@ -313,6 +387,22 @@ def test_default_and_oversubscribed_thread_counts_give_identical_results() -> No
         assert all(np.array_equal(cs[0][i], c[i]) for c in cs[1:] for i in (0, 1)), isa
         ss = [K.spatial_attention(a, p, weight, bias, threads=t, isa=isa) for t in (1, 0, 3, 64)]
         assert all(np.array_equal(ss[0][i], r[i]) for r in ss[1:] for i in (0, 1, 2)), isa
+
+
+def test_parallel_grain_changes_speed_only() -> None:
+    x, kern, (k, s, gc) = involution_case((3, 15, 17, 48, 7, 2, 16))
+    a, p, weight, bias = sa_case((1, 13, 13, 48, 7, True))
+    base = K.involution(x, kern, k, s, gc, threads=2)
+    base_sa = K.spatial_attention(a, p, weight, bias, threads=2)
+    previous = K.set_parallel_grain(1e12)  # everything single-threaded
+    try:
+        assert np.array_equal(K.involution(x, kern, k, s, gc, threads=2), base)
+        assert all(np.array_equal(u, v) for u, v in zip(K.spatial_attention(a, p, weight, bias, threads=2), base_sa,
+                                                         strict=True))
+        with pytest.raises(ValueError, match="grain"):
+            K.set_parallel_grain(-1.0)
+    finally:
+        K.set_parallel_grain(previous)
 
 
 # ---------------------------------------------------------------- bindings reject bad input

@@ -114,3 +114,15 @@ def test_missing_case_and_file(tmp_path: Path) -> None:
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81garbage")
     with pytest.raises(ClinicalDataError, match="not a readable CSV"):
         read_clinical_csv(tmp_path / "bin.csv", ClinicalSchema())
+
+
+def test_import_needs_only_numpy() -> None:
+    # The GPU machine has no SimpleITK: importing cmir_trt.data (and the CLI) must not pull in the heavy libraries.
+    import subprocess
+    import sys
+
+    code = ("import sys, cmir_trt.data; "
+            "print(sorted(m for m in ('SimpleITK', 'scipy', 'matplotlib', 'tqdm') if m in sys.modules)); "
+            "import cmir_trt.cli; cmir_trt.cli.build_parser(); print('SimpleITK' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "False"]

@@ -299,3 +299,16 @@ def test_preprocess_command_bad_input_writes_nothing(tmp_path: Path, capsys) -> 
     assert cli_main(["preprocess", "--input", str(src), "--out", str(out)]) == 1
     assert "case 'E1', column 'age': 'fifty' is not a number" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_preprocess_keep_going_writes_only_good_cases(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_case(src, "G1", phantom(seed=4))
+    art, pv, _ = phantom(seed=5)
+    far = make_image(sitk().GetArrayFromImage(pv), SP, origin=(0.0, 900.0, 0.0))
+    write_case(src, "G2", (art, far, phantom(seed=5)[2]))
+    _clinical_csv(src / "clinical.csv", ["G1", "G2"])
+    assert cli_main(["preprocess", "--input", str(src), "--out", str(out), "--keep-going", "--no-png",
+                     "--image-size", "32"]) == 1
+    assert "G2: FAILED: case 'G2': PV does not overlap ART" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["G1.npz"]

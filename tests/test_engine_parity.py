@@ -90,3 +90,12 @@ def test_deterministic_run_to_run(core, tmp_path):
         again = eng.predict(art, pv, clinical)
         for a, b in zip(first, again, strict=True):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_default_full_model(core, tmp_path):
+    """The default configuration (full, width 1.0, S = 128, 2048-channel CMAM at dim 256) at batch 2."""
+    model = small_model("full", image_size=128, width=1.0, seed=13, cmam_dim=256, cmam_heads=8)
+    eng = Engine(export(model, tmp_path / "m.plan"), threads=2)
+    art, pv, clinical = inputs(model, 2, seed=1)
+    assert_parity(eng.predict(art, pv, clinical), reference(model, art, pv, clinical))

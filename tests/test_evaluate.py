@@ -56,7 +56,7 @@ def test_internal_threshold_is_applied_unchanged_to_externals(tmp_path):
     with open(tmp_path / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(cases.case_ids)
-    for row, p in zip(rows, good):
+    for row, p in zip(rows, good, strict=True):
         assert int(row["decision"]) == int(p >= thr)
         assert abs(float(row["probability"]) - p) <= 5e-7
     assert set(rows[0]) >= {"case_id", "centre", "label", "probability", "decision"}

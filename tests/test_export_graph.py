@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _export_helpers import schema_json
-from _reference import avg_pool_ceil_loop, involution_loop
+
 from cmir_trt.export.graph import ChannelAffine, ExportInvolution, ceil_avg_pool, pack_cross_attention
 from cmir_trt.export.schema import SchemaError, load_schema, parse_schema
 from cmir_trt.model import CMAM, Involution2d
+
+from _reference import avg_pool_ceil_loop, involution_loop
 
 
 @pytest.mark.parametrize("h,w,s", [(13, 13, 2), (13, 10, 2), (7, 11, 3), (8, 8, 2), (5, 5, 1)])

@@ -82,7 +82,9 @@ def test_tiny_cohort_files_and_manifest(tiny: Path) -> None:
     assert meta["params"]["synthetic"] is True and "SYNTHETIC" in meta["note"]
     cases = find_cases(tiny)
     assert [c.case_id for c in cases] == sorted(pc.case_id for pc in plan)
-    assert not [p for p in tiny.rglob(".*")]  # no staging leftovers
+    hidden = {p.name for p in tiny.iterdir() if p.name.startswith(".")}
+    assert hidden <= {".cmir_synth_cohort", ".cache"}  # no staging leftovers
+    assert not [p for c in find_cases(tiny) for p in c.art.parent.iterdir() if p.name.startswith(".")]
     # centre effects: FPWH stores PV on its own grid; RRSH on the ART grid; slice thickness differs by centre
     byid = {c.case_id: c for c in cases}
     f_art, f_pv = read_image(byid["FPWH_E0001"].art), read_image(byid["FPWH_E0001"].pv)
@@ -195,4 +197,32 @@ def test_interrupted_case_leaves_nothing_half_written(tmp_path: Path, monkeypatc
     monkeypatch.setattr(SimpleITK, "WriteImage", flaky)
     with pytest.raises(KeyboardInterrupt):
         generate_cohort(tmp_path / "c", preset="tiny", progress=False)
-    assert list((tmp_path / "c").iterdir()) == []  # no case folder, no staging folder, no manifest
+    # no case folder, no staging folder, no manifest: only the marker that makes the folder ours on the next run
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [".cmir_synth_cohort"]
+    calls["n"] = 1
+    with pytest.raises(KeyboardInterrupt):  # the rerun is not refused as a foreign folder
+        generate_cohort(tmp_path / "c", preset="tiny", progress=False)
+
+
+def test_regenerating_with_fewer_cases_removes_stale_ones(tmp_path: Path, monkeypatch) -> None:
+    # Bookkeeping only: the per-case renderer is replaced by a stand-in that writes one small file per case.
+    def fake(job):
+        pc, seed, strength, out = job
+        d = Path(out) / pc.case_id
+        d.mkdir(exist_ok=True)
+        (d / f"{pc.case_id}_0000.nii.gz").write_bytes(b"x")
+        t = synth_mod.case_truth(pc, seed, strength)
+        return pc.case_id, t["grade"], t["clinical"], t["signs"]
+
+    monkeypatch.setattr(synth_mod, "_generate_one", fake)
+    out = tmp_path / "c"
+    generate_cohort(out, preset="default", scale=0.02, progress=False)
+    big = {p.name for p in out.iterdir() if p.is_dir()}
+    (out / "notes").mkdir()
+    (out / "notes" / "mine.txt").write_text("keep")
+    generate_cohort(out, preset="default", scale=0.01, progress=False)
+    small = {p.name for p in out.iterdir() if p.is_dir()} - {"notes"}
+    assert small == {pc.case_id for pc in cohort_plan("default", scale=0.01)} and small < big
+    assert (out / "notes" / "mine.txt").read_text() == "keep"  # folders not in the old manifest are left alone
+    assert [m["case_id"] for m in read_manifest(out / "manifest.csv")] == [
+        pc.case_id for pc in cohort_plan("default", scale=0.01)]

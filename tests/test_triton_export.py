@@ -196,3 +196,31 @@ def test_cli_export_triton_from_checkpoint(tmp_path: Path) -> None:
     assert "trt.plugins" in domains  # the onnx-trt form, with the cmir plugin nodes
     ops = {n.op_type for n in g.graph.node if n.domain == "trt.plugins"}
     assert ops == {"CMIRInvolution", "CMIRCrossModalAttention"}
+
+
+def test_plan_built_when_tensorrt_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With TensorRT importable (a recording stand-in, see _trt_helpers.FakeTRT) and a plugin library, the plan is
+    built into 1/model.plan with a batch profile reaching max_batch_size, and the library is copied along."""
+    from _trt_helpers import FakeTRT
+
+    import cmir_trt.tensorrt as cmt
+
+    fake = FakeTRT("10.16.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module())
+    monkeypatch.setattr(cmt, "_loaded_libraries", {})
+    lib = tmp_path / "libcmir_trt_plugins.so"
+    lib.write_bytes(b"\x7fELF stand-in")
+    repo = export_triton_repository(_write_onnx(tmp_path / "model.onnx"), tmp_path / "repo", max_batch_size=6,
+                                    plugin_library=lib, build=True)
+    assert (repo / "cmir" / "1" / "model.plan").read_bytes() == fake.engine_bytes
+    assert fake.calls["profiles"][0]["art"][2] == [6, 3, S, S]
+    assert (repo / "cmir" / "plugins" / "libcmir_trt_plugins.so").read_bytes() == lib.read_bytes()
+    assert "Built at export time with TensorRT 10.16.0" in (repo / "README.md").read_text()
+    _check_config((repo / "cmir" / "config.pbtxt").read_text(), 6)
+
+
+def test_build_required_without_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(RuntimeError, match="^TensorRT is not installed: "):
+        export_triton_repository(_write_onnx(tmp_path / "model.onnx"), tmp_path / "repo", build=True)
+    assert not (tmp_path / "repo").exists()

@@ -61,6 +61,15 @@ if (( BUILT == 0 )); then
     step smoke 90 "$PY" benchmarks/gpu/smoke.py --json "$OUT/smoke.json"
   fi
 
+  # ---------------------------------------------------------------- TensorRT plugin harness (headers carried in .deps)
+  HARNESS=$(ls build/*/cmir_trt_plugin_harness 2>/dev/null | head -n1)
+  PLUGLIB=$("$PY" -c "from cmir_trt._native import plugin_library_path as f; print(f() or '')" 2>/dev/null)
+  if [[ -n "$HARNESS" && -n "$PLUGLIB" ]]; then
+    step trt_harness 120 "$HARNESS" "$PLUGLIB" --verbose
+  else
+    printf 'trt_harness\tunavailable(no headers in .deps)\t0\n' >> "$STEPS"
+  fi
+
   # ---------------------------------------------------------------- compute-sanitizer (small case: the ops only)
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1 || true)
   if [[ -n "$SAN" ]]; then
@@ -136,4 +145,7 @@ if os.path.exists(md):
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines[:40]))
 PYEOF
+# The device tool brings back at most 8 files: keep the summaries, bundle the logs.
+( cd "$OUT" && shopt -s nullglob && logs=(*.log *.xml *.tsv machine.txt) && (( ${#logs[@]} )) \
+  && tar czf logs.tar.gz "${logs[@]}" && rm -f "${logs[@]}" )
 echo "results in $OUT"

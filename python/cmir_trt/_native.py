@@ -38,8 +38,11 @@ def load_cuda() -> ModuleType:
 
 def plugin_library_path() -> Path | None:
     """Path of the TensorRT plugin library shipped with this build, or None."""
-    for name in ("libcmir_trt_plugins.so",):
-        p = _PACKAGE_DIR / name
+    import cmir_trt
+
+    # An editable install keeps compiled files in site-packages/cmir_trt, beside the redirected sources.
+    for d in [*(Path(p) for p in getattr(cmir_trt, "__path__", [])), _PACKAGE_DIR]:
+        p = d / "libcmir_trt_plugins.so"
         if p.is_file():
             return p
     return None

@@ -313,9 +313,9 @@ class TensorRTBackend:
         trt = _import_tensorrt()
         self._trt = trt
         load_plugin_library(plugin_library)
-        self._kind, self._dev = _device_module()
         self._logger = _logger(trt, verbose)
         if self.path.suffix == ".onnx":  # validation path: build in memory from the onnx-trt graph
+            self._kind, self._dev = _device_module()
             blob, info = build_serialized(self.path, max_batch=max_batch, plugin_library=plugin_library,
                                           verbose=verbose)
             self._metadata = self._metadata_from(engine_sidecar_from_onnx(self.path, info))
@@ -333,6 +333,7 @@ class TensorRTBackend:
                     raise ValueError(f"{self.path} does not match its sidecar {sidecar} (sha256 differs): the engine "
                                      "was modified or truncated")
             self._metadata = self._metadata_from(sc)
+            self._kind, self._dev = _device_module()
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(blob)
         if self._engine is None:

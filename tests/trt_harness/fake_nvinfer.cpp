@@ -42,7 +42,9 @@ class RecordingRegistry final : public nvinfer1::IPluginRegistry {
     return getAllCreators(n);
   }
 #if NV_TENSORRT_MAJOR < 11
-  // TensorRT 10 still has the deprecated IPluginCreator (V2) overloads.
+  // TensorRT 10 still has the deprecated IPluginCreator (V2) overloads; implementing them is not a use.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   bool registerCreator(nvinfer1::IPluginCreator&, const char*) noexcept override { return false; }
   nvinfer1::IPluginCreator* const* getPluginCreatorList(int32_t* const n) const noexcept override {
     *n = 0;
@@ -52,6 +54,7 @@ class RecordingRegistry final : public nvinfer1::IPluginRegistry {
     return nullptr;
   }
   bool deregisterCreator(nvinfer1::IPluginCreator const&) noexcept override { return false; }
+#pragma GCC diagnostic pop
 #endif
   const std::vector<std::string>& namespaces() const { return namespaces_; }
 

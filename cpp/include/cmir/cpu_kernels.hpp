@@ -3,7 +3,8 @@
 // version picks AVX-512 or AVX2 at run time (see Isa). `threads` <= 0 means all cores (omp_get_max_threads()).
 // Work is split statically over output pixels / rows / columns and every output element is computed by the same
 // instruction sequence whatever the split, so results are bit-identical run to run (and across thread counts) for a
-// given ISA. Bad dimensions throw std::invalid_argument; nothing here allocates per call except where noted.
+// given ISA. Bad dimensions throw std::invalid_argument. The fast kernels never allocate (scratch is the caller's);
+// the _ref functions (and Isa::kScalar, which runs them) allocate temporaries and are meant for tests.
 #pragma once
 #include <cstddef>
 
@@ -16,6 +17,11 @@ bool isa_supported(Isa isa);   // kAuto and kScalar: always true
 Isa resolve_isa(Isa isa);      // kAuto -> the concrete ISA used; an unsupported explicit ISA throws std::invalid_argument
 const char* isa_name(Isa isa); // "auto", "scalar", "avx2", "avx512"
 int resolve_threads(int threads);  // <= 0 -> omp_get_max_threads(); otherwise threads
+// Smallest amount of work (multiply-adds) worth one more thread: a layer of W multiply-adds runs on at most
+// max(1, W / grain) of its `threads` (small layers skip the fork/join). Default 2^18; 0 always uses all `threads`.
+// Process-wide and atomic; it changes speed only, never a result. Returns the previous value.
+double set_parallel_grain(double multiply_adds);
+double parallel_grain();
 
 // ---------------------------------------------------------------- involution
 // Involution aggregation. x [B, H, W, C]; kernel [B, Ho, Wo, G, K, K] (the span 1x1 conv output in NHWC, channel

@@ -268,6 +268,9 @@ void register_kernel_bindings(py::module_& m) {
   k.def("resolve_isa", [](const std::string& isa) { return std::string(cpu::isa_name(cpu::resolve_isa(parse_isa(isa)))); },
         py::arg("isa") = "auto",
         "The instruction set `isa` runs on ('auto' -> the best supported, capped by the CMIR_CPU_ISA env var).");
+  k.def("set_parallel_grain", &cpu::set_parallel_grain, py::arg("multiply_adds"),
+        "Smallest work (multiply-adds) worth one more thread (default 2**18; 0: always all threads). Speed only; "
+        "returns the previous value.");
   k.def("cmam_scratch_floats", &cpu::cmam_scratch_floats, py::arg("batch"), py::arg("tokens"), py::arg("channels"),
         py::arg("dim"), py::arg("heads"));
   k.def("cmam_weight_floats", &cpu::cmam_weight_floats, py::arg("channels"), py::arg("dim"));

@@ -2,6 +2,7 @@
 // vector code lives in kernels_avx512.cpp / kernels_avx2.cpp and only runs after a CPUID check).
 #include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -78,10 +79,11 @@ std::size_t checked_count(const char* fn, std::initializer_list<long long> dims)
   return static_cast<std::size_t>(n);
 }
 
+// Shape checks shared by the plain and the fused involution (kernel: null for the fused one).
 void check_involution(const char* fn, const float* x, const float* kernel, const float* y, int batch, int height,
-                      int width, int channels, int kernel_size, int stride, int group_channels) {
+                      int width, int channels, int kernel_size, int stride, int group_channels, bool fused = false) {
   require_ptr(x, fn, "x");
-  require_ptr(kernel, fn, "kernel");
+  if (!fused) require_ptr(kernel, fn, "kernel");
   require_ptr(y, fn, "y");
   require(kernel_size >= 1 && kernel_size % 2 == 1 && kernel_size <= 63, fn,
           "kernel_size must be odd and in [1, 63], got " + std::to_string(kernel_size));
@@ -163,6 +165,19 @@ const char* isa_name(Isa isa) {
 
 int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
+namespace {
+std::atomic<double> g_parallel_grain{262144.0};
+}  // namespace
+
+double set_parallel_grain(double multiply_adds) {
+  if (!(multiply_adds >= 0.0) || !std::isfinite(multiply_adds)) {
+    fail("set_parallel_grain: the grain must be a finite number >= 0");
+  }
+  return g_parallel_grain.exchange(multiply_adds);
+}
+
+double parallel_grain() { return g_parallel_grain.load(std::memory_order_relaxed); }
+
 namespace detail {
 
 CmamScratch cmam_scratch_layout(int batch, int tokens, int channels, int dim, int heads) {
@@ -240,7 +255,7 @@ void involution_fused_nhwc(const float* x, const InvolutionGeneration& gen, floa
                            int kernel_size, int stride, int group_channels, const Epilogue& epilogue, int threads,
                            Isa isa) {
   const char* fn = "involution_fused_nhwc";
-  check_involution(fn, x, x, y, batch, height, width, channels, kernel_size, stride, group_channels);
+  check_involution(fn, x, nullptr, y, batch, height, width, channels, kernel_size, stride, group_channels, true);
   require(gen.hidden >= 1, fn, "hidden must be >= 1");
   require_ptr(gen.reduce_wt, fn, "reduce_wt");
   require_ptr(gen.reduce_b, fn, "reduce_b");

@@ -18,7 +18,7 @@ REPO_MODEL = Path(__file__).resolve().parents[3] / "models" / "cmir-demo.pt"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help=f"checkpoint or plan (default: {REPO_MODEL.name} if present, else "
                                                  "an untrained model)")
-    p.add_argument("--out", default="cmir-demo-output", help="output folder (default: ./cmir-demo-output)")
+    p.add_argument("--out", default=None, help="output folder (default: CACHE/demo-output)")
     p.add_argument("--cache", default=None, help="cache folder for the plan (default: $XDG_CACHE_HOME/cmir_trt)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic case")
@@ -113,12 +113,12 @@ def run(args: argparse.Namespace) -> int:
     if not (case_dir / "clinical.csv").is_file():
         write_synthetic_case(case_dir, args.seed, schema)
     print(f"case:  {case_dir} (one SYNTHETIC case)")
-    argv = ["predict", "--model", str(plan), "--input", str(case_dir), "--out", args.out, "--backend", "native",
+    out = Path(args.out) if args.out else cache / "demo-output"
+    argv = ["predict", "--model", str(plan), "--input", str(case_dir), "--out", str(out), "--backend", "native",
             "--no-progress"]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     rc = cli.main(argv)
-    out = Path(args.out)
     for js in sorted(out.glob("*.json")):
         res = json.loads(js.read_text())
         prob = res["probability"]

@@ -37,6 +37,7 @@ from .io import _sitk
 SYNTH_VERSION = 2
 GRADES = ("M0", "M1", "M2")
 SPLITS = ("train", "internal", "external")
+MARKER = ".cmir_synth_cohort"
 IN_PLANE = 96        # voxels per in-plane axis
 Z_EXTENT_MM = 80.0   # slab thickness covered by the slices
 
@@ -392,6 +393,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], preset: str = "tiny", seed:
     params = {"format": "cmir-synthetic-cohort", "version": SYNTH_VERSION, "preset": preset, "seed": int(seed),
               "scale": float(scale), "strength": float(strength), "synthetic": True}
     meta_path = out / "cohort.json"
+    marker = out / MARKER  # written first: an interrupted cohort is still recognised as ours on the next run
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"{out} exists and is not a folder")
@@ -403,12 +405,25 @@ def generate_cohort(out_dir: str | os.PathLike[str], preset: str = "tiny", seed:
             if old.get("params") == params and all((out / pc.case_id).is_dir() for pc in plan) \
                     and (out / "manifest.csv").is_file() and (out / "clinical.csv").is_file():
                 return out
-        elif any(not p.name.startswith(".") for p in out.iterdir()):
+        elif not marker.is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
             raise ValueError(f"{out} is not empty and holds no synthetic cohort (cohort.json); refusing to write "
                              "into it")
     out.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(marker, json.dumps(params, sort_keys=True) + "\n")
     if meta_path.exists():
         meta_path.unlink()  # the cohort is unfinished until cohort.json is written again at the end
+    # Case folders of an earlier cohort in this folder that the new plan does not have would linger: remove them
+    # (only folders named in the old manifest, holding nothing but that case's files).
+    new_ids = {pc.case_id for pc in plan}
+    if (out / "manifest.csv").is_file():
+        with open(out / "manifest.csv", newline="") as f:
+            old_ids = {r.get("case_id", "") for r in csv.DictReader(f)}
+        for cid in sorted(old_ids - new_ids):
+            d = out / cid
+            if cid and d.is_dir() and not d.is_symlink() and all(
+                    q.is_file() and q.name.startswith(f"{cid}_") for q in d.iterdir()):
+                shutil.rmtree(d)
+        (out / "manifest.csv").unlink()
 
     jobs = [(pc, int(seed), float(strength), str(out)) for pc in plan]
     bar = None

@@ -48,7 +48,7 @@ def predict_directory(model_paths: Sequence[str | os.PathLike[str]], data_dir: s
     cases: CaseTable | None = None
     synthetic = False
     preds = []
-    for name, path in zip(names, paths):
+    for name, path in zip(names, paths, strict=True):
         model = load_checkpoint(path)
         meta: dict[str, Any] = model.metadata  # type: ignore[assignment]
         if model.config.num_classes != 1:

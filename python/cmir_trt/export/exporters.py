@@ -140,7 +140,7 @@ def export_torchscript(model: CMIR, out: str | os.PathLike[str], batch: int | st
     example = example_inputs(model, 2 if batch == "dynamic" else int(batch))
     with _quiet(verbose), torch.no_grad():
         traced = torch.jit.trace(wrapped, example, check_trace=False)
-    with _atomic_target(out, ".pt") as tmp:
+    with _atomic_target(out, ".pt") as tmp, _quiet(verbose):
         torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: _summary(model, "torchscript", batch,
                                                                                precision)})
     _write_sidecar(out, model, "torchscript", batch, precision, checkpoint)

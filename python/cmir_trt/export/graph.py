@@ -19,14 +19,16 @@ evaluates var + eps in half precision.
 from __future__ import annotations
 
 import copy
+import types
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model.cmam import CMAM
-from ..model.cmir import CMIR
+from ..model.cmir import CAM_EPS, CMIR
 from ..model.involution import Involution2d, involution_output_size
+from ..model.spatial import SpatialAttention
 from .schema import CMAM_PLUGIN, INVOLUTION_PLUGIN, load_schema
 
 FORMS = ("standard", "custom")
@@ -151,6 +153,40 @@ class ExportCMAM(nn.Module):
         return a, p
 
 
+class ExportSpatialAttention(nn.Module):
+    """SpatialAttention with the channel max written as max(dim) (exports as one ReduceMax; `amax` of a half
+    tensor is decomposed with an fp32 upcast, which would leave an fp32 island in an fp16 graph)."""
+
+    def __init__(self, sa: SpatialAttention) -> None:
+        super().__init__()
+        self.kernel_size = sa.kernel_size
+        self.conv = sa.conv
+
+    def attention(self, x: Tensor) -> Tensor:
+        stats = torch.cat([x.mean(dim=1, keepdim=True), torch.max(x, dim=1, keepdim=True)[0]], dim=1)
+        return torch.sigmoid(self.conv(stats))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.attention(x)
+        return x * a, a
+
+
+def _half_friendly_cam(self: CMIR, a: Tensor, p: Tensor | None, logit: Tensor) -> Tensor:
+    """CMIR._cam with the per-case peak as max over the flattened map (same value; no fp32 upcast in fp16)."""
+    c4 = a.shape[1]
+    weight = self.classifier.weight
+    if self.config.num_classes == 1:
+        w = weight[0].unsqueeze(0).expand(a.shape[0], -1)
+    else:
+        w = weight[logit.argmax(dim=1)]
+    cam = torch.einsum("bc,bchw->bhw", w[:, :c4], a)
+    if p is not None:
+        cam = cam + torch.einsum("bc,bchw->bhw", w[:, c4:2 * c4], p)
+    cam = F.relu(cam).unsqueeze(1)
+    peak = torch.max(cam.flatten(2), dim=2, keepdim=True)[0].unsqueeze(-1)
+    return cam / (peak + CAM_EPS)
+
+
 class OutputTuple(nn.Module):
     """(logit, probability, heatmap) as a plain tuple, optionally in fp16 with fp32 inputs/outputs."""
 
@@ -175,6 +211,8 @@ def _replace_modules(root: nn.Module, form: str) -> None:
             setattr(root, name, ExportInvolution(child, form))
         elif isinstance(child, CMAM) and form == "custom":
             setattr(root, name, ExportCMAM(child))
+        elif isinstance(child, SpatialAttention):
+            setattr(root, name, ExportSpatialAttention(child))
         elif isinstance(child, nn.BatchNorm2d):
             setattr(root, name, ChannelAffine(child))
         else:
@@ -196,6 +234,7 @@ def exportable_model(model: CMIR, form: str = "standard", precision: str = "fp32
     if precision == "fp16":
         fp16_range_check(m)
         m = m.half()
+        m._cam = types.MethodType(_half_friendly_cam, m)  # type: ignore[method-assign]
     out = OutputTuple(m, half=precision == "fp16").eval()
     out.requires_grad_(False)
     return out
@@ -223,6 +262,6 @@ def fp16_range_check(model: nn.Module) -> None:
             raise ValueError(f"model tensor {name!r} exceeds the fp16 range (|x| > {limit}); export at fp32")
 
 
-__all__ = ["FORMS", "ChannelAffine", "ExportCMAM", "ExportInvolution", "OutputTuple", "ceil_avg_pool",
-           "check_finite_parameters", "exportable_model", "fp16_range_check", "one_hot_im2col_weight",
+__all__ = ["FORMS", "ChannelAffine", "ExportCMAM", "ExportInvolution", "ExportSpatialAttention", "OutputTuple",
+           "ceil_avg_pool", "check_finite_parameters", "exportable_model", "fp16_range_check", "one_hot_im2col_weight",
            "pack_cross_attention", "reference_model"]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,9 @@ def load_torchscript_checked(path: str | os.PathLike[str], sc: dict[str, Any] | 
     _check_bytes(path, sc)
     extra = {METADATA_KEY: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError / zip errors for corrupt archives
         raise ArtifactError(f"{path} is not a readable TorchScript archive: {type(exc).__name__}: {exc}") from exc
     try:

@@ -187,7 +187,7 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
     from ..evaluation.metrics import youden_threshold
 
     out = Path(out)
-    log = log or (lambda s: print(s, flush=True))
+    log = log or (lambda s: tqdm.write(s))  # tqdm.write keeps a live progress bar intact
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch has no CUDA device here")
@@ -228,8 +228,8 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
         cl_t = torch.from_numpy(np.ascontiguousarray(data.clinical[tr]))
         y_t = torch.from_numpy(y_tr)[:, None]
         stopped = bad >= cfg.patience
-        bar = tqdm(range(start_epoch, cfg.epochs), desc="train", unit="epoch", disable=None if progress is None else not progress,
-                   initial=start_epoch, total=cfg.epochs, file=sys.stderr)
+        bar = tqdm(range(start_epoch, cfg.epochs), desc="train", unit="epoch", initial=start_epoch, total=cfg.epochs,
+                   disable=None if progress is None else not progress, file=sys.stderr)
         for epoch in (bar if not stopped else []):
             es = _epoch_seed(cfg.seed, epoch)
             torch.manual_seed(es)  # dropout
