@@ -78,16 +78,20 @@ class TrainResult:
 
 
 @contextlib.contextmanager
-def deterministic(threads: int) -> Iterator[None]:
-    """Deterministic algorithms and a fixed intra-op thread count for the block; previous settings restored."""
+def deterministic(threads: int, warn_only: bool = False) -> Iterator[None]:
+    """Deterministic algorithms and a fixed intra-op thread count for the block; previous settings restored.
+
+    warn_only (used on CUDA, where bit-reproducibility is not promised): ops without a deterministic kernel warn
+    instead of raising."""
     prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     prev_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
     torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev_det)
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
         torch.set_num_threads(prev_threads)
 
 
@@ -189,8 +193,11 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
     out = Path(out)
     log = log or (lambda s: tqdm.write(s))  # tqdm.write keeps a live progress bar intact
     device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch has no CUDA device here")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but torch has no CUDA device here")
+        # deterministic cuBLAS needs a fixed workspace; only effective before the first cuBLAS call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     s = data.art.shape[-1]
     if s != cfg.image_size:
         raise ValueError(f"data image size {s} differs from the training config's image_size {cfg.image_size}")
@@ -203,7 +210,7 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
     fp = data_fingerprint(data)
     tag = " (synthetic)" if synthetic else ""
 
-    with deterministic(cfg.threads):
+    with deterministic(cfg.threads, warn_only=device.type != "cpu"):
         torch.manual_seed(cfg.seed)
         model_cfg = CMIRConfig(num_clinical=data.clinical.shape[1], **cfg.model_fields())
         model = build_model(model_cfg).to(device)
