@@ -11,10 +11,10 @@ list(APPEND CMIR_CPP_SOURCES
 )
 set_source_files_properties(${_cmir_kernels_dir}/kernels_avx512.cpp PROPERTIES
   COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512dq;-mavx512vl;-mfma"
-  OBJECT_DEPENDS ${_cmir_kernels_dir}/kernels_impl.inc)
+  OBJECT_DEPENDS ${_cmir_kernels_dir}/kernels_impl.hpp)
 set_source_files_properties(${_cmir_kernels_dir}/kernels_avx2.cpp PROPERTIES
   COMPILE_OPTIONS "-mavx2;-mfma"
-  OBJECT_DEPENDS ${_cmir_kernels_dir}/kernels_impl.inc)
+  OBJECT_DEPENDS ${_cmir_kernels_dir}/kernels_impl.hpp)
 # GNU OpenMP, the same runtime as oneDNN's gomp build, so the process has one thread pool.
 list(APPEND CMIR_CPP_LIBS OpenMP::OpenMP_CXX)
 list(APPEND CMIR_CPP_MODULE_SOURCES

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmir_trt.data import CLINICAL_FEATURES
 from cmir_trt.model import CMIR, CMIRConfig, build_model, save_checkpoint
 
 # Image 40: the stage inputs are 10, 5 and 3 pixels wide, so stride-2 involutions pool odd sizes (partial windows).
@@ -20,8 +21,8 @@ SCHEMA_FILE = REPO / "export" / "plugin_schema.json"
 METADATA = {
     "threshold": 0.45,
     "training_data": {"synthetic": True, "cohort": "unit-test"},
-    "clinical_schema": {"features": ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"], "mean": [0.0] * 8,
-                        "std": [1.0] * 8},
+    # no normalisation statistics: validation then fits them on the cohort it is given (and says so)
+    "clinical_schema": {"features": list(CLINICAL_FEATURES), "mean": None, "std": None},
     "preprocess": {"image_size": IMAGE},
 }
 

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -478,3 +479,15 @@ def test_isa_environment_variable(value: str, expect: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == expect, out.stdout
+
+
+def test_cpp_unit_test_binary() -> None:
+    """tests/cpp/test_cpu_kernels.cpp (the C++ entry points the bindings do not reach), when CMake built it."""
+    root = Path(__file__).resolve().parents[1]
+    found = sorted(root.glob("build/*/cmir_test_cpu_kernels"))
+    if not found:
+        pytest.skip("cmir_test_cpu_kernels is not built (target from tests/cpp/test_cpu_kernels.cpp)")
+    for isa in ["auto", *ISAS]:
+        env = dict(os.environ, CMIR_CPU_ISA=isa)
+        out = subprocess.run([str(found[-1])], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"CMIR_CPU_ISA={isa}: {out.stdout}{out.stderr}"

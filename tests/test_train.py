@@ -105,6 +105,21 @@ def test_early_stopping(tmp_path):
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1
 
 
+def test_zero_init_residual_makes_blocks_identities():
+    from cmir_trt.model import CMIRConfig, build_model
+    from cmir_trt.model.resnet import Bottleneck
+    from cmir_trt.train.loop import zero_init_residual
+
+    torch.manual_seed(0)
+    model = build_model(CMIRConfig(image_size=32, width=0.125, cmam_dim=32, cmam_heads=2)).eval()
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert zero_init_residual(model) == len(blocks) == 2 * 8  # two backbones, depth 26 = 1+2+4+1 blocks
+    x = torch.randn(2, blocks[1].conv1[0].in_channels, 5, 5)
+    with torch.no_grad():
+        ref = torch.relu(x if blocks[1].downsample is None else blocks[1].downsample(x))
+        assert torch.allclose(blocks[1](x), ref, atol=0)
+
+
 def test_bad_training_data():
     art, pv, cl, y, sp = toy_arrays()
     art[3, 0, 0, 0] = np.nan

@@ -9,6 +9,8 @@
 #include "cmir/engine.hpp"
 
 #include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -125,10 +127,12 @@ struct Engine::Impl {
   std::vector<std::size_t> offsets;  // per-sample float offset of every tensor in the arena
   std::size_t arena_per_sample = 0;
   std::vector<std::string> labels;
+  std::vector<bool> aliased;  // per op: a residual conv that writes in place over its residual input
 
   // Weights reordered to the layout a conv primitive asked for, shared by all contexts (keyed by op and layout).
   std::mutex weights_mutex;
   std::map<std::size_t, std::vector<std::pair<memory::desc, memory>>> weights_cache;
+  bool weights_released = false;
 
   struct Step {
     dnnl::primitive prim;
@@ -154,11 +158,32 @@ struct Engine::Impl {
     }
     const long end = static_cast<long>(P.ops.size());
     for (auto t : {P.logit, P.probability, P.heatmap}) last[t] = end;
-    for (auto t : {P.art, P.pv, P.clinical})
-      if (t != kNoTensor) first[t] = -1;
+    // A conv with a residual whose input dies at that op writes its output in place over the residual (oneDNN's sum
+    // post-op accumulates into dst), which saves a copy and arena space. alias[t] = the tensor t shares storage with.
+    std::vector<std::uint32_t> alias(nt, kNoTensor);
+    aliased.assign(P.ops.size(), false);
+    for (std::size_t i = 0; i < P.ops.size(); ++i) {
+      const Op& op = P.ops[i];
+      if (op.type != OpType::kConv || op.inputs.size() != 2) continue;
+      const std::uint32_t r = op.inputs[1], y = op.outputs[0];
+      if (r == P.art || r == P.pv || r == P.clinical || r == op.inputs[0] || last[r] != static_cast<long>(i))
+        continue;
+      alias[y] = r;
+      aliased[i] = true;
+    }
+    auto root = [&](std::uint32_t t) {
+      while (alias[t] != kNoTensor) t = alias[t];
+      return t;
+    };
+    std::vector<long> root_last(last);
+    for (std::size_t t = 0; t < nt; ++t) {
+      const auto r = root(static_cast<std::uint32_t>(t));
+      root_last[r] = std::max(root_last[r], last[t]);
+    }
     std::vector<std::size_t> order;
     for (std::size_t t = 0; t < nt; ++t)
-      if (last[t] >= 0 || t == P.art || t == P.pv || t == P.clinical) order.push_back(t);
+      if (alias[t] == kNoTensor && (root_last[t] >= 0 || t == P.art || t == P.pv || t == P.clinical))
+        order.push_back(t);
     std::stable_sort(order.begin(), order.end(),
                      [&](std::size_t a, std::size_t b) { return P.tensors[a].elems() > P.tensors[b].elems(); });
     offsets.assign(nt, 0);
@@ -170,7 +195,7 @@ struct Engine::Impl {
     arena_per_sample = 0;
     for (auto t : order) {
       const std::size_t size = round_up(P.tensors[t].elems());
-      const long f = first[t], l = std::max(last[t], first[t]);
+      const long f = first[t], l = std::max(root_last[t], first[t]);
       std::vector<std::pair<std::size_t, std::size_t>> busy;
       for (const auto& p : placed)
         if (!(p.last < f || l < p.first)) busy.emplace_back(p.off, p.off + p.size);
@@ -184,6 +209,7 @@ struct Engine::Impl {
       placed.push_back({off, size, f, l});
       arena_per_sample = std::max(arena_per_sample, off + size);
     }
+    for (std::size_t t = 0; t < nt; ++t) offsets[t] = offsets[root(static_cast<std::uint32_t>(t))];
   }
 
   memory::dims nchw(std::uint32_t t, int batch) const {
@@ -191,23 +217,70 @@ struct Engine::Impl {
     return {batch, d.c, d.h, d.w};
   }
 
+  dnnl::convolution_forward::primitive_desc conv_pd(std::size_t i, int batch) {
+    const Op& op = plan.ops[i];
+    const int k = op.ints[0], s = op.ints[1], p = op.ints[2];
+    const auto& out = plan.tensors[op.outputs[0]];
+    memory::desc src_md(nchw(op.inputs[0], batch), dt::f32, tag::nhwc);
+    memory::desc dst_md(nchw(op.outputs[0], batch), dt::f32, tag::nhwc);
+    memory::desc w_any({out.c, plan.tensors[op.inputs[0]].c, k, k}, dt::f32, tag::any);
+    memory::desc b_md({out.c}, dt::f32, tag::a);
+    dnnl::post_ops po;
+    if (op.inputs.size() == 2) po.append_sum(1.0f);
+    if (op.ints[3]) po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    attr.set_post_ops(po);
+    return dnnl::convolution_forward::primitive_desc(eng, dnnl::prop_kind::forward_inference,
+                                                     dnnl::algorithm::convolution_direct, src_md, w_any, b_md, dst_md,
+                                                     {s, s}, {p, p}, {p, p}, attr);
+  }
+
+  // Conv weights in the layout `want`. The first layout of an op is reordered from the plan's OIHW weights; any other
+  // from that first copy, so the plan's OIHW copy is not needed after load (release_conv_weights).
   memory reordered_weights(std::size_t op_index, const memory::desc& want) {
     std::lock_guard<std::mutex> lock(weights_mutex);
     auto& entries = weights_cache[op_index];
     for (auto& e : entries)
       if (e.first == want) return e.second;
-    const Op& op = plan.ops[op_index];
-    const auto& in = plan.tensors[op.inputs[0]];
-    const auto& out = plan.tensors[op.outputs[0]];
-    const int k = op.ints[0];
-    memory::desc user_md({out.c, in.c, k, k}, dt::f32, tag::oihw);
-    memory user(user_md, eng, const_cast<float*>(op.weights[0].data));  // read only: the reorder's source
+    memory src;
+    if (!entries.empty()) {
+      src = entries.front().second;
+    } else {
+      if (weights_released) throw std::logic_error("conv weights requested after their release");
+      const Op& op = plan.ops[op_index];
+      const auto& in = plan.tensors[op.inputs[0]];
+      const auto& out = plan.tensors[op.outputs[0]];
+      const int k = op.ints[0];
+      memory::desc user_md({out.c, in.c, k, k}, dt::f32, tag::oihw);
+      src = memory(user_md, eng, const_cast<float*>(op.weights[0].data));  // read only: the reorder's source
+    }
     memory dst(want, eng);
     dnnl::stream s(eng);
-    dnnl::reorder(user, dst).execute(s, user, dst);
+    dnnl::reorder(src, dst).execute(s, src, dst);
     s.wait();
     entries.emplace_back(want, dst);
     return dst;
+  }
+
+  // At load: every conv's weights reordered once (layout of a batch-1 primitive), then the plan's OIHW copy handed
+  // back to the OS page by page, so the weights are resident once, not twice (peak RSS).
+  void prepare_conv_weights() {
+    omp_set_num_threads(threads);
+    const long page = sysconf(_SC_PAGESIZE);
+    for (std::size_t i = 0; i < plan.ops.size(); ++i) {
+      const Op& op = plan.ops[i];
+      if (op.type != OpType::kConv) continue;
+      reordered_weights(i, conv_pd(i, 1).weights_desc());
+      if (page <= 0 || plan.bytes.empty()) continue;
+      // Only whole pages inside this op's weight range (the buffer is anonymous memory owned by the plan; the
+      // released pages are never read again: later layouts are reordered from the copy made above).
+      const auto begin = reinterpret_cast<std::uintptr_t>(op.weights[0].data);
+      const auto end = begin + op.weights[0].count * sizeof(float);
+      const std::uintptr_t p0 = (begin + page - 1) / page * page, p1 = end / page * page;
+      if (p1 > p0) madvise(reinterpret_cast<void*>(p0), p1 - p0, MADV_DONTNEED);
+    }
+    weights_released = true;
   }
 
   std::unique_ptr<Context> make_context(int batch) {
@@ -231,25 +304,16 @@ struct Engine::Impl {
       dnnl::primitive_attr attr;
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
       if (op.type == OpType::kConv) {
-        const int k = op.ints[0], s = op.ints[1], p = op.ints[2];
-        const auto& out = plan.tensors[op.outputs[0]];
+        auto pd = conv_pd(i, batch);
         memory::desc src_md(nchw(op.inputs[0], batch), dt::f32, tag::nhwc);
         memory::desc dst_md(nchw(op.outputs[0], batch), dt::f32, tag::nhwc);
-        memory::desc w_any({out.c, plan.tensors[op.inputs[0]].c, k, k}, dt::f32, tag::any);
-        memory::desc b_md({out.c}, dt::f32, tag::a);
-        dnnl::post_ops po;
-        if (op.inputs.size() == 2) po.append_sum(1.0f);
-        if (op.ints[3]) po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-        attr.set_post_ops(po);
-        dnnl::convolution_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference,
-                                                     dnnl::algorithm::convolution_direct, src_md, w_any, b_md, dst_md,
-                                                     {s, s}, {p, p}, {p, p}, attr);
+        memory::desc b_md({plan.tensors[op.outputs[0]].c}, dt::f32, tag::a);
         st.prim = dnnl::convolution_forward(pd);
         st.args[DNNL_ARG_SRC] = memory(src_md, eng, ptr(op.inputs[0]));
         st.args[DNNL_ARG_WEIGHTS] = reordered_weights(i, pd.weights_desc());
         st.args[DNNL_ARG_BIAS] = memory(b_md, eng, const_cast<float*>(op.weights[1].data));
         st.args[DNNL_ARG_DST] = memory(dst_md, eng, ptr(op.outputs[0]));
-        st.copy_residual = op.inputs.size() == 2;
+        st.copy_residual = op.inputs.size() == 2 && !aliased[i];
         scratch_users.emplace_back(i, pd.scratchpad_desc());
         scratch_bytes = std::max(scratch_bytes, pd.scratchpad_desc().get_size());
       } else if (op.type == OpType::kMaxPool) {
@@ -495,6 +559,11 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, int threads) {
   impl->threads = threads > 0 ? threads : omp_get_num_procs();
   impl->plan_memory();
   for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
+  try {
+    impl->prepare_conv_weights();
+  } catch (const dnnl::error& e) {
+    throw std::runtime_error(std::string("oneDNN could not prepare the convolutions: ") + e.what());
+  }
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -504,6 +573,11 @@ std::unique_ptr<Engine> Engine::from_bytes(const unsigned char* data, std::size_
   impl->threads = threads > 0 ? threads : omp_get_num_procs();
   impl->plan_memory();
   for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
+  try {
+    impl->prepare_conv_weights();
+  } catch (const dnnl::error& e) {
+    throw std::runtime_error(std::string("oneDNN could not prepare the convolutions: ") + e.what());
+  }
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 

@@ -282,7 +282,11 @@ std::uint32_t crc32(const unsigned char* data, std::size_t size) {
   return c ^ 0xFFFFFFFFu;
 }
 
-Plan parse_plan(const unsigned char* data, std::size_t size) {
+namespace {
+
+// owned: the file's bytes, already placed so that `data` (which points into it) is 64-byte aligned; the plan takes it
+// over and its weights point into it (no second copy of the weights). Without it the weights are copied.
+Plan parse_impl(const unsigned char* data, std::size_t size, std::vector<unsigned char>* owned) {
   if (data == nullptr || size < kHeaderSize + 8) fail("file is too short to be a plan (" + std::to_string(size) +
                                                       " bytes)");
   if (std::memcmp(data, "CMIRPLAN", 8) != 0) fail("bad magic (not a cmir plan file)");
@@ -319,12 +323,17 @@ Plan parse_plan(const unsigned char* data, std::size_t size) {
     fail("metadata is not a UTF-8 JSON object");
 
   Plan plan;
-  // A copy with 64-byte aligned weights: the buffer is owned by the plan, weight pointers point into it.
-  plan.bytes.resize(static_cast<std::size_t>(weights_size) + 64);
-  auto base = reinterpret_cast<std::uintptr_t>(plan.bytes.data());
-  const std::size_t shift = (64 - base % 64) % 64;
-  unsigned char* wbuf = plan.bytes.data() + shift;
-  if (weights_size) std::memcpy(wbuf, data + weights_off, static_cast<std::size_t>(weights_size));
+  const unsigned char* wbuf = nullptr;
+  if (owned != nullptr && reinterpret_cast<std::uintptr_t>(data) % 64 == 0) {
+    wbuf = data + weights_off;  // weights_off % 64 == 0: aligned in place
+  } else {
+    // A copy with 64-byte aligned weights: the buffer is owned by the plan, weight pointers point into it.
+    plan.bytes.resize(static_cast<std::size_t>(weights_size) + 64);
+    auto base = reinterpret_cast<std::uintptr_t>(plan.bytes.data());
+    unsigned char* dst = plan.bytes.data() + (64 - base % 64) % 64;
+    if (weights_size) std::memcpy(dst, data + weights_off, static_cast<std::size_t>(weights_size));
+    wbuf = dst;
+  }
   plan.metadata_json.assign(reinterpret_cast<const char*>(data + meta_off), static_cast<std::size_t>(meta_size));
 
   Reader g(data + graph_off, static_cast<std::size_t>(graph_size), "graph");
@@ -439,8 +448,13 @@ Plan parse_plan(const unsigned char* data, std::size_t size) {
   need_output(plan.logit, "logit", 1, 1, spec.num_classes);
   need_output(plan.probability, "probability", 1, 1, spec.num_classes);
   need_output(plan.heatmap, "heatmap", s, s, 1);
+  if (owned != nullptr && plan.bytes.empty()) plan.bytes = std::move(*owned);  // moving keeps the data pointer
   return plan;
 }
+
+}  // namespace
+
+Plan parse_plan(const unsigned char* data, std::size_t size) { return parse_impl(data, size, nullptr); }
 
 Plan load_plan_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -450,10 +464,13 @@ Plan load_plan_file(const std::string& path) {
   if (len < 0) throw PlanError("cannot read plan file: " + path);
   if (static_cast<std::uint64_t>(len) > kMaxFileSize) throw PlanError("plan file too large: " + path);
   f.seekg(0, std::ios::beg);
-  std::vector<unsigned char> buf(static_cast<std::size_t>(len));
-  if (len > 0 && !f.read(reinterpret_cast<char*>(buf.data()), len)) throw PlanError("cannot read plan file: " + path);
+  // Read straight into the buffer the plan keeps, placed 64-byte aligned, so the weights are held once.
+  std::vector<unsigned char> buf(static_cast<std::size_t>(len) + 64);
+  const auto base = reinterpret_cast<std::uintptr_t>(buf.data());
+  unsigned char* start = buf.data() + (64 - base % 64) % 64;
+  if (len > 0 && !f.read(reinterpret_cast<char*>(start), len)) throw PlanError("cannot read plan file: " + path);
   try {
-    return parse_plan(buf.data(), buf.size());
+    return parse_impl(start, static_cast<std::size_t>(len), &buf);
   } catch (const PlanError& e) {
     throw PlanError(path + ": " + e.what());
   }

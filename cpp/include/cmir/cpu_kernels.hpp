@@ -11,10 +11,11 @@
 namespace cmir::cpu {
 
 // Instruction set of the fast kernels. kAuto = the best one this CPU supports, unless the environment variable
-// CMIR_CPU_ISA (avx512 | avx2 | scalar, read once) asks for a lower one. kScalar runs the _ref code (one thread).
+// CMIR_CPU_ISA (auto | avx512 | avx2 | scalar, read once; unknown or unsupported -> std::invalid_argument) names
+// another. kScalar runs the _ref code (one thread).
 enum class Isa { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3 };
 bool isa_supported(Isa isa);   // kAuto and kScalar: always true
-Isa resolve_isa(Isa isa);      // kAuto -> the concrete ISA used; an unsupported explicit ISA throws std::invalid_argument
+Isa resolve_isa(Isa isa);      // kAuto -> the ISA used; an unsupported explicit ISA throws std::invalid_argument
 const char* isa_name(Isa isa); // "auto", "scalar", "avx2", "avx512"
 int resolve_threads(int threads);  // <= 0 -> omp_get_max_threads(); otherwise threads
 // Smallest amount of work (multiply-adds) worth one more thread: a layer of W multiply-adds runs on at most

@@ -60,7 +60,7 @@ struct InputSpec {
 };
 
 struct Plan {
-  std::vector<unsigned char> bytes;  // the whole file; weights point into it (64-byte aligned copy)
+  std::vector<unsigned char> bytes;  // owns the weights (the whole file when loaded from disk); weights point into it
   std::string metadata_json;
   InputSpec spec;
   std::uint32_t art = kNoTensor, pv = kNoTensor, clinical = kNoTensor;

@@ -265,7 +265,9 @@ void register_kernel_bindings(py::module_& m) {
   py::module_ k = m.def_submodule("kernels", "cmir_trt's own CPU kernels (NHWC float32) and their scalar references");
   k.def("isa_supported", [](const std::string& isa) { return cpu::isa_supported(parse_isa(isa)); }, py::arg("isa"),
         "Whether this CPU can run the kernels built for `isa` ('auto', 'avx512', 'avx2', 'scalar').");
-  k.def("resolve_isa", [](const std::string& isa) { return std::string(cpu::isa_name(cpu::resolve_isa(parse_isa(isa)))); },
+  k.def(
+      "resolve_isa",
+      [](const std::string& isa) { return std::string(cpu::isa_name(cpu::resolve_isa(parse_isa(isa)))); },
         py::arg("isa") = "auto",
         "The instruction set `isa` runs on ('auto' -> the best supported, capped by the CMIR_CPU_ISA env var).");
   k.def("set_parallel_grain", &cpu::set_parallel_grain, py::arg("multiply_adds"),

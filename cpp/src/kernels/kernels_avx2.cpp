@@ -11,8 +11,8 @@ namespace cmir::cpu::detail::avx2 {
 using V = __m256;
 constexpr int kLanes = 8;
 constexpr int kInvBlock = 6;  // 6 accumulators of the 16 ymm registers, the rest for broadcasts and loads
-constexpr int kGemmMR = 2;    // 2x4 tile: 8 accumulators, 4 weight vectors, 1 activation vector
-constexpr int kGemmNR = 4;
+constexpr int kGemmMR = 4;    // 4x2 tile: 8 accumulators, 2 weight vectors, 1 activation vector
+constexpr int kGemmNR = 2;
 constexpr int kNnNV = 1;     // fused involution GEMMs: 8 accumulators per tile of 8 pixels
 
 inline __m256i lanes_mask(int n) {
@@ -48,6 +48,6 @@ inline float vhmax(V v) {
   return _mm_cvtss_f32(s);
 }
 
-#include "kernels_impl.inc"
+#include "kernels_impl.hpp"  // the kernels themselves, compiled here for this ISA
 
 }  // namespace cmir::cpu::detail::avx2

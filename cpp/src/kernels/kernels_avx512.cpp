@@ -17,8 +17,8 @@ namespace cmir::cpu::detail::avx512 {
 using V = __m512;
 constexpr int kLanes = 16;
 constexpr int kInvBlock = 8;  // 8 accumulators + broadcasts + loads stay well inside the 32 zmm registers
-constexpr int kGemmMR = 4;    // 4x4 tile: 16 accumulators, 4 weight vectors, 1 activation vector
-constexpr int kGemmNR = 4;
+constexpr int kGemmMR = 4;    // 4x6 tile: 24 accumulators, 6 weight vectors, 1 activation vector (31 of 32 zmm)
+constexpr int kGemmNR = 6;
 constexpr int kNnNV = 2;     // fused involution GEMMs: 16 accumulators per tile of 8 pixels
 
 inline __mmask16 lanes_mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
@@ -40,6 +40,6 @@ inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }
 inline float vhsum(V v) { return _mm512_reduce_add_ps(v); }
 inline float vhmax(V v) { return _mm512_reduce_max_ps(v); }
 
-#include "kernels_impl.inc"
+#include "kernels_impl.hpp"  // the kernels themselves, compiled here for this ISA
 
 }  // namespace cmir::cpu::detail::avx512

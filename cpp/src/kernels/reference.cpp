@@ -70,7 +70,8 @@ void involution_fused_nhwc_ref(const float* x, const InvolutionGeneration& gen, 
   check_positive("involution_fused_nhwc_ref",
                  {batch, height, width, channels, kernel_size, stride, group_channels, gen.hidden});
   if (kernel_size % 2 == 0 || channels % group_channels != 0) {
-    throw std::invalid_argument("involution_fused_nhwc_ref: kernel_size must be odd and channels % group_channels == 0");
+    throw std::invalid_argument(
+        "involution_fused_nhwc_ref: kernel_size must be odd and channels % group_channels == 0");
   }
   const int ho_n = (height + stride - 1) / stride;
   const int wo_n = (width + stride - 1) / stride;

@@ -258,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    # The same OpenMP wait policy the native backend sets for itself (before any OpenMP runtime is loaded; torch's
+    # bundled libgomp reads it too, so both OpenMP users are measured alike).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     batches = _ints(args.batch, "batch")
     threads_list = _ints(args.threads, "threads") if args.threads else [os.cpu_count() or 1]
     if args.repeats < 1 or args.warmup < 0:

@@ -169,6 +169,8 @@ def export_onnx(model: CMIR, out: str | os.PathLike[str], form: str = "standard"
             program = torch.onnx.export(exportable, example, dynamo=True, input_names=list(INPUT_NAMES),
                                         output_names=list(OUTPUT_NAMES), opset_version=opset,
                                         dynamic_shapes=dynamic_shapes, external_data=False, verbose=False)
+        except ImportError:
+            raise  # onnx / onnxscript missing: the caller reports the package, not an export bug
         except Exception as exc:
             raise RuntimeError(f"ONNX export ({fmt}, {precision}) failed: {type(exc).__name__}: {exc}") from exc
     if program is None:  # pragma: no cover - dynamo=True always returns a program

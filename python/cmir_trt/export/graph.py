@@ -85,6 +85,7 @@ class ExportInvolution(nn.Module):
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         self.form = form
+        self.half_sum = False  # set for fp16 export (see forward)
         self.channels = inv.channels
         self.kernel_size = inv.kernel_size
         self.stride = inv.stride
@@ -111,7 +112,12 @@ class ExportInvolution(nn.Module):
                 shape=[x.shape[0], self.channels, ho, wo], version=1)
         cols = F.conv2d(x, self.im2col, stride=s, padding=(k - 1) // 2, groups=self.channels)  # [B, C*K*K, H', W']
         cols = cols.view(-1, self.groups, self.group_channels, k * k, ho, wo)
-        y = (cols * kernel.view(-1, self.groups, 1, k * k, ho, wo)).sum(dim=3)
+        prod = cols * kernel.view(-1, self.groups, 1, k * k, ho, wo)
+        if self.half_sum:
+            # sum() of a half tensor exports with an fp32 upcast (Cast, ReduceSum, Cast); mean() stays fp16.
+            y = prod.mean(dim=3) * float(k * k)
+        else:
+            y = prod.sum(dim=3)
         return y.view(-1, self.channels, ho, wo)
 
 
@@ -235,6 +241,9 @@ def exportable_model(model: CMIR, form: str = "standard", precision: str = "fp32
         fp16_range_check(m)
         m = m.half()
         m._cam = types.MethodType(_half_friendly_cam, m)  # type: ignore[method-assign]
+        for mod in m.modules():
+            if isinstance(mod, ExportInvolution):
+                mod.half_sum = True
     out = OutputTuple(m, half=precision == "fp16").eval()
     out.requires_grad_(False)
     return out

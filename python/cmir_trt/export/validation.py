@@ -173,21 +173,26 @@ def _engine(path: Path, **kwargs: Any) -> Any:
                                  f"available: {exc}") from exc
 
 
-def _prepare_tensorrt(ctx: ValidationContext) -> Runner:
-    try:
-        import importlib
+def _prepare_tensorrt(precision: str) -> Callable[[ValidationContext], Runner]:
+    def prepare(ctx: ValidationContext) -> Runner:
+        try:
+            from .. import tensorrt as trt_backend
+        except ImportError as exc:
+            raise BackendUnavailable(f"cmir_trt.tensorrt could not be imported: {exc}") from exc
+        version = trt_backend.tensorrt_version()
+        if version is None:
+            raise BackendUnavailable("TensorRT is not installed here; the onnx-trt graph was checked against the "
+                                     "plugin schema and run through the schema expansion instead")
+        reason = _cuda_reason()
+        if reason is not None:
+            raise BackendUnavailable(f"TensorRT {version} needs a GPU: {reason}")
+        path = ctx.export("onnx-trt", precision)
+        try:
+            return _engine_runner(_engine(path, device="cuda", backend="tensorrt"))
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise BackendUnavailable(f"TensorRT {version} could not build/run the onnx-trt graph: {exc}") from exc
 
-        importlib.import_module("cmir_trt.tensorrt")
-    except ImportError as exc:
-        raise BackendUnavailable(f"TensorRT is not available here (cmir_trt.tensorrt: {exc}); the onnx-trt graph "
-                                 f"was checked structurally and through the schema expansion only") from exc
-    if _cuda_reason() is not None:
-        raise BackendUnavailable(f"TensorRT needs a GPU: {_cuda_reason()}")
-    path = ctx.export("onnx-trt")
-    try:
-        return _engine_runner(_engine(path, device="cuda", backend="tensorrt"))
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise BackendUnavailable(f"TensorRT engine could not be built: {exc}") from exc
+    return prepare
 
 
 def _prepare_native(ctx: ValidationContext) -> Runner:
@@ -239,12 +244,15 @@ register_backend(Backend("onnx-trt-expanded-fp32",
                          "(ONNX Runtime CPU)", FP32, _prepare_onnx_trt_expanded("fp32")))
 register_backend(Backend("onnx-trt-expanded-fp16", "onnx-trt fp16 graph, custom nodes expanded (ONNX Runtime CPU)",
                          FP16, _prepare_onnx_trt_expanded("fp16")))
-register_backend(Backend("onnx-trt-tensorrt", "onnx-trt graph built by TensorRT with the cmir plugins", FP32,
-                         _prepare_tensorrt))
+# TensorRT may run fp32 convolutions in TF32 and reorders reductions: GPU fp32 bounds, not the CPU ones.
+GPU_FP32 = Tolerance({"probability": ("abs", 1e-4), "logit": ("rel", 1e-3), "heatmap": ("abs", 1e-3)})
+register_backend(Backend("onnx-trt-tensorrt", "onnx-trt graph built by TensorRT with the cmir plugins, fp32",
+                         GPU_FP32, _prepare_tensorrt("fp32")))
+register_backend(Backend("onnx-trt-tensorrt-fp16", "onnx-trt fp16 graph built by TensorRT with the cmir plugins",
+                         FP16, _prepare_tensorrt("fp16")))
 register_backend(Backend("native", "native C++ engine on the plan (cmir_trt.Engine, backend='native')", FP32,
                          _prepare_native))
-register_backend(Backend("cuda", "PyTorch on the GPU (cmir_trt.Engine, device='cuda', backend='torch')",
-                         Tolerance({"probability": ("abs", 1e-4), "logit": ("rel", 1e-3), "heatmap": ("abs", 1e-3)}),
+register_backend(Backend("cuda", "PyTorch on the GPU (cmir_trt.Engine, device='cuda', backend='torch')", GPU_FP32,
                          _prepare_cuda))
 
 
@@ -437,9 +445,10 @@ def validate_checkpoint(checkpoint: str | os.PathLike[str], workdir: str | os.Pa
         log(f"validate: {name} ...")
         try:
             runner = backend.prepare(ctx)
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, ImportError) as exc:  # ImportError: an optional package (onnx, ...) is absent
+            reason = str(exc) if isinstance(exc, BackendUnavailable) else f"missing package: {exc}"
             report["backends"].append({"name": name, "description": backend.description, "status": "unavailable",
-                                       "reason": str(exc), "within_tolerance": None})
+                                       "reason": reason, "within_tolerance": None})
             continue
         except Exception as exc:  # an export or load failure is a failed row, not a crash of the whole table
             report["backends"].append({"name": name, "description": backend.description, "status": "failed",

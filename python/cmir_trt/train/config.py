@@ -32,6 +32,11 @@ class TrainConfig:
     rotate_deg: float = 10.0
     intensity_jitter: float = 0.1  # per phase: x * (1 + U(-j, j)) + U(-j, j)
     eval_batch_size: int = 64
+    grad_clip: float = 1.0       # max global gradient norm (0 = off)
+    # zero-initialised last BN of each residual branch (Goyal et al. 2017): blocks start as identities. Involution
+    # makes a branch's output quadratic in its input, so an eval-mode (running-statistics) network can otherwise
+    # amplify an atypical case block after block
+    zero_init_residual: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -44,8 +49,8 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.patience < 1 or self.rotate_deg < 0 or self.intensity_jitter < 0 \
-                or self.min_delta < 0:
-            raise ValueError("weight_decay, rotate_deg, intensity_jitter, min_delta must be >= 0 and patience >= 1")
+                or self.min_delta < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay, rotate_deg, intensity_jitter, min_delta, grad_clip must be >= 0 and patience >= 1")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 

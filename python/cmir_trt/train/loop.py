@@ -95,6 +95,20 @@ def deterministic(threads: int, warn_only: bool = False) -> Iterator[None]:
         torch.set_num_threads(prev_threads)
 
 
+def zero_init_residual(model: torch.nn.Module) -> int:
+    """Zero the scale of the last batch norm of every bottleneck's residual branch; returns how many."""
+    from ..model.resnet import Bottleneck
+
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, Bottleneck):
+            bn = mod.conv3[-1]
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                torch.nn.init.zeros_(bn.weight)
+                n += 1
+    return n
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     # distinct, stable 63-bit seeds per (seed, epoch); SeedSequence mixes well and is version-stable
     return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -213,7 +227,10 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
     with deterministic(cfg.threads, warn_only=device.type != "cpu"):
         torch.manual_seed(cfg.seed)
         model_cfg = CMIRConfig(num_clinical=data.clinical.shape[1], **cfg.model_fields())
-        model = build_model(model_cfg).to(device)
+        model = build_model(model_cfg)
+        if cfg.zero_init_residual:
+            zero_init_residual(model)
+        model = model.to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
         start_epoch, best_auc, best_epoch, bad = 0, -math.inf, -1, 0
@@ -256,6 +273,8 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
                                              f"lower --lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 total += float(loss.item()) * idx.numel()
                 count += idx.numel()
@@ -263,6 +282,7 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
             prob_iv = predict_proba(model, data.art[iv], data.pv[iv], data.clinical[iv], cfg.eval_batch_size,
                                     cfg.device)
             auc = _auc(y_iv, prob_iv)
+            n_bad = int(np.count_nonzero(~np.isfinite(prob_iv)))
             history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "internal_auc": auc,
                             "lr": float(opt.param_groups[0]["lr"])})
             if math.isfinite(auc) and auc > best_auc + cfg.min_delta:
@@ -272,8 +292,9 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
                 bad += 1
             bar.set_postfix({"loss": f"{total / max(count, 1):.4f}", f"AUC{tag}": f"{auc:.3f}",
                              "best": f"{best_auc:.3f}@{best_epoch}"})
+            auc_txt = f"{auc:.4f}" if not n_bad else f"n/a ({n_bad} non-finite outputs)"
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {total / max(count, 1):.4f}  "
-                f"internal-validation AUC{tag} {auc:.4f}  best {best_auc:.4f} (epoch {best_epoch})")
+                f"internal-validation AUC{tag} {auc_txt}  best {best_auc:.4f} (epoch {best_epoch})")
             _atomic_torch_save({
                 "format": RESUME_FORMAT, "format_version": RESUME_VERSION, "train_config": cfg.to_dict(),
                 "data_fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(),

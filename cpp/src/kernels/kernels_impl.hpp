@@ -1,5 +1,6 @@
-// The fast CPU kernels, written once against a small vector abstraction and compiled once per instruction set.
-// Included by kernels_avx512.cpp and kernels_avx2.cpp inside namespace cmir::cpu::detail::<isa>, after they define:
+// NOT an ordinary header (no include guard, on purpose): the body of the fast CPU kernels, written once against a
+// small vector abstraction and compiled once per instruction set. Include it only from kernels_avx512.cpp and
+// kernels_avx2.cpp, inside namespace cmir::cpu::detail::<isa>, after they define:
 //   V (vector of kLanes floats), kLanes, kInvBlock (involution accumulators), kGemmMR/kGemmNR (GEMM tile),
 //   kNnNV (vectors per row in the fused involution's per-tile GEMM),
 //   vzero, vset1, vload, vstore, vload_n, vstore_n (first n lanes, rest zero / untouched), vload_n_fill (rest = fill),
@@ -209,7 +210,9 @@ inline void gemm_nn_rows(const float* a, long lda, const float* bt, const float*
       }
     }
     for (int i = 0; i < MR; ++i)
-      for (int v = 0; v < kNnNV; ++v) vstore(out + i * ldo + j + v * kLanes, relu ? vmax(vzero(), acc[i][v]) : acc[i][v]);
+      for (int v = 0; v < kNnNV; ++v) {
+        vstore(out + i * ldo + j + v * kLanes, relu ? vmax(vzero(), acc[i][v]) : acc[i][v]);
+      }
   }
   for (; j < n; j += kLanes) {  // remaining columns, one (possibly partial) vector at a time
     const int w = imin(kLanes, n - j);
@@ -335,7 +338,7 @@ inline void gemm_tile(const float* a, long lda, const float* w, long ldw, const 
   int k = 0;
   for (; k + kLanes <= kdim; k += kLanes) {
     if (pf && k % 16 == 0) {  // one prefetch per 64-byte line
-      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ldw + k), _MM_HINT_T0);
+      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ldw + k), _MM_HINT_T1);
     }
     V b[NR];
     for (int j = 0; j < NR; ++j) b[j] = vload(w + j * ldw + k);
@@ -526,7 +529,8 @@ void cmam(const float* art, const float* pv, const float* weights_art, const flo
       {pv, wa.wv, wa.bv, v[0], m, dim, channels},  {pv, wp.wq, wp.bq, q[1], m, dim, channels},
       {art, wp.wk, wp.bk, k[1], m, dim, channels}, {art, wp.wv, wp.bv, v[1], m, dim, channels},
   };
-  const GemmJob out_proj[2] = {{o[0], wa.wo, wa.bo, y[0], m, channels, dim}, {o[1], wp.wo, wp.bo, y[1], m, channels, dim}};
+  const GemmJob out_proj[2] = {{o[0], wa.wo, wa.bo, y[0], m, channels, dim},
+                               {o[1], wp.wo, wp.bo, y[1], m, channels, dim}};
   const float scale = 1.0f / sqrtf(static_cast<float>(dim / heads));
   const long rows_per_dir = static_cast<long>(batch) * heads * tokens;
   parallel_team(threads, [&](int t, int n) {
