@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from cmir_trt.data import CLINICAL_FEATURES
+from cmir_trt.export import export_model, verify_artifact
 from cmir_trt.model import CMIR, CMIRConfig, build_model, save_checkpoint
 
 # Image 40: the stage inputs are 10, 5 and 3 pixels wide, so stride-2 involutions pool odd sizes (partial windows).
@@ -85,3 +87,26 @@ def max_rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def schema_json() -> dict[str, Any]:
     return json.loads(SCHEMA_FILE.read_text())
+
+
+def check_standard_onnx(tmp_path: Path, variant: str) -> None:
+    """Standard-op ONNX of `variant`: structure, and ONNX Runtime vs PyTorch at batch 1 and a dynamic batch of 3."""
+    ckpt, model = make_checkpoint(tmp_path, variant, seed=len(variant))
+    out = export_model(ckpt, "onnx", tmp_path / "m.onnx")
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["art", "pv", "clinical"]
+    assert [o.name for o in proto.graph.output] == ["logit", "probability", "heatmap"]
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node), "standard form must have no custom op"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for batch in (1, 3):
+        x = inputs(batch, seed=batch)
+        ref = reference(model, x)
+        got = run_ort(out, x)
+        assert got[0].shape == ref[0].shape and got[2].shape == ref[2].shape == (batch, 1, 40, 40)
+        assert max_abs(got[1], ref[1]) <= 1e-5
+        assert max_rel(got[0], ref[0]) <= 1e-4
+        assert max_abs(got[2], ref[2]) <= 1e-4
+    assert verify_artifact(out)["artifact"]["format"] == "onnx"

@@ -406,6 +406,26 @@ def test_parallel_grain_changes_speed_only() -> None:
         K.set_parallel_grain(previous)
 
 
+def test_concurrent_calls_from_python_threads_match_sequential() -> None:
+    # The bindings release the GIL; kernels keep no shared mutable state, so calls from several threads at once (the
+    # engine's concurrent predict) give the sequential results bit for bit.
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, kern, (k, s, gc) = involution_case((3, 15, 17, 48, 7, 2, 16))
+    art, pv, wa, wp = cmam_case((3, 16, 40, 24, 3))
+    a, p, weight, bias = sa_case((3, 15, 17, 48, 7, True))
+    jobs = [
+        lambda: (K.involution(x, kern, k, s, gc, threads=2),),
+        lambda: K.cmam(art, pv, wa, wp, 24, 3, threads=2),
+        lambda: K.spatial_attention(a, p, weight, bias, threads=2),
+    ]
+    want = [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [(i % 3, pool.submit(jobs[i % 3])) for i in range(36)]
+        for which, fut in futures:
+            assert all(np.array_equal(u, v) for u, v in zip(fut.result(), want[which], strict=True)), which
+
+
 # ---------------------------------------------------------------- bindings reject bad input
 def test_bindings_reject_wrong_dtype_layout_and_shape() -> None:
     x, kern, (k, s, gc) = involution_case((1, 13, 13, 48, 3, 1, 16))

@@ -15,8 +15,8 @@ from _export_helpers import make_checkpoint
 from cmir_trt.cli import main
 from cmir_trt.export import validation as V
 
-RUN = ["torchscript", "onnxruntime-fp32", "onnxruntime-fp16", "onnx-trt-expanded-fp32", "onnx-trt-tensorrt",
-       "native", "cuda"]
+# torchscript and the onnx-trt expansion have their own test files; here the table, the cohort and fp16 on it.
+RUN = ["onnxruntime-fp32", "onnxruntime-fp16", "onnx-trt-tensorrt", "native", "cuda"]
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,8 @@ def test_every_available_backend_within_tolerance(validated: dict[str, Any]) -> 
         else:
             assert b["within_tolerance"], f"{name} out of tolerance: {b['outputs']}"
             assert set(b["decision_flips"]) == {"random", "cases"}
-    for name in ("torchscript", "onnxruntime-fp32", "onnxruntime-fp16", "onnx-trt-expanded-fp32"):
+    for name in ("onnxruntime-fp32", "onnxruntime-fp16"):
         assert rows[name]["status"] == "ran"
-    assert rows["torchscript"]["outputs"]["probability"]["max_abs"] <= 1e-6
     assert rows["onnxruntime-fp32"]["outputs"]["probability"]["max_abs"] <= 1e-5
     assert rows["onnxruntime-fp32"]["outputs"]["logit"]["max_rel"] <= 1e-4
     assert rows["onnxruntime-fp16"]["outputs"]["probability"]["max_abs"] <= 1e-2

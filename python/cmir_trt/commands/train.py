@@ -28,14 +28,22 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads,
                    help=f"torch CPU threads; fixed for reproducibility (default {d.threads})")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--no-augment", action="store_true", help="no flips, rotations or intensity jitter")
+    p.add_argument("--noise", type=float, default=d.noise,
+                   help=f"augmentation: Gaussian noise, sigma ~ U(0, NOISE) per phase (default {d.noise})")
+    p.add_argument("--resolution", type=float, default=d.resolution,
+                   help="augmentation: half the cases down-/up-sampled by U(1, 1+RESOLUTION) "
+                        f"(default {d.resolution})")
+    p.add_argument("--no-augment", action="store_true", help="no flips, rotations, intensity jitter, noise or "
+                                                             "resolution changes")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def config_from_args(args: argparse.Namespace, variant: str):  # -> TrainConfig (lazy import)
     from ..train.config import TrainConfig
 
-    aug = {} if not args.no_augment else {"flip": False, "rotate_deg": 0.0, "intensity_jitter": 0.0}
+    aug = {"noise": args.noise, "resolution": args.resolution}
+    if args.no_augment:
+        aug = {"flip": False, "rotate_deg": 0.0, "intensity_jitter": 0.0, "noise": 0.0, "resolution": 0.0}
     return TrainConfig(variant=variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, seed=args.seed, patience=args.patience,
                        image_size=args.image_size, depth=args.depth, width=args.width, cmam_dim=args.cmam_dim,

@@ -31,6 +31,8 @@ class TrainConfig:
     flip: bool = True
     rotate_deg: float = 10.0
     intensity_jitter: float = 0.1  # per phase: x * (1 + U(-j, j)) + U(-j, j)
+    noise: float = 0.0           # per phase: + N(0, sigma^2), sigma ~ U(0, noise)
+    resolution: float = 0.0      # down-/up-sampling by U(1, 1 + resolution) for half the cases
     eval_batch_size: int = 64
     grad_clip: float = 1.0       # max global gradient norm (0 = off)
     # zero-initialised last BN of each residual branch (Goyal et al. 2017): blocks start as identities. Involution
@@ -49,7 +51,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.patience < 1 or self.rotate_deg < 0 or self.intensity_jitter < 0 \
-                or self.min_delta < 0 or self.grad_clip < 0:
+                or self.min_delta < 0 or self.grad_clip < 0 or self.noise < 0 or self.resolution < 0:
             raise ValueError("weight_decay, rotate_deg, intensity_jitter, min_delta, grad_clip must be >= 0 and patience >= 1")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")

@@ -265,7 +265,8 @@ def fit(data: TrainData, cfg: TrainConfig, out: str | os.PathLike[str], metadata
             total, count = 0.0, 0
             for i in range(0, perm.numel(), cfg.batch_size):
                 idx = perm[i:i + cfg.batch_size]
-                a, p = augment_batch(art_t[idx], pv_t[idx], g, cfg.flip, cfg.rotate_deg, cfg.intensity_jitter)
+                a, p = augment_batch(art_t[idx], pv_t[idx], g, cfg.flip, cfg.rotate_deg, cfg.intensity_jitter,
+                                    cfg.noise, cfg.resolution)
                 logit = model(a.to(device), p.to(device), cl_t[idx].to(device)).logit
                 loss = F.binary_cross_entropy_with_logits(logit, y_t[idx].to(device), pos_weight=pos_weight)
                 if not torch.isfinite(loss):
