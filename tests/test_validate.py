@@ -20,20 +20,12 @@ RUN = ["onnxruntime-fp32", "onnxruntime-fp16", "onnx-trt-tensorrt", "native", "c
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cmir_trt.data import generate_cohort
-
-    return generate_cohort(tmp_path_factory.mktemp("cohort") / "tiny", preset="tiny", seed=3, scale=0.5,
-                           progress=False)
-
-
-@pytest.fixture(scope="module")
-def validated(tmp_path_factory: pytest.TempPathFactory, cohort: Path) -> dict[str, Any]:
+def validated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One CLI run; without --data it generates and uses the tiny SYNTHETIC cohort (OUT/tiny-cohort)."""
     root = tmp_path_factory.mktemp("validate")
     ckpt, _ = make_checkpoint(root, "full", seed=31)
     out = root / "out"
-    rc = main(["validate", "--model", str(ckpt), "--data", str(cohort), "--out", str(out), "--backends",
-               ",".join(RUN), "--max-cases", "8"])
+    rc = main(["validate", "--model", str(ckpt), "--out", str(out), "--backends", ",".join(RUN), "--max-cases", "8"])
     report = json.loads((out / "parity.json").read_text())
     return {"rc": rc, "report": report, "out": out, "ckpt": ckpt, "root": root}
 
@@ -66,6 +58,7 @@ def test_report_labels_synthetic_and_is_written(validated: dict[str, Any]) -> No
     by_name = {s["name"]: s for s in report["inputs"]}
     assert by_name["random"]["synthetic"] is True and by_name["random"]["cases"] == 8
     assert by_name["cases"]["synthetic"] is True and by_name["cases"]["cases"] == 8
+    assert "tiny-cohort" in by_name["cases"]["note"] and (validated["out"] / "tiny-cohort" / "cohort.json").is_file()
     assert report["synthetic_training_data"] is True
     md = (validated["out"] / "parity.md").read_text()
     assert "synthetic" in md and "| onnxruntime-fp32 | logit |" in md
@@ -111,7 +104,7 @@ def test_out_of_tolerance_backend_is_reported(validated: dict[str, Any]) -> None
 
 def test_cli_rejects_unknown_backend(validated: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["validate", "--model", str(validated["ckpt"]), "--out", str(validated["root"] / "o3"), "--backends",
-               "nope"])
+               "nope", "--no-cohort"])
     assert rc == 1 and "unknown backend" in capsys.readouterr().err
     assert main(["validate", "--model", "x", "--list-backends"]) == 0
     assert "onnxruntime-fp16" in capsys.readouterr().out

@@ -51,6 +51,21 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["cmir-trt bench"]
+    if args.model:
+        parts += ["--model", str(args.model)]
+    else:
+        parts += ["--variant", args.variant, "--width", f"{args.width:g}", "--image-size", str(args.image_size)]
+    parts += ["--device", args.device, "--batch", str(args.batch), "--threads", str(args.threads or os.cpu_count()),
+              "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    if args.backends:
+        parts += ["--backends", args.backends]
+    if args.profile:
+        parts.append("--profile")
+    return " ".join(parts)
+
+
 def _percentiles(ms: list[float]) -> dict[str, float]:
     import numpy as np
 
@@ -194,6 +209,8 @@ def _markdown(res: dict[str, Any]) -> str:
     lines = [f"# cmir-trt bench — {res['model']}", "",
              f"- date: {res['date']}; machine: {res['machine']}; device: {res['device']}",
              f"- command: `{res['command']}`",
+             f"- load average (1/5/15 min) at start {_fmt_load(res.get('load_average_start'))}, at end "
+             f"{_fmt_load(res.get('load_average_end'))} (other processes share this machine)",
              f"- inputs: synthetic random arrays; {res['repeats']} timed runs per row after {res['warmup']} warm-up "
              "runs, backends interleaved", "",
              "| threads | batch | backend | p50 ms | p90 ms | p99 ms | throughput (cases/s) | peak RSS MiB |"
@@ -214,6 +231,23 @@ def _markdown(res: dict[str, Any]) -> str:
         for op, ms in prof["top"]:
             lines.append(f"| {op} | {ms:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _fmt_load(load: Any) -> str:
+    return "/".join(f"{x:.1f}" for x in load) if load else "n/a"
 
 
 def _chart(res: dict[str, Any], path: Path) -> None:
@@ -280,10 +314,10 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     res: dict[str, Any] = {"model": desc, "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                          time.gmtime()),
-                           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                           "machine": f"{_cpu_name()}, {os.cpu_count()} cores, "
                                       f"{platform.system()} {platform.release()}",
-                           "command": "cmir-trt bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
-                                                                   else sys.argv[1:]),
+                           "command": _command_line(args),
+                           "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                            "warmup": args.warmup, "repeats": args.repeats, "rows": [], "profile": {},
                            "inputs": "synthetic random"}
     print(f"bench: {desc}; backends {backends}; batch {batches}; threads {threads_list} (synthetic inputs)")
@@ -346,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
                 print("  native per-op (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                           sorted(by_type.items(), key=lambda kv: -kv[1])))
         del loaded
+    res["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _write_atomic(out / "results.json", json.dumps(res, indent=2) + "\n")
     _write_atomic(out / "results.md", _markdown(res))
     try:

@@ -4,8 +4,9 @@ The training model writes involution with `F.unfold`, which the ONNX exporters c
 kernel-generation input with `avg_pool2d(ceil_mode=True)`, whose partial border windows runtimes disagree on. The
 copies built here compute the same function with exportable operators:
 
-* `standard` form: involution as im2col by a depthwise convolution with one-hot weights (exact: each output is one
-  input value times 1.0 plus zeros), a reshape, a multiply and a sum over the K*K taps; CMAM stays as written
+* `standard` form: involution as im2col by a convolution with one-hot weights [K*K, 1, K, K] over x viewed as
+  [B*C, 1, H, W] (exact: each output is one input value times 1.0 plus zeros), a reshape, a multiply and a sum over
+  the K*K taps; CMAM stays as written
   (Linear / MatMul / Softmax / LayerNorm).
 * `custom` form (for TensorRT): the aggregation and the whole CMAM become custom nodes whose op_type, domain,
   attributes and input order come from export/plugin_schema.json; CMAM's weights go in as packed initializers.
@@ -70,11 +71,12 @@ def ceil_avg_pool(x: Tensor, stride: int) -> Tensor:
     return pooled * correction.to(x.dtype).view(1, 1, ho, wo)
 
 
-def one_hot_im2col_weight(channels: int, kernel_size: int, dtype: torch.dtype) -> Tensor:
-    """Depthwise conv weight [C*K*K, 1, K, K]: output channel c*K*K + kh*K + kw picks tap (kh, kw) of channel c."""
+def one_hot_im2col_weight(kernel_size: int, dtype: torch.dtype) -> Tensor:
+    """Conv weight [K*K, 1, K, K]: output channel kh*K + kw picks tap (kh, kw) of its single input channel.
+
+    Applied to x viewed as [B*C, 1, H, W], so the initializer holds K^4 values whatever C is."""
     kk = kernel_size * kernel_size
-    eye = torch.eye(kk, dtype=dtype).view(kk, 1, kernel_size, kernel_size)
-    return eye.repeat(channels, 1, 1, 1)
+    return torch.eye(kk, dtype=dtype).view(kk, 1, kernel_size, kernel_size)
 
 
 class ExportInvolution(nn.Module):
@@ -95,7 +97,7 @@ class ExportInvolution(nn.Module):
         self.bn = inv.bn
         self.span = inv.span
         if form == "standard":
-            self.register_buffer("im2col", one_hot_im2col_weight(inv.channels, inv.kernel_size, torch.float32))
+            self.register_buffer("im2col", one_hot_im2col_weight(inv.kernel_size, torch.float32))
         else:
             spec = load_schema()[INVOLUTION_PLUGIN]
             self.plugin = spec
@@ -110,7 +112,8 @@ class ExportInvolution(nn.Module):
             return torch.onnx.ops.symbolic(
                 f"{self.plugin.domain}::{self.plugin.name}", [x, kernel], self.attrs, dtype=x.dtype,
                 shape=[x.shape[0], self.channels, ho, wo], version=1)
-        cols = F.conv2d(x, self.im2col, stride=s, padding=(k - 1) // 2, groups=self.channels)  # [B, C*K*K, H', W']
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        cols = F.conv2d(x.reshape(-1, 1, h, w), self.im2col, stride=s, padding=(k - 1) // 2)  # [B*C, K*K, H', W']
         cols = cols.view(-1, self.groups, self.group_channels, k * k, ho, wo)
         prod = cols * kernel.view(-1, self.groups, 1, k * k, ho, wo)
         if self.half_sum:

@@ -400,7 +400,7 @@ def compare(backend: Backend, runner: Runner, sets: list[tuple[InputSet, list[Ar
 def validate_checkpoint(checkpoint: str | os.PathLike[str], workdir: str | os.PathLike[str],
                         data_dir: str | os.PathLike[str] | None = None, backends: Sequence[str] | None = None,
                         seed: int = 0, max_cases: int = 16, verbose: bool = False,
-                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        log: Callable[[str], None] | None = None, cases_note: str | None = None) -> dict[str, Any]:
     """Run the parity check; returns the report dict (also what `write_report` writes)."""
     from ..model.checkpoint import load_checkpoint
 
@@ -420,7 +420,7 @@ def validate_checkpoint(checkpoint: str | os.PathLike[str], workdir: str | os.Pa
     ctx = ValidationContext(checkpoint, workdir, model, config, threshold, verbose)
 
     input_sets = [random_inputs(config, seed)]
-    cases_note = "no cohort given (--data DIR)"
+    cases_note = cases_note or "no cohort given (--data DIR)"
     if data_dir is not None:
         cs = cohort_inputs(data_dir, config, metadata, max_cases=max_cases)
         input_sets.append(cs)
