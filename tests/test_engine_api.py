@@ -164,26 +164,35 @@ def test_concurrent_predictions_equal_sequential(engine, model):
 
 
 def test_predict_releases_the_gil(engine, model):
-    """While one thread is inside predict, another Python thread keeps running."""
-    art, pv, clinical = inputs(model, 8, seed=2)
-    ticks = 0
-    done = threading.Event()
+    """Two threads' native calls overlap in time, which cannot happen if predict held the GIL (the second thread could
+    not even read the clock before the first returned)."""
+    import time
 
-    def spin() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
+    art, pv, clinical = inputs(model, 32, seed=2)
+    raw = engine._impl._engine
+    raw.predict(art, pv, clinical)  # warm: the execution contexts exist
+    raw.predict(art, pv, clinical)
+    overlapped = False
+    for _ in range(5):
+        spans: list[tuple[float, float]] = []
+        barrier = threading.Barrier(2)
 
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
-        for _ in range(3):
-            before = ticks
-            engine._impl._engine.predict(art, pv, clinical)
-            assert ticks > before
-    finally:
-        done.set()
-        t.join()
+        def call(barrier: threading.Barrier = barrier, spans: list = spans) -> None:
+            barrier.wait()
+            t0 = time.perf_counter()
+            raw.predict(art, pv, clinical)
+            spans.append((t0, time.perf_counter()))
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        (a0, a1), (b0, b1) = spans
+        if a0 < b1 and b0 < a1:
+            overlapped = True
+            break
+    assert overlapped
 
 
 def test_single_phase_without_pv_and_no_clinical(tmp_path):

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -129,6 +130,66 @@ struct Engine::Impl {
   std::vector<std::string> labels;
   std::vector<bool> aliased;  // per op: a residual conv that writes in place over its residual input
 
+  // Two-lane schedule (threads == 2): independent chains of ops (the ART and PV backbones) run side by side, one
+  // thread each, instead of splitting every op over two threads (at batch 1 the per-op split scales poorly: small
+  // maps, a barrier per op). A region is a contiguous range of ops; when lane[1] is empty it runs in order with all
+  // threads. Lane assignment follows data dependencies, so the result is the same as the sequential order.
+  struct Region {
+    std::vector<std::size_t> lane[2];
+  };
+  std::vector<Region> regions;
+  std::vector<int> op_lane;  // per op: 0/1 inside a two-lane region, -1 otherwise
+  bool use_lanes = false;
+
+  void build_schedule() {
+    const std::size_t nt = plan.tensors.size(), n = plan.ops.size();
+    regions.clear();
+    op_lane.assign(n, -1);
+    std::vector<long> prod_region(nt, -1);
+    std::vector<int> prod_lane(nt, -1);
+    long rid = 0;
+    int nlanes = 0;
+    regions.emplace_back();
+    for (std::size_t i = 0; i < n; ++i) {
+      const Op& op = plan.ops[i];
+      int lane = -1;
+      bool join = false;
+      for (auto t : op.inputs) {
+        if (prod_region[t] != rid) continue;
+        if (lane == -1) lane = prod_lane[t];
+        else if (lane != prod_lane[t]) join = true;
+      }
+      if (join) {  // reads from both lanes: the region ends before this op
+        regions.emplace_back();
+        ++rid;
+        nlanes = 0;
+        lane = -1;
+      }
+      Region& r = regions.back();
+      if (lane == -1) lane = nlanes < 2 ? nlanes++ : (r.lane[0].size() <= r.lane[1].size() ? 0 : 1);
+      r.lane[lane].push_back(i);
+      for (auto t : op.outputs) {
+        prod_region[t] = rid;
+        prod_lane[t] = lane;
+      }
+    }
+    use_lanes = false;
+    if (threads != 2) {  // one op over all threads; regions then just run in order
+      for (auto& r : regions) {
+        r.lane[0].insert(r.lane[0].end(), r.lane[1].begin(), r.lane[1].end());
+        std::sort(r.lane[0].begin(), r.lane[0].end());
+        r.lane[1].clear();
+      }
+      return;
+    }
+    for (const auto& r : regions)
+      if (!r.lane[1].empty()) {
+        use_lanes = true;
+        for (int l = 0; l < 2; ++l)
+          for (auto i : r.lane[l]) op_lane[i] = l;
+      }
+  }
+
   // Weights reordered to the layout a conv primitive asked for, shared by all contexts (keyed by op and layout).
   std::mutex weights_mutex;
   std::map<std::size_t, std::vector<std::pair<memory::desc, memory>>> weights_cache;
@@ -141,8 +202,8 @@ struct Engine::Impl {
   };
   struct Context {
     int batch = 0;
-    FloatBuffer arena, scratch, kernel_scratch;
-    dnnl::stream stream;
+    FloatBuffer arena, scratch, kernel_scratch, scratch2, kernel_scratch2;  // *2: lane 1 of two-lane regions
+    dnnl::stream stream, stream2;
     std::vector<Step> steps;  // one per op (prim empty for ops run by our own code)
   };
   std::mutex pool_mutex;
@@ -158,6 +219,20 @@ struct Engine::Impl {
     }
     const long end = static_cast<long>(P.ops.size());
     for (auto t : {P.logit, P.probability, P.heatmap}) last[t] = end;
+    std::vector<long> producer(nt, -1);
+    for (std::size_t i = 0; i < P.ops.size(); ++i)
+      for (auto t : P.ops[i].outputs) producer[t] = static_cast<long>(i);
+    // Two-lane regions run their ops in any interleaving: every tensor first or last used inside one is treated as
+    // live for the whole region.
+    for (const auto& r : regions) {
+      if (r.lane[1].empty()) continue;
+      const long b = static_cast<long>(std::min(r.lane[0].front(), r.lane[1].front()));
+      const long e = static_cast<long>(std::max(r.lane[0].back(), r.lane[1].back()));
+      for (std::size_t t = 0; t < nt; ++t) {
+        if (first[t] >= b && first[t] <= e) first[t] = b;
+        if (last[t] >= b && last[t] <= e) last[t] = e;
+      }
+    }
     // A conv with a residual whose input dies at that op writes its output in place over the residual (oneDNN's sum
     // post-op accumulates into dst), which saves a copy and arena space. alias[t] = the tensor t shares storage with.
     std::vector<std::uint32_t> alias(nt, kNoTensor);
@@ -166,8 +241,24 @@ struct Engine::Impl {
       const Op& op = P.ops[i];
       if (op.type != OpType::kConv || op.inputs.size() != 2) continue;
       const std::uint32_t r = op.inputs[1], y = op.outputs[0];
-      if (r == P.art || r == P.pv || r == P.clinical || r == op.inputs[0] || last[r] != static_cast<long>(i))
+      if (r == P.art || r == P.pv || r == P.clinical || r == op.inputs[0]) continue;
+      if (op_lane[i] >= 0) {  // in a two-lane region: only over a residual made earlier in the same lane
+        const long pr = producer[r];
+        if (pr < 0 || op_lane[static_cast<std::size_t>(pr)] != op_lane[i]) continue;
+        bool same_region = false;
+        for (const auto& reg : regions)
+          for (int l = 0; l < 2; ++l)
+            if (std::find(reg.lane[l].begin(), reg.lane[l].end(), static_cast<std::size_t>(pr)) != reg.lane[l].end() &&
+                std::find(reg.lane[l].begin(), reg.lane[l].end(), i) != reg.lane[l].end())
+              same_region = true;
+        if (!same_region) continue;
+        bool read_later = false;  // widened lifetimes hide later reads: check them directly
+        for (std::size_t j = i + 1; j < P.ops.size(); ++j)
+          for (auto t : P.ops[j].inputs) read_later = read_later || t == r;
+        if (read_later) continue;
+      } else if (last[r] != static_cast<long>(i)) {
         continue;
+      }
       alias[y] = r;
       aliased[i] = true;
     }
@@ -288,6 +379,7 @@ struct Engine::Impl {
     auto ctx = std::make_unique<Context>();
     ctx->batch = batch;
     ctx->stream = dnnl::stream(eng);
+    ctx->stream2 = dnnl::stream(eng);
     std::size_t arena_floats = 0;
     if (arena_per_sample > (static_cast<std::size_t>(1) << 40) / static_cast<std::size_t>(batch))
       throw std::invalid_argument("batch " + std::to_string(batch) + " needs more memory than allowed");
@@ -301,6 +393,8 @@ struct Engine::Impl {
     for (std::size_t i = 0; i < plan.ops.size(); ++i) {
       const Op& op = plan.ops[i];
       Step& st = ctx->steps[i];
+      // An op in a lane runs on one thread: create its primitive for one thread.
+      omp_set_num_threads(op_lane[i] >= 0 ? 1 : threads);
       dnnl::primitive_attr attr;
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
       if (op.type == OpType::kConv) {
@@ -337,10 +431,17 @@ struct Engine::Impl {
         kernel_scratch = std::max(kernel_scratch, cpu::spatial_attention_scratch_floats(batch, t.h, t.w));
       }
     }
+    omp_set_num_threads(threads);
     ctx->scratch = alloc_floats(scratch_bytes / sizeof(float) + 1);
-    for (const auto& [i, md] : scratch_users)
-      if (md.get_size() > 0) ctx->steps[i].args[DNNL_ARG_SCRATCHPAD] = memory(md, eng, ctx->scratch.get());
     ctx->kernel_scratch = alloc_floats(kernel_scratch + 1);
+    if (use_lanes) {
+      ctx->scratch2 = alloc_floats(scratch_bytes / sizeof(float) + 1);
+      ctx->kernel_scratch2 = alloc_floats(kernel_scratch + 1);
+    }
+    for (const auto& [i, md] : scratch_users)
+      if (md.get_size() > 0)
+        ctx->steps[i].args[DNNL_ARG_SCRATCHPAD] =
+            memory(md, eng, op_lane[i] == 1 ? ctx->scratch2.get() : ctx->scratch.get());
     return ctx;
   }
 
@@ -365,6 +466,9 @@ struct Engine::Impl {
 
   void run_op(Context& ctx, std::size_t i) {
     const Op& op = plan.ops[i];
+    const int threads = op_lane[i] >= 0 ? 1 : this->threads;  // lanes: one thread each
+    dnnl::stream& stream = op_lane[i] == 1 ? ctx.stream2 : ctx.stream;
+    float* kscratch = op_lane[i] == 1 ? ctx.kernel_scratch2.get() : ctx.kernel_scratch.get();
     const int B = ctx.batch;
     float* arena = ctx.arena.get();
     auto ptr = [&](std::uint32_t t) { return arena + offsets[t] * static_cast<std::size_t>(B); };
@@ -375,8 +479,8 @@ struct Engine::Impl {
         Step& st = ctx.steps[i];
         if (st.copy_residual)
           std::memcpy(ptr(op.outputs[0]), ptr(op.inputs[1]), T(op.outputs[0]).elems() * B * sizeof(float));
-        st.prim.execute(ctx.stream, st.args);
-        ctx.stream.wait();
+        st.prim.execute(stream, st.args);
+        stream.wait();
         break;
       }
       case OpType::kAvgPoolCeil: {
@@ -429,13 +533,13 @@ struct Engine::Impl {
         const auto& x = T(op.inputs[0]);
         cpu::spatial_attention_nhwc(ptr(op.inputs[0]), ptr(op.inputs[1]), op.weights[0].data, op.weights[1].data[0],
                                     op.ints[0], ptr(op.outputs[2]), ptr(op.outputs[0]), ptr(op.outputs[1]),
-                                    ctx.kernel_scratch.get(), B, x.h, x.w, x.c, threads);
+                                    kscratch, B, x.h, x.w, x.c, threads);
         break;
       }
       case OpType::kCmam: {
         const auto& x = T(op.inputs[0]);
         cpu::cmam(ptr(op.inputs[0]), ptr(op.inputs[1]), op.weights[0].data, op.weights[1].data, ptr(op.outputs[0]),
-                  ptr(op.outputs[1]), ctx.kernel_scratch.get(), B, x.h * x.w, x.c, op.ints[0], op.ints[1],
+                  ptr(op.outputs[1]), kscratch, B, x.h * x.w, x.c, op.ints[0], op.ints[1],
                   op.floats[0], threads);
         break;
       }
@@ -557,6 +661,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, int threads) {
   auto impl = std::make_unique<Impl>();
   impl->plan = std::move(plan);
   impl->threads = threads > 0 ? threads : omp_get_num_procs();
+  impl->build_schedule();
   impl->plan_memory();
   for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
   try {
@@ -571,6 +676,7 @@ std::unique_ptr<Engine> Engine::from_bytes(const unsigned char* data, std::size_
   auto impl = std::make_unique<Impl>();
   impl->plan = parse_plan(data, size);
   impl->threads = threads > 0 ? threads : omp_get_num_procs();
+  impl->build_schedule();
   impl->plan_memory();
   for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
   try {
@@ -628,7 +734,7 @@ void Engine::predict(const float* art, const float* pv, const float* clinical, i
     for (const auto& l : m.labels) profile->push_back(OpTiming{l, 0.0});
   }
   try {
-    for (std::size_t i = 0; i < m.plan.ops.size(); ++i) {
+    auto run = [&](std::size_t i) {
       if (profile != nullptr) {
         const auto t0 = std::chrono::steady_clock::now();
         m.run_op(*ctx, i);
@@ -636,6 +742,28 @@ void Engine::predict(const float* art, const float* pv, const float* clinical, i
       } else {
         m.run_op(*ctx, i);
       }
+    };
+    for (const auto& region : m.regions) {
+      if (region.lane[1].empty()) {
+        for (auto i : region.lane[0]) run(i);
+        continue;
+      }
+      std::exception_ptr err[2];
+#pragma omp parallel num_threads(2)
+      {
+        // With one thread granted (nested inside another parallel region, a thread limit) it runs both lanes in turn.
+        const int l = omp_get_thread_num(), granted = omp_get_num_threads();
+        for (int lane = 0; lane < 2; ++lane) {
+          if (granted > 1 && lane != l) continue;
+          try {
+            for (auto i : region.lane[lane]) run(i);
+          } catch (...) {
+            err[lane] = std::current_exception();
+          }
+        }
+      }
+      for (auto& e : err)
+        if (e) std::rethrow_exception(e);
     }
   } catch (const dnnl::error& e) {
     m.release(std::move(ctx));

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .report import public_mode
+
 if TYPE_CHECKING:
     from .report import CaseTable, ModelPredictions
 
@@ -24,6 +26,7 @@ def _save(fig: object, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)  # type: ignore[attr-defined]
+        os.chmod(tmp, public_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

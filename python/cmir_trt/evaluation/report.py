@@ -260,6 +260,13 @@ def report_csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def public_mode() -> int:
+    """0666 minus the process umask (what open() would have given the file)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and rename: readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -267,6 +274,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+        os.chmod(tmp, public_mode())  # mkstemp makes 0600; a report is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -288,8 +296,9 @@ def predictions_rows(cases: CaseTable, models: Sequence[ModelPredictions], synth
     for m in models:
         for i, cid in enumerate(cases.case_ids):
             p = float(m.probability[i])
+            # repr is the shortest exact decimal: re-reading gives back p, so decision == (probability >= threshold)
             rows.append({"model": m.name, "case_id": cid, "centre": cases.centres[i], "split": cases.splits[i],
-                         "label": int(cases.labels[i]), "probability": f"{p:.6f}",
+                         "label": int(cases.labels[i]), "probability": repr(p),
                          "decision": int(p >= m.threshold), "synthetic": bool(synthetic)})
     return rows
 

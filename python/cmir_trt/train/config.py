@@ -50,9 +50,12 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 2 (batch normalisation needs two cases per batch)")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.patience < 1 or self.rotate_deg < 0 or self.intensity_jitter < 0 \
-                or self.min_delta < 0 or self.grad_clip < 0 or self.noise < 0 or self.resolution < 0:
-            raise ValueError("weight_decay, rotate_deg, intensity_jitter, min_delta, grad_clip must be >= 0 and patience >= 1")
+        for name in ("weight_decay", "min_delta", "grad_clip", "rotate_deg", "intensity_jitter", "noise",
+                     "resolution"):
+            if not getattr(self, name) >= 0:  # also catches NaN
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
