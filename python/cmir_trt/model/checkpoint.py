@@ -41,11 +41,18 @@ def save_checkpoint(path: str | os.PathLike[str], model: CMIR, metadata: dict[st
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a checkpoint is an ordinary shareable file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
