@@ -36,7 +36,9 @@ if(NOT CMIR_NATIVE STREQUAL "OFF")
     endif()
     get_filename_component(_cmir_dnnl_dir "${_cmir_dnnl_lib}" DIRECTORY)
     list(APPEND CMAKE_BUILD_RPATH "${_cmir_dnnl_dir}")
-    list(APPEND CMAKE_INSTALL_RPATH "${_cmir_dnnl_dir}")
+    # Absolute: this environment; relative: a wheel installed in site-packages/cmir_trt of another environment that
+    # has onednn-cpu-gomp (its libdnnl sits in <prefix>/lib).
+    list(APPEND CMAKE_INSTALL_RPATH "${_cmir_dnnl_dir}" "$ORIGIN/../../..")
     message(STATUS "cmir_trt: native engine ON (oneDNN ${dnnl_VERSION} from ${_cmir_dnnl_dir})")
   elseif(CMIR_NATIVE STREQUAL "ON")
     message(FATAL_ERROR "cmir_trt: CMIR_NATIVE=ON but oneDNN (pip install onednn-cpu-gomp onednn-devel-cpu-gomp), "

@@ -13,7 +13,7 @@ if(CMIR_HAS_NATIVE)
   target_link_libraries(cmir_predict PRIVATE cmir)
   cmir_warnings(cmir_predict)
   # The example finds libcmir next to itself (../libcmir.so once installed into cmir_trt/bin).
-  set_target_properties(cmir_predict PROPERTIES INSTALL_RPATH "$ORIGIN/..;${CMAKE_INSTALL_RPATH}")
+  set_target_properties(cmir_predict PROPERTIES INSTALL_RPATH "$ORIGIN/..;$ORIGIN/../../../..;${CMAKE_INSTALL_RPATH}")
   install(TARGETS cmir LIBRARY DESTINATION cmir_trt)
   install(TARGETS cmir_predict RUNTIME DESTINATION cmir_trt/bin)
 endif()

@@ -2,6 +2,9 @@
 // once into the layout oneDNN picks, BN already folded, ReLU/residual fused as post-ops); involution, CMAM and spatial
 // attention run cmir_trt's own kernels (cmir/cpu_kernels.hpp); the small head ops are plain loops here.
 //
+// Threads: with threads == 2 independent chains of ops (the ART and PV backbones) run side by side, one thread each
+// (see build_schedule); otherwise each op uses all threads.
+//
 // Memory: every tensor has a per-sample size, so one first-fit plan over tensor lifetimes (in per-sample floats) is
 // scaled by the batch size. An execution context owns the arena, scratch buffers, oneDNN primitives and memory objects
 // for one batch size; contexts are pooled, so a warm engine allocates nothing per call and concurrent calls never share
@@ -159,7 +162,10 @@ struct Engine::Impl {
         if (lane == -1) lane = prod_lane[t];
         else if (lane != prod_lane[t]) join = true;
       }
-      if (join) {  // reads from both lanes: the region ends before this op
+      // CMAM and SA always run alone, with all threads: their kernels separate phases with team barriers, which
+      // must not bind to a lane's two-thread team.
+      const bool solo = op.type == OpType::kCmam || op.type == OpType::kSpatialAttention;
+      if (join || solo) {  // reads from both lanes: the region ends before this op
         regions.emplace_back();
         ++rid;
         nlanes = 0;
@@ -172,7 +178,15 @@ struct Engine::Impl {
         prod_region[t] = rid;
         prod_lane[t] = lane;
       }
+      if (solo) {  // and nothing joins its region
+        regions.emplace_back();
+        ++rid;
+        nlanes = 0;
+      }
     }
+    regions.erase(std::remove_if(regions.begin(), regions.end(),
+                                 [](const Region& r) { return r.lane[0].empty() && r.lane[1].empty(); }),
+                  regions.end());
     use_lanes = false;
     if (threads != 2) {  // one op over all threads; regions then just run in order
       for (auto& r : regions) {

@@ -212,7 +212,7 @@ def _markdown(res: dict[str, Any]) -> str:
              f"- load average (1/5/15 min) at start {_fmt_load(res.get('load_average_start'))}, at end "
              f"{_fmt_load(res.get('load_average_end'))} (other processes share this machine)",
              f"- inputs: synthetic random arrays; {res['repeats']} timed runs per row after {res['warmup']} warm-up "
-             "runs, backends interleaved", "",
+             "runs, backends interleaved with a 50 ms pause before each run", "",
              "| threads | batch | backend | p50 ms | p90 ms | p99 ms | throughput (cases/s) | peak RSS MiB |"
              " vs native p50 |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -339,6 +339,9 @@ def run(args: argparse.Namespace) -> int:
             times: dict[str, list[float]] = {n: [] for n in loaded}
             for _ in range(args.repeats):
                 for name, be in loaded.items():
+                    # A pause between runs: thread pools that spin after their work (ONNX Runtime's does) would
+                    # otherwise steal cores from whichever backend runs next.
+                    time.sleep(0.05)
                     t0 = time.perf_counter()
                     be.predict(*x)
                     times[name].append((time.perf_counter() - t0) * 1e3)
