@@ -43,10 +43,10 @@ def main() -> int:
                   "--profile", "--out", str(d)])
         if rc != 0:
             return rc
-        parts.append((d / "results.md").read_text().replace("# cmir-trt bench —", f"## S={size}:", 1))
+        parts.append((d / "results.md").read_text(encoding="utf-8").replace("# cmir-trt bench —", f"## S={size}:", 1))
     md = Path(__file__).parent / "results" / "cpu.md"
     tmp = md.with_name(".cpu.md.tmp")
-    tmp.write_text("\n".join(parts))
+    tmp.write_text("\n".join(parts), encoding="utf-8")
     os.replace(tmp, md)
     print(f"wrote {md}")
     return 0

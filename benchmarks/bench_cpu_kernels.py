@@ -41,7 +41,7 @@ SA_SHAPES = [("SA3 (stage 3)", 1024, 8, 8), ("SA4 (stage 4)", 2048, 4, 4)]
 
 def cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             speed = "reference | reference" if impl == "torch" else f"{t_med / med:.2f}x | {t_min / mn:.2f}x"
             lines.append(f"| {name} | {shape} | {threads} | {impl} | {med * 1e3:.3f} | {mn * 1e3:.3f} | {speed} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as fh:
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=args.out.parent, delete=False, suffix=".tmp") as fh:
         fh.write("\n".join(lines) + "\n")
     os.replace(fh.name, args.out)
     print(f"wrote {args.out}")

@@ -17,3 +17,8 @@ if(CMIR_HAS_NATIVE)
   install(TARGETS cmir LIBRARY DESTINATION cmir_trt)
   install(TARGETS cmir_predict RUNTIME DESTINATION cmir_trt/bin)
 endif()
+
+# C++ checks of the CPU kernels (cmir_core always exists); tests/test_cpu_kernels.py runs the binary from build/*/.
+add_executable(cmir_test_cpu_kernels ${CMAKE_CURRENT_LIST_DIR}/../tests/cpp/test_cpu_kernels.cpp)
+target_link_libraries(cmir_test_cpu_kernels PRIVATE cmir_core)
+cmir_warnings(cmir_test_cpu_kernels)

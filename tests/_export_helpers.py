@@ -86,7 +86,7 @@ def max_rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def schema_json() -> dict[str, Any]:
-    return json.loads(SCHEMA_FILE.read_text())
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
 
 
 def check_standard_onnx(tmp_path: Path, variant: str) -> None:

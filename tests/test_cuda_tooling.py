@@ -52,7 +52,7 @@ def test_markdown_report() -> None:
 
 def test_report_is_written_atomically(tmp_path: Path) -> None:
     bench._write_atomic(tmp_path / "a" / "r.md", "x\n")
-    assert (tmp_path / "a" / "r.md").read_text() == "x\n"
+    assert (tmp_path / "a" / "r.md").read_text(encoding="utf-8") == "x\n"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["r.md"]  # no temp file left behind
 
 
@@ -76,7 +76,7 @@ def test_gpu_entry_points_without_gpu_raise_runtime_error() -> None:
 def test_gpu_machine_script_parses() -> None:
     script = ROOT / "benchmarks" / "gpu" / "run.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    text = script.read_text()
+    text = script.read_text(encoding="utf-8")
     for needle in ("pip install --no-build-isolation --no-deps", '-m "gpu or trt"', "compute-sanitizer",
                    "run_gpu_benchmarks", 'OUT="${OUT:-'):
         assert needle in text, needle

@@ -73,7 +73,7 @@ def test_normalise_errors_name_case_and_feature() -> None:
 
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "clinical.csv"
-    p.write_text(text)
+    p.write_text(text, encoding="utf-8")
     return p
 
 

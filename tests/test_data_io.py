@@ -104,7 +104,7 @@ def test_corrupt_truncated_and_missing_files(tmp_path: Path) -> None:
             read_image(tmp_path / name, what="case 'c1' PV")
     with pytest.raises(FileNotFoundError, match="ART not found"):
         read_image(tmp_path / "absent.nii.gz", what="ART")
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(ImageReadError, match="not a supported image file"):
         read_image(tmp_path / "notes.txt")
 
@@ -128,7 +128,7 @@ def test_find_cases_side_by_side_subfolders_and_dicom(tmp_path: Path) -> None:
     write_dicom_series(imgs[0], tmp_path / "C003_0000", "1.2.826.0.1.3680043.2.1125.31")
     write_dicom_series(imgs[1], tmp_path / "C003_0001", "1.2.826.0.1.3680043.2.1125.32")
     sitk().WriteImage(imgs[2], str(tmp_path / "C003_mask.mha"))
-    (tmp_path / "clinical.csv").write_text("case_id\n")
+    (tmp_path / "clinical.csv").write_text("case_id\n", encoding="utf-8")
     cases = find_cases(tmp_path)
     assert [c.case_id for c in cases] == ["A001", "B002", "C003"]
     a, b, c = cases

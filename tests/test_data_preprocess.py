@@ -257,7 +257,7 @@ def test_params_round_trip_and_validation() -> None:
 def _clinical_csv(path: Path, ids: list[str]) -> None:
     rows = ["case_id,age,sex,log10_afp,log10_pivka,hbv,cirrhosis,albi"]
     rows += [f"{cid},{50 + i},1,{1.5 + i / 10},2.0,1,0,-2.5" for i, cid in enumerate(ids)]
-    path.write_text("\n".join(rows) + "\n")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 def test_preprocess_command(tmp_path: Path, capsys) -> None:
@@ -270,7 +270,7 @@ def test_preprocess_command(tmp_path: Path, capsys) -> None:
                                   "mean": [55, 0.5, 2, 2, 0.5, 0.5, 20, -2.6], "std": [10, 0.5, 1, 1, 0.5, 0.5, 5,
                                                                                        0.5]},
               "preprocess": {"image_size": 48}}
-    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    (tmp_path / "schema.json").write_text(json.dumps(schema), encoding="utf-8")
     assert cli_main(["preprocess", "--input", str(src), "--out", str(out), "--schema",
                      str(tmp_path / "schema.json")]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["K1.npz", "K1.png", "K2.npz", "K2.png"]
@@ -295,7 +295,7 @@ def test_preprocess_command_bad_input_writes_nothing(tmp_path: Path, capsys) -> 
     assert not out.exists() or not any(out.iterdir())
     # bad CSV: a non-numeric value, named by case and column
     (src / "clinical.csv").write_text("case_id,age,sex,log10_afp,log10_pivka,hbv,cirrhosis,albi\n"
-                                      "E1,fifty,1,1,1,1,1,-2\n")
+                                      "E1,fifty,1,1,1,1,1,-2\n", encoding="utf-8")
     assert cli_main(["preprocess", "--input", str(src), "--out", str(out)]) == 1
     assert "case 'E1', column 'age': 'fifty' is not a number" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())

@@ -53,7 +53,7 @@ def test_internal_threshold_is_applied_unchanged_to_externals(tmp_path):
     for c in ("AAA", "BBB"):
         mask = np.asarray(cases.centres) == c
         assert youden_threshold(cases.labels[mask], good[mask]) != pytest.approx(thr, abs=1e-3)
-    with open(tmp_path / "predictions.csv", newline="") as f:
+    with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(cases.case_ids)
     for row, p in zip(rows, good, strict=True):
@@ -66,7 +66,7 @@ def test_report_json_fields_and_groups(tmp_path):
     cases, good, weak = _cohort(1)
     models = [ModelPredictions("good", good, 0.5), ModelPredictions("weak", weak, 0.5)]
     write_report(tmp_path, cases, models, synthetic=True, n_resamples=100, plots=False)
-    rep = json.loads((tmp_path / "report.json").read_text())
+    rep = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert rep["synthetic"] is True and "SYNTHETIC" in rep["title"]
     assert [g["key"] for g in rep["groups"]] == ["train", "internal", "external:AAA", "external:BBB"]
     assert rep["ci"]["n_resamples"] == 100
@@ -89,9 +89,9 @@ def test_report_json_fields_and_groups(tmp_path):
         assert d["centres"][g]["p_value"] == pytest.approx(ref.p_value, abs=1e-12)
         assert d["centres"][g]["difference"] == pytest.approx(ref.difference, abs=1e-12)
     assert min(d["centres"][g]["p_value"] for g in d["centres"]) < 0.05  # good is clearly better somewhere
-    md = (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "SYNTHETIC" in md and "DeLong" in md and "external:BBB" in md
-    with open(tmp_path / "report.csv", newline="") as f:
+    with open(tmp_path / "report.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["model"] for r in rows] == ["good", "weak"] and rows[0]["synthetic"] == "True"
     assert float(rows[0]["internal AUC"]) == pytest.approx(rep["models"][0]["centres"]["internal"]["auc"])

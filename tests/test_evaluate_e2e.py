@@ -53,10 +53,10 @@ def test_evaluate_report_matches_predictions(tiny, trained, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "SYNTHETIC" in printed
-    rep = json.loads((out / "report.json").read_text())
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
     thr = load_checkpoint(trained).metadata["threshold"]
     assert rep["synthetic"] is True
-    with open(out / "predictions.csv", newline="") as f:
+    with open(out / "predictions.csv", encoding="utf-8", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["model"] == "a"]
     assert len(rows) == 26
     for g in rep["groups"]:
@@ -72,7 +72,7 @@ def test_evaluate_report_matches_predictions(tiny, trained, tmp_path, capsys):
         assert res["sen"] == pytest.approx(np.mean(p[y == 1] >= thr), abs=1e-12)
     # the same model under two names: DeLong p = 1 everywhere
     assert all(c["p_value"] == 1.0 for c in rep["delong"][0]["centres"].values())
-    assert (out / "report.md").read_text().startswith("# CMIR evaluation on SYNTHETIC data")
+    assert (out / "report.md").read_text(encoding="utf-8").startswith("# CMIR evaluation on SYNTHETIC data")
     assert (out / "roc_internal.png").is_file()
 
 
@@ -81,11 +81,11 @@ def test_ablate_two_variants(tiny, tmp_path, capsys):
     rc = main(["ablate", "--data", str(tiny), "--out", str(out), "--variants", "S1,full", "--bootstrap", "50",
                "--no-plots", *SMALL])
     assert rc == 0
-    with open(out / "table2.csv", newline="") as f:
+    with open(out / "table2.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["S1", "full"]
     assert all(r["split"] == "internal" and r["synthetic"] == "True" for r in rows)
-    assert "synthetic" in (out / "table2.md").read_text().lower()
+    assert "synthetic" in (out / "table2.md").read_text(encoding="utf-8").lower()
     assert load_checkpoint(out / "S1.pt").config.variant == "S1"
     # a second run with the same settings reuses the checkpoints instead of training again
     capsys.readouterr()

@@ -102,6 +102,6 @@ def test_schema_parser_rejects_malformed(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(SchemaError, match="namespace"):
         parse_schema({"plugins": []}, tmp_path / "s.json")
     bad = tmp_path / "bad.json"
-    bad.write_text("{ not json")
+    bad.write_text("{ not json", encoding="utf-8")
     with pytest.raises(SchemaError, match="cannot read"):
         load_schema(bad)

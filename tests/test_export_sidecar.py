@@ -93,9 +93,9 @@ def test_modified_artifact_is_refused(artefacts: dict[str, Any], tmp_path: Path,
 
 def _edit_sidecar(p: Path, edit: Any) -> None:
     sp = sidecar_path(p)
-    sc = json.loads(sp.read_text())
+    sc = json.loads(sp.read_text(encoding="utf-8"))
     edit(sc)
-    sp.write_text(json.dumps(sc))
+    sp.write_text(json.dumps(sc), encoding="utf-8")
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -134,7 +134,7 @@ def test_sidecar_of_another_artifact_and_garbage(artefacts: dict[str, Any], tmp_
                                                          sha256=hashlib.sha256(g.read_bytes()).hexdigest()))
     with pytest.raises(ArtifactError, match="not a readable ONNX model"):
         load_onnx_checked(g)
-    sidecar_path(g).write_text("{not json")
+    sidecar_path(g).write_text("{not json", encoding="utf-8")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         verify_artifact(g)
     sidecar_path(g).unlink()

@@ -28,12 +28,12 @@ def cohort(tmp_path_factory):
         write_synthetic_case(d, seed=i, schema=schema, case_id=f"CASE{i}")
         for f in d.iterdir():
             if f.name == "clinical.csv":
-                rows.append(f.read_text().splitlines()[1])
-                header = f.read_text().splitlines()[0]
+                rows.append(f.read_text(encoding="utf-8").splitlines()[1])
+                header = f.read_text(encoding="utf-8").splitlines()[0]
             else:
                 f.rename(root / f.name)
     (root / "CASE2_0000.nii.gz").write_bytes(b"this is not a NIfTI file")  # a broken case
-    (root / "clinical.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    (root / "clinical.csv").write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
     return root
 
 
@@ -65,14 +65,14 @@ def test_predict_native_and_torch(cohort, models, tmp_path, capsys):
         outs[backend] = out
         err = capsys.readouterr().err
         assert "CASE2: FAILED" in err
-        with open(out / "summary.csv") as f:
+        with open(out / "summary.csv", encoding="utf-8") as f:
             rows = {r["case_id"]: r for r in csv.DictReader(f)}
         assert rows["CASE2"]["status"] == "error" and rows["CASE2"]["error"]
         assert rows["CASE0"]["status"] == rows["CASE1"]["status"] == "ok"
         assert not list(out.glob("CASE2*")), "a failed case must leave no files"
         assert not list(out.glob(".*")), "no temporary files left behind"
         for cid in ("CASE0", "CASE1"):
-            res = json.loads((out / f"{cid}.json").read_text())
+            res = json.loads((out / f"{cid}.json").read_text(encoding="utf-8"))
             assert res["threshold"] == pytest.approx(0.45) and res["synthetic_training_data"] is True
             assert res["decision"] == ("MVI+" if res["probability"] >= 0.45 else "MVI-")
             assert res["disclaimer"] == "research use only, not for diagnostic use"
@@ -85,8 +85,8 @@ def test_predict_native_and_torch(cohort, models, tmp_path, capsys):
             assert 0.0 <= v.min() and v.max() <= 1.0 and v.max() > 0
             assert (out / res["heatmap_png"]).stat().st_size > 1000
     for cid in ("CASE0", "CASE1"):
-        a = json.loads((outs["native"] / f"{cid}.json").read_text())
-        b = json.loads((outs["torch"] / f"{cid}.json").read_text())
+        a = json.loads((outs["native"] / f"{cid}.json").read_text(encoding="utf-8"))
+        b = json.loads((outs["torch"] / f"{cid}.json").read_text(encoding="utf-8"))
         assert abs(a["probability"] - b["probability"]) <= 1e-5
 
 
@@ -105,5 +105,5 @@ def test_demo_runs_native_engine(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "native backend" in text and "probability" in text and "DEMO001.json" in text
-    res = json.loads((tmp_path / "out" / "DEMO001.json").read_text())
+    res = json.loads((tmp_path / "out" / "DEMO001.json").read_text(encoding="utf-8"))
     assert 0.0 <= res["probability"] <= 1.0 and res["backend"] == "native"

@@ -74,11 +74,11 @@ def test_tiny_cohort_files_and_manifest(tiny: Path) -> None:
     assert [m["case_id"] for m in man] == [pc.case_id for pc in plan]
     assert [m["mvi"] for m in man] == [pc.mvi for pc in plan]
     assert all((m["grade"] == 0) == (m["mvi"] == 0) for m in man)
-    with open(tiny / "manifest.csv", newline="") as f:
+    with open(tiny / "manifest.csv", encoding="utf-8", newline="") as f:
         assert next(csv.reader(f)) == ["case_id", "centre", "split", "mvi", "grade"]
-    with open(tiny / "clinical.csv", newline="") as f:
+    with open(tiny / "clinical.csv", encoding="utf-8", newline="") as f:
         assert next(csv.reader(f)) == ["case_id"] + [c for c in CLINICAL_FEATURES if c != "diameter_mm"]
-    meta = json.loads((tiny / "cohort.json").read_text())
+    meta = json.loads((tiny / "cohort.json").read_text(encoding="utf-8"))
     assert meta["params"]["synthetic"] is True and "SYNTHETIC" in meta["note"]
     cases = find_cases(tiny)
     assert [c.case_id for c in cases] == sorted(pc.case_id for pc in plan)
@@ -104,7 +104,7 @@ def test_same_seed_is_byte_identical(tiny: Path, tmp_path: Path) -> None:
             name = f"{pc.case_id}{suffix}.nii.gz"
             assert (tmp_path / pc.case_id / name).read_bytes() == (tiny / pc.case_id / name).read_bytes(), name
     # clinical.csv holds exactly the values the label-dependent draws give (same seed -> same values)
-    with open(tiny / "clinical.csv", newline="") as f:
+    with open(tiny / "clinical.csv", encoding="utf-8", newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     for pc in plan:
         want = synth_mod.case_truth(pc, 0, 1.0)["clinical"]
@@ -174,7 +174,7 @@ def test_load_cohort_matches_prepare_case_and_caches(tiny: Path) -> None:
 
 def test_refuses_foreign_folder_and_cli(tiny: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "thesis.txt").write_text("do not overwrite")
+    (tmp_path / "mine" / "thesis.txt").write_text("do not overwrite", encoding="utf-8")
     with pytest.raises(ValueError, match="not empty and holds no synthetic cohort"):
         generate_cohort(tmp_path / "mine", preset="tiny", progress=False)
     assert cli_main(["synth", "--out", str(tiny), "--preset", "tiny", "--seed", "0", "--no-progress"]) == 0
@@ -219,10 +219,11 @@ def test_regenerating_with_fewer_cases_removes_stale_ones(tmp_path: Path, monkey
     generate_cohort(out, preset="default", scale=0.02, progress=False)
     big = {p.name for p in out.iterdir() if p.is_dir()}
     (out / "notes").mkdir()
-    (out / "notes" / "mine.txt").write_text("keep")
+    (out / "notes" / "mine.txt").write_text("keep", encoding="utf-8")
     generate_cohort(out, preset="default", scale=0.01, progress=False)
     small = {p.name for p in out.iterdir() if p.is_dir()} - {"notes"}
     assert small == {pc.case_id for pc in cohort_plan("default", scale=0.01)} and small < big
-    assert (out / "notes" / "mine.txt").read_text() == "keep"  # folders not in the old manifest are left alone
+    # folders not in the old manifest are left alone
+    assert (out / "notes" / "mine.txt").read_text(encoding="utf-8") == "keep"
     assert [m["case_id"] for m in read_manifest(out / "manifest.csv")] == [
         pc.case_id for pc in cohort_plan("default", scale=0.01)]

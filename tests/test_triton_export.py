@@ -52,7 +52,7 @@ def _write_onnx(path: Path, with_sidecar: bool = True, synthetic: bool = True) -
     onnx.save_model(model, str(path))
     if with_sidecar:
         sc = {**_io(), "synthetic_training_data": synthetic, "artifact": {"precision": "fp32"}}
-        Path(str(path) + ".json").write_text(json.dumps(sc))
+        Path(str(path) + ".json").write_text(json.dumps(sc), encoding="utf-8")
     return path
 
 
@@ -79,18 +79,18 @@ def _check_config(cfg_text: str, max_batch: int, s: int = S, f: int = F, k: int 
 def test_repository_from_onnx(tmp_path: Path) -> None:
     src = _write_onnx(tmp_path / "model.onnx")
     repo = export_triton_repository(src, tmp_path / "repo", max_batch_size=6)
-    cfg = (repo / "cmir" / "config.pbtxt").read_text()
+    cfg = (repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
     _check_config(cfg, 6)
     assert "SYNTHETIC" in cfg  # synthetic training data is labelled wherever the model is described
     assert (repo / "cmir" / "onnx" / "model.onnx").read_bytes() == src.read_bytes()
     assert (repo / "cmir" / "1").is_dir()
-    readme = (repo / "README.md").read_text()
+    readme = (repo / "README.md").read_text(encoding="utf-8")
     assert "--backend-config=tensorrt,plugins=" in readme and "LD_PRELOAD" in readme and "synthetic" in readme
     assert (repo / "build_engine.py").is_file()
     if tensorrt_version() is None:
         assert not (repo / "cmir" / "1" / "model.plan").exists()
         assert "Not built yet" in readme and "TensorRT is not installed" in readme
-    marker = json.loads((repo / ".cmir-triton-repository").read_text())
+    marker = json.loads((repo / ".cmir-triton-repository").read_text(encoding="utf-8"))
     assert marker["max_batch_size"] == 6 and marker["source_kind"] == "onnx"
     assert (repo / "cmir" / "plugins" / "libcmir_trt_plugins.so").is_file() == marker["plugin_library"]
 
@@ -98,7 +98,7 @@ def test_repository_from_onnx(tmp_path: Path) -> None:
 def test_repository_from_onnx_without_sidecar_reads_graph(tmp_path: Path) -> None:
     src = _write_onnx(tmp_path / "model.onnx", with_sidecar=False)
     repo = export_triton_repository(src, tmp_path / "repo", batch=3)  # --batch N sets max_batch_size
-    cfg = (repo / "cmir" / "config.pbtxt").read_text()
+    cfg = (repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
     _check_config(cfg, 3)
     assert "Training data not recorded" in cfg
 
@@ -109,10 +109,10 @@ def test_repository_from_engine_copies_plan(tmp_path: Path) -> None:
     engine.write_bytes(blob)
     sc = {**_io(), "synthetic_training_data": False, "tensorrt": {"tensorrt_version": "10.16.0",
                                                                   "profile": {"min_batch": 1, "max_batch": 8}}}
-    Path(str(engine) + ".json").write_text(json.dumps(sc))
+    Path(str(engine) + ".json").write_text(json.dumps(sc), encoding="utf-8")
     repo = export_triton_repository(engine, tmp_path / "repo", max_batch_size=8)
     assert (repo / "cmir" / "1" / "model.plan").read_bytes() == blob
-    cfg = (repo / "cmir" / "config.pbtxt").read_text()
+    cfg = (repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
     _check_config(cfg, 8)
     assert "SYNTHETIC" not in cfg
     with pytest.raises(TritonExportError, match="serves batches up to 8"):
@@ -128,13 +128,13 @@ def test_overwrite_rules(tmp_path: Path) -> None:
     src = _write_onnx(tmp_path / "model.onnx")
     repo = export_triton_repository(src, tmp_path / "repo", max_batch_size=2)
     export_triton_repository(src, repo, max_batch_size=5)  # an earlier cmir repository is replaced
-    _check_config((repo / "cmir" / "config.pbtxt").read_text(), 5)
+    _check_config((repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8"), 5)
     other = tmp_path / "precious"
     other.mkdir()
-    (other / "keep.txt").write_text("x")
+    (other / "keep.txt").write_text("x", encoding="utf-8")
     with pytest.raises(TritonExportError, match="not an earlier cmir Triton repository"):
         export_triton_repository(src, other)
-    assert (other / "keep.txt").read_text() == "x"
+    assert (other / "keep.txt").read_text(encoding="utf-8") == "x"
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -155,7 +155,7 @@ def test_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         export_triton_repository(tmp_path / "missing.onnx", tmp_path / "repo")
     txt = tmp_path / "model.txt"
-    txt.write_text("not a model")
+    txt.write_text("not a model", encoding="utf-8")
     with pytest.raises(TritonExportError, match="expected a checkpoint"):
         export_triton_repository(txt, tmp_path / "repo")
     bad = tmp_path / "bad.onnx"
@@ -190,7 +190,7 @@ def test_cli_export_triton_from_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "cmir_trt", "export", "--model", str(ckpt), "--format", "triton",
                            "--out", str(out), "--batch", "4"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    _check_config((out / "cmir" / "config.pbtxt").read_text(), 4, s=32, f=3, k=1)
+    _check_config((out / "cmir" / "config.pbtxt").read_text(encoding="utf-8"), 4, s=32, f=3, k=1)
     g = onnx.load_model(str(out / "cmir" / "onnx" / "model.onnx"))
     domains = {n.domain for n in g.graph.node}
     assert "trt.plugins" in domains  # the onnx-trt form, with the cmir plugin nodes
@@ -215,8 +215,8 @@ def test_plan_built_when_tensorrt_present(tmp_path: Path, monkeypatch: pytest.Mo
     assert (repo / "cmir" / "1" / "model.plan").read_bytes() == fake.engine_bytes
     assert fake.calls["profiles"][0]["art"][2] == [6, 3, S, S]
     assert (repo / "cmir" / "plugins" / "libcmir_trt_plugins.so").read_bytes() == lib.read_bytes()
-    assert "Built at export time with TensorRT 10.16.0" in (repo / "README.md").read_text()
-    _check_config((repo / "cmir" / "config.pbtxt").read_text(), 6)
+    assert "Built at export time with TensorRT 10.16.0" in (repo / "README.md").read_text(encoding="utf-8")
+    _check_config((repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8"), 6)
 
 
 def test_build_required_without_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

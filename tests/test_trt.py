@@ -155,13 +155,13 @@ int main() {
           cross_modal_attention::kNbOutputs, cross_modal_attention::kFields, cross_modal_attention::kNbFields);
   static_assert(involution::kKernelSize == 0 && cross_modal_attention::kEps == 2, "field indices follow the JSON");
 }
-""")
+""", encoding="utf-8")
     exe = tmp_path / "dump"
     cc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{tmp_path}", str(prog), "-o",
                          str(exe)], capture_output=True, text=True, timeout=120)
     assert cc.returncode == 0, cc.stderr
     got = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30).stdout.splitlines()
-    data = json.loads(SCHEMA.read_text())
+    data = json.loads(SCHEMA.read_text(encoding="utf-8"))
     want = [f"namespace {data['namespace']}"]
     for p in data["plugins"]:
         want.append(f"plugin {p['name']} {p['version']} {len(p['inputs'])} {len(p['outputs'])}")
@@ -189,10 +189,10 @@ def test_generator_rewrites_only_on_change(tmp_path: Path) -> None:
     (lambda d: d["plugins"][0].__setitem__("name", "Bad Name"), "bad or duplicate plugin name"),
 ])
 def test_generator_rejects_bad_schema(tmp_path: Path, mutate, match: str) -> None:  # noqa: ANN001
-    data = json.loads(SCHEMA.read_text())
+    data = json.loads(SCHEMA.read_text(encoding="utf-8"))
     mutate(data)
     bad = tmp_path / "schema.json"
-    bad.write_text(json.dumps(data))
+    bad.write_text(json.dumps(data), encoding="utf-8")
     out = tmp_path / "h.h"
     proc = _gen(bad, out)
     assert proc.returncode == 1 and match in proc.stderr
@@ -201,7 +201,7 @@ def test_generator_rejects_bad_schema(tmp_path: Path, mutate, match: str) -> Non
 
 def test_generator_rejects_truncated_json(tmp_path: Path) -> None:
     bad = tmp_path / "schema.json"
-    bad.write_text(SCHEMA.read_text()[:200])
+    bad.write_text(SCHEMA.read_text(encoding="utf-8")[:200], encoding="utf-8")
     proc = _gen(bad, tmp_path / "h.h")
     assert proc.returncode == 1 and "JSONDecodeError" in proc.stderr
 

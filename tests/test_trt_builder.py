@@ -44,7 +44,7 @@ def _onnx_model(path: Path, dynamic_hw: bool = False) -> Path:
     onnx.save_model(helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, [w])), str(path))
     Path(str(path) + ".json").write_text(json.dumps({"synthetic_training_data": True,
                                                      "artifact": {"file": path.name, "precision": "fp16"},
-                                                     "model": {"config": {"image_size": S}}}))
+                                                     "model": {"config": {"image_size": S}}}), encoding="utf-8")
     return path
 
 
@@ -77,7 +77,7 @@ def test_build_engine_profile_flags_and_sidecar(tmp_path: Path, lib: Path, monke
         "clinical": ([2, F], [3, F], [7, F]),
     }]
     assert out.read_bytes() == fake.engine_bytes
-    sc = json.loads(Path(str(out) + ".json").read_text())
+    sc = json.loads(Path(str(out) + ".json").read_text(encoding="utf-8"))
     assert sc["artifact"]["sha256"] == hashlib.sha256(fake.engine_bytes).hexdigest()
     assert sc["artifact"]["bytes"] == len(fake.engine_bytes) and sc["artifact"]["precision"] == "fp16"
     assert sc["synthetic_training_data"] is True and sc["model"]["config"]["image_size"] == S
@@ -178,7 +178,7 @@ def test_standalone_script_builds_with_tensorrt_only(tmp_path: Path, lib: Path, 
     assert out.read_bytes() == fake.engine_bytes
     assert fake.calls["flags"] == 1 << 1 and fake.calls["pool"] == ("workspace", 32 << 20)
     assert fake.calls["profiles"][0]["clinical"] == ([1, F], [4, F], [5, F])
-    sc = json.loads(Path(str(out) + ".json").read_text())
+    sc = json.loads(Path(str(out) + ".json").read_text(encoding="utf-8"))
     assert sc["artifact"]["sha256"] == hashlib.sha256(fake.engine_bytes).hexdigest()
     assert sc["synthetic_training_data"] is True
 

@@ -68,7 +68,7 @@ def test_harness_references_match_the_model(tmp_path: Path) -> None:
     proc = subprocess.run([str(_harness()), "--dump-references", str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    cases = [ln.split() for ln in (tmp_path / "cases.txt").read_text().splitlines()]
+    cases = [ln.split() for ln in (tmp_path / "cases.txt").read_text(encoding="utf-8").splitlines()]
     assert [c[0] for c in cases] == ["involution0", "involution1", "involution2", "cmam0", "cmam1"]
 
     def load(name: str, dtype: type) -> np.ndarray:

@@ -26,7 +26,7 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ckpt, _ = make_checkpoint(root, "full", seed=31)
     out = root / "out"
     rc = main(["validate", "--model", str(ckpt), "--out", str(out), "--backends", ",".join(RUN), "--max-cases", "8"])
-    report = json.loads((out / "parity.json").read_text())
+    report = json.loads((out / "parity.json").read_text(encoding="utf-8"))
     return {"rc": rc, "report": report, "out": out, "ckpt": ckpt, "root": root}
 
 
@@ -60,7 +60,7 @@ def test_report_labels_synthetic_and_is_written(validated: dict[str, Any]) -> No
     assert by_name["cases"]["synthetic"] is True and by_name["cases"]["cases"] == 8
     assert "tiny-cohort" in by_name["cases"]["note"] and (validated["out"] / "tiny-cohort" / "cohort.json").is_file()
     assert report["synthetic_training_data"] is True
-    md = (validated["out"] / "parity.md").read_text()
+    md = (validated["out"] / "parity.md").read_text(encoding="utf-8")
     assert "synthetic" in md and "| onnxruntime-fp32 | logit |" in md
     assert "unavailable" in md or torch.cuda.is_available()
     for art in report["artifacts"].values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +17,8 @@ class NativeExtensionError(ImportError):
 
 def load_core() -> ModuleType:
     """The CPU extension `cmir_trt._C` (never touches CUDA)."""
+    # OpenMP reads this once, when the runtime starts with _C: spinning waits are very slow on shared/small machines.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return importlib.import_module("cmir_trt._C")
     except ImportError as exc:  # pragma: no cover - only on a broken install

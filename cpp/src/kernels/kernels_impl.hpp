@@ -36,7 +36,14 @@ inline void parallel_ranges(long total, int threads, const F& f) {
 template <class F>
 inline void parallel_team(int threads, const F& f) {
   if (threads <= 1) {
-    f(0, 1);
+    // Inside someone else's parallel region (e.g. the engine's side-by-side backbones) a barrier in f would bind to
+    // that outer team and deadlock: give f a team of its own.
+    if (omp_in_parallel()) {
+#pragma omp parallel num_threads(1)
+      f(0, 1);
+    } else {
+      f(0, 1);
+    }
     return;
   }
 #pragma omp parallel num_threads(threads)

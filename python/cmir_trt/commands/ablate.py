@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     report = write_report(out, cases, preds, synthetic, n_resamples=args.bootstrap, seed=args.seed,
                           plots=not args.no_plots, data_description=f"cohort folder {Path(args.data).name}")
     table_files(report, out)
-    print((out / "table2.md").read_text())
+    print((out / "table2.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/table2.md, table3.md (+ .csv), report.md/.csv/.json, predictions.csv"
           + (" (all metrics on SYNTHETIC data)" if synthetic else ""))
     return 0

@@ -123,7 +123,7 @@ def _rss_child(argv: list[str]) -> None:
     for _ in range(3):
         backend.predict(art, pv, clinical)
     hwm_kib = None
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
             if line.startswith("VmHWM:"):
                 hwm_kib = float(line.split()[1])
@@ -237,7 +237,7 @@ def _cpu_name() -> str:
     import platform
 
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
@@ -282,7 +282,7 @@ def _chart(res: dict[str, Any], path: Path) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

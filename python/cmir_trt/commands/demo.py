@@ -62,7 +62,8 @@ def write_synthetic_case(folder: Path, seed: int, schema: Any, case_id: str = "D
         lo, hi = schema.ranges[col]
         v = typical.get(col, (lo + hi) / 2)
         vals.append(f"{min(max(v, lo), hi):g}")
-    (folder / "clinical.csv").write_text("case_id," + ",".join(cols) + "\n" + case_id + "," + ",".join(vals) + "\n")
+    text = "case_id," + ",".join(cols) + "\n" + case_id + "," + ",".join(vals) + "\n"
+    (folder / "clinical.csv").write_text(text, encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--threads", str(args.threads)]
     rc = cli.main(argv)
     for js in sorted(out.glob("*.json")):
-        res = json.loads(js.read_text())
+        res = json.loads(js.read_text(encoding="utf-8"))
         prob = res["probability"]
         ptxt = f"{prob:.4f}" if isinstance(prob, float) else ", ".join(f"{p:.4f}" for p in prob)
         print(f"\n{res['case_id']}: probability {ptxt} -> {res['decision']} (threshold {res['threshold']:g}, "

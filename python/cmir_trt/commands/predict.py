@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if threshold is None:
         threshold, threshold_source = 0.5, "default (the model stores none)"
     threshold = float(threshold)
-    cases = find_cases(src)
+    cases = find_cases(src, allow_incomplete=True)
     if not cases:
         raise DataError(f"no cases found in {src} (expected CASE_0000.<ext>, CASE_0001.<ext>, CASE_mask.<ext>)")
     clinical: dict[str, dict[str, float]] = {}

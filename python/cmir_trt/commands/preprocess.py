@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     schema, pdict = ClinicalSchema(), {}
     if args.schema:
         try:
-            meta = json.loads(Path(args.schema).read_text())
+            meta = json.loads(Path(args.schema).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValueError(f"--schema {args.schema}: not a readable JSON file: {exc}") from exc
         if not isinstance(meta, dict):

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     out = generate_cohort(args.out, preset=args.preset, seed=args.seed, scale=args.scale,
                           progress=not args.no_progress, strength=args.strength, workers=args.workers)
-    with open(out / "manifest.csv", newline="") as f:
+    with open(out / "manifest.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     counts: Counter[tuple[str, str, str]] = Counter((r["centre"], r["split"], r["mvi"]) for r in rows)
     print(f"SYNTHETIC cohort: {len(rows)} cases in {out} (preset {args.preset}, seed {args.seed}, "

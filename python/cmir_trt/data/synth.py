@@ -399,7 +399,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], preset: str = "tiny", seed:
             raise ValueError(f"{out} exists and is not a folder")
         if meta_path.is_file():
             try:
-                old = json.loads(meta_path.read_text())
+                old = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 old = {}
             if old.get("params") == params and all((out / pc.case_id).is_dir() for pc in plan) \
@@ -416,7 +416,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], preset: str = "tiny", seed:
     # (only folders named in the old manifest, holding nothing but that case's files).
     new_ids = {pc.case_id for pc in plan}
     if (out / "manifest.csv").is_file():
-        with open(out / "manifest.csv", newline="") as f:
+        with open(out / "manifest.csv", encoding="utf-8", newline="") as f:
             old_ids = {r.get("case_id", "") for r in csv.DictReader(f)}
         for cid in sorted(old_ids - new_ids):
             d = out / cid

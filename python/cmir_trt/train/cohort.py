@@ -33,7 +33,7 @@ def cohort_description(data_dir: Path, cohort: Any) -> dict[str, Any]:
     meta_path = data_dir / "cohort.json"
     if cohort.synthetic and meta_path.is_file():
         try:
-            params = json.loads(meta_path.read_text()).get("params", {})
+            params = json.loads(meta_path.read_text(encoding="utf-8")).get("params", {})
         except (OSError, ValueError):
             params = {}
         desc["generator"] = {k: params[k] for k in ("preset", "seed", "scale", "strength", "version") if k in params}
