@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write_bytes as _write_atomic
 from .prediction import Prediction
 
 PLUGIN_LIBRARY_NAME = "libcmir_trt_plugins.so"
@@ -226,16 +226,6 @@ def engine_sidecar_path(engine: str | os.PathLike[str]) -> Path:
     return Path(str(engine) + ".json")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def engine_sidecar(engine_path: Path, onnx_path: Path, info: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_text as _write_atomic
+
 HELP = "predict MVI for a folder of cases with a plan (native engine) or checkpoint; JSON, CSV and heatmaps out"
 DISCLAIMER = "research use only, not for diagnostic use"
 GRADE_NAMES = ("M0", "M1", "M2")
@@ -30,18 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def model_settings(meta: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, Any, bool]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write_text as _write_text_atomic
 from .clinical import CLINICAL_FEATURES, ClinicalSchema
 from .io import _sitk
 
@@ -352,15 +353,6 @@ def _write_case_dir(out_dir: Path, case_id: str, imgs: tuple[Any, Any, Any]) -> 
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _csv_text(header: list[str], rows: list[list[Any]]) -> str:

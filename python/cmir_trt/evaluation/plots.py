@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .report import public_mode
+from .._io import public_file_mode as public_mode
 
 if TYPE_CHECKING:
     from .report import CaseTable, ModelPredictions

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write_text
 from .calibration import brier_score, reliability_curve
 from .delong import delong_test
 from .metrics import DEFAULT_RESAMPLES, METRICS, check_binary, metrics_with_ci
@@ -258,27 +258,6 @@ def report_csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"{g['key']} Brier"] = r["brier"]
         rows.append(row)
     return rows
-
-
-def public_mode() -> int:
-    """0666 minus the process umask (what open() would have given the file)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, public_mode())  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -13,12 +13,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._io import atomic_write_bytes
 
 PLAN_MAGIC = b"CMIRPLAN"
 PLAN_VERSION = 1
@@ -394,17 +395,7 @@ def export_plan(model_or_ckpt: Any, out_path: str | os.PathLike[str], metadata: 
     if isinstance(model_or_ckpt, (str, os.PathLike)):
         model = load_checkpoint(model_or_ckpt)
     data = plan_bytes(model, metadata=metadata, model_id=model_id)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return atomic_write_bytes(out_path, data)
 
 
 def read_plan_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .._io import file_sha256
+
 SIDECAR_FORMAT = "cmir-export-sidecar"
 SIDECAR_VERSION = 1
 ARTIFACT_FORMATS = ("torchscript", "onnx", "onnx-trt", "plan", "triton")
@@ -33,12 +35,6 @@ def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
     return Path(str(artifact) + ".json")
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_digest(path: Path) -> tuple[int, str]:

@@ -10,12 +10,13 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .._io import atomic_write_text as _write_atomic
 
 SYNTHETIC_NOTE = "synthetic inputs and random weights (timings only; no accuracy metric)"
 
@@ -371,16 +372,6 @@ def to_markdown(results: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def run_gpu_benchmarks(out_dir: str | os.PathLike[str] | None = None,

@@ -8,7 +8,6 @@ Layout of the saved dict (format "cmir-checkpoint", version 1):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._io import file_sha256, public_file_mode
 from .cmir import CMIR, CMIRConfig
 
 CHECKPOINT_FORMAT = "cmir-checkpoint"
@@ -37,22 +37,18 @@ def save_checkpoint(path: str | os.PathLike[str], model: CMIR, metadata: dict[st
         "metadata": dict(metadata or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    # torch.save to a temp file named after the target (not to a buffer): torch names the zip's top folder after the
+    # file, and the committed demo checkpoint's bytes (models/README.md) depend on that name.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a checkpoint is an ordinary shareable file
+        os.chmod(tmp, public_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -93,10 +89,3 @@ def load_checkpoint(path: str | os.PathLike[str]) -> CMIR:
     model.checkpoint_sha256 = file_sha256(path)  # type: ignore[assignment]
     return model
 
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
