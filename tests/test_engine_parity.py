@@ -35,6 +35,19 @@ def test_every_variant_batch_1_3_8(core, tmp_path, variant):
         assert np.ptp(ref[2]) > 1e-3
 
 
+@pytest.mark.parametrize("variant", ["M2", "full"])
+def test_unfused_involution_plan(core, tmp_path, variant):
+    # The writer fuses each involution (generation + aggregation + BN/ReLU) by default; the unfused form (pooling,
+    # two 1x1 convs through oneDNN, aggregation) stays a valid plan and must agree too. S=72 gives odd maps.
+    model = small_model(variant, image_size=72, seed=3)
+    fused = Engine(export(model, tmp_path / "f.plan"), threads=2)
+    unfused = Engine(export(model, tmp_path / "u.plan", fuse_involution=False), threads=2)
+    art, pv, clinical = inputs(model, 3, seed=5)
+    ref = reference(model, art, pv, clinical)
+    assert_parity(fused.predict(art, pv, clinical), ref)
+    assert_parity(unfused.predict(art, pv, clinical), ref)
+
+
 @pytest.mark.parametrize("variant,kw", [
     ("full", {"image_size": 72}),                  # odd maps: 9 -> 5 -> 3, stride-2 involution in ceil mode
     ("M2", {"image_size": 40, "num_classes": 3}),  # softmax head; CAM of the argmax class

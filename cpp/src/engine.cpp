@@ -69,6 +69,7 @@ std::string describe(const Plan& plan, const Op& op) {
       break;
     }
     case OpType::kInvolution:
+    case OpType::kInvolutionFused:
       os << " " << op.ints[0] << "x" << op.ints[0] << " s" << op.ints[1] << " C" << in.c << " @" << in.h << "x"
          << in.w;
       break;
@@ -443,6 +444,11 @@ struct Engine::Impl {
       } else if (op.type == OpType::kSpatialAttention) {
         const auto& t = plan.tensors[op.inputs[0]];
         kernel_scratch = std::max(kernel_scratch, cpu::spatial_attention_scratch_floats(batch, t.h, t.w));
+      } else if (op.type == OpType::kInvolutionFused) {
+        // Per-thread tile buffers, independent of the batch; sized for the most threads the op may run with.
+        const auto& t = plan.tensors[op.inputs[0]];
+        kernel_scratch = std::max(kernel_scratch, cpu::involution_fused_scratch_floats(
+                                                      t.c, op.ints[4], t.c / op.ints[2], op.ints[0], threads));
       }
     }
     omp_set_num_threads(threads);
@@ -527,6 +533,24 @@ struct Engine::Impl {
         ep.relu = op.ints[3] != 0;
         cpu::involution_nhwc_epilogue(ptr(op.inputs[0]), ptr(op.inputs[1]), ptr(op.outputs[0]), B, x.h, x.w, x.c,
                                       op.ints[0], op.ints[1], op.ints[2], ep, threads);
+        break;
+      }
+      case OpType::kInvolutionFused: {
+        const auto& x = T(op.inputs[0]);
+        cpu::InvolutionGeneration gen;
+        gen.reduce_wt = op.weights[0].data;
+        gen.reduce_b = op.weights[1].data;
+        gen.span_wt = op.weights[2].data;
+        gen.span_b = op.weights[3].data;
+        gen.hidden = op.ints[4];
+        cpu::Epilogue ep;
+        ep.scale = op.weights[4].data;
+        ep.shift = op.weights[5].data;
+        ep.relu = op.ints[3] != 0;
+        const std::size_t need =
+            cpu::involution_fused_scratch_floats(x.c, op.ints[4], x.c / op.ints[2], op.ints[0], threads);
+        cpu::involution_fused_nhwc(ptr(op.inputs[0]), gen, ptr(op.outputs[0]), kscratch, need, B, x.h, x.w, x.c,
+                                   op.ints[0], op.ints[1], op.ints[2], ep, threads);
         break;
       }
       case OpType::kAffine: {

@@ -139,6 +139,29 @@ class GraphChecker {
         weights(1, static_cast<std::size_t>(x.c));
         break;
       }
+      case OpType::kInvolutionFused: {
+        // ints: K, stride, group_channels, relu, hidden; weights: reduce_wt [C, hidden], reduce_b [hidden],
+        // span_wt [hidden, G*K*K], span_b [G*K*K], BN-after scale [C], shift [C]
+        arity(1, 1, 1, 5, 0, 6);
+        const int k = op.ints[0], s = op.ints[1], gc = op.ints[2], relu = op.ints[3], hidden = op.ints[4];
+        if (k < 1 || k > 15 || k % 2 == 0 || s < 1 || s > 4 || gc < 1 || gc > 1024 || (relu != 0 && relu != 1) ||
+            hidden < 1 || hidden > kMaxDim)
+          bad("bad attributes");
+        const auto& x = in(0);
+        const auto& y = out(0);
+        if (x.c % gc != 0) bad("channels not divisible by group_channels");
+        const int ho = (x.h + s - 1) / s, wo = (x.w + s - 1) / s;
+        if (y.h != ho || y.w != wo || y.c != x.c) bad("output size does not match");
+        const std::size_t c = static_cast<std::size_t>(x.c), hd = static_cast<std::size_t>(hidden);
+        const std::size_t gkk = static_cast<std::size_t>(x.c / gc) * static_cast<std::size_t>(k) * k;
+        weights(0, c * hd);
+        weights(1, hd);
+        weights(2, hd * gkk);
+        weights(3, gkk);
+        weights(4, c);
+        weights(5, c);
+        break;
+      }
       case OpType::kAffine: {
         arity(1, 1, 1, 1, 0, 2);
         if (op.ints[0] != 0 && op.ints[0] != 1) bad("bad attributes");
@@ -262,6 +285,7 @@ const char* op_name(OpType t) {
     case OpType::kResizeBilinear: return "resize_bilinear";
     case OpType::kMean2: return "mean2";
     case OpType::kCam: return "cam";
+    case OpType::kInvolutionFused: return "involution_fused";
   }
   return "unknown";
 }

@@ -32,6 +32,7 @@ enum class OpType : std::uint32_t {
   kResizeBilinear = 12,
   kMean2 = 13,
   kCam = 14,
+  kInvolutionFused = 15,
 };
 const char* op_name(OpType t);
 

@@ -44,12 +44,13 @@ OP_PROBABILITY = 11
 OP_RESIZE_BILINEAR = 12
 OP_MEAN2 = 13
 OP_CAM = 14
+OP_INVOLUTION_FUSED = 15
 
 OP_NAMES = {
     OP_CONV: "conv", OP_MAXPOOL: "maxpool", OP_AVGPOOL_CEIL: "avgpool_ceil", OP_INVOLUTION: "involution",
     OP_AFFINE: "affine", OP_SPATIAL_ATTENTION: "spatial_attention", OP_CMAM: "cmam", OP_GAP: "gap",
     OP_LINEAR: "linear", OP_CONCAT: "concat", OP_PROBABILITY: "probability", OP_RESIZE_BILINEAR: "resize_bilinear",
-    OP_MEAN2: "mean2", OP_CAM: "cam",
+    OP_MEAN2: "mean2", OP_CAM: "cam", OP_INVOLUTION_FUSED: "involution_fused",
 }
 
 
@@ -113,8 +114,9 @@ def _conv_size(n: int, k: int, s: int, p: int) -> int:
 
 
 class _Emitter:
-    def __init__(self, gb: _GraphBuilder) -> None:
+    def __init__(self, gb: _GraphBuilder, fuse_involution: bool = True) -> None:
         self.gb = gb
+        self.fuse_involution = fuse_involution
 
     def conv_bn(self, x: int, conv: Any, bn: Any, relu: bool, residual: int | None = None) -> int:
         """conv (no bias) + BN folded; optional residual add before the ReLU."""
@@ -149,6 +151,8 @@ class _Emitter:
         return self.involution(x, mods[0], mods[1])
 
     def involution(self, x: int, inv: Any, bn_after: Any) -> int:
+        if self.fuse_involution:
+            return self.involution_fused(x, inv, bn_after)
         h, w, c = self.gb.shape(x)
         k, s, gc = inv.kernel_size, inv.stride, inv.group_channels
         src = x
@@ -163,6 +167,26 @@ class _Emitter:
         scale, shift = _bn_scale_shift(bn_after)
         # Involution -> BN -> ReLU: BN cannot fold into per-group kernels, so the engine applies it as an epilogue.
         self.gb.op(OP_INVOLUTION, [x, kern], [y], [k, s, gc, 1], weights=[scale, shift])
+        return y
+
+    def involution_fused(self, x: int, inv: Any, bn_after: Any) -> int:
+        """One op: pooling, both generation 1x1 convs (reduce BN folded), aggregation and the BN+ReLU after it.
+
+        The per-pixel kernel tensor (G*K*K floats per pixel, several times the activations) is never materialised.
+        Weights are stored transposed ([in, out]) for the kernel's per-tile GEMMs.
+        """
+        h, w, c = self.gb.shape(x)
+        k, s, gc = inv.kernel_size, inv.stride, inv.group_channels
+        rw = inv.reduce.weight.detach().double().numpy()[:, :, 0, 0]  # [hidden, C]
+        rscale, rshift = _bn_scale_shift(inv.bn)
+        hidden = rw.shape[0]
+        reduce_wt = np.ascontiguousarray((rw * rscale[:, None]).T)  # [C, hidden]
+        span_wt = np.ascontiguousarray(inv.span.weight.detach().double().numpy()[:, :, 0, 0].T)  # [hidden, G*K*K]
+        span_b = inv.span.bias.detach().double().numpy()
+        scale, shift = _bn_scale_shift(bn_after)
+        y = self.gb.tensor(math.ceil(h / s), math.ceil(w / s), c)
+        self.gb.op(OP_INVOLUTION_FUSED, [x], [y], [k, s, gc, 1, hidden],
+                   weights=[reduce_wt, rshift, span_wt, span_b, scale, shift])
         return y
 
     def bottleneck(self, x: int, blk: Any) -> int:
@@ -217,11 +241,15 @@ def _cmam_packed(att: Any, norm: Any) -> np.ndarray:
     return np.concatenate([p.detach().double().numpy().reshape(-1) for p in parts])
 
 
-def build_graph(model: Any) -> tuple[_GraphBuilder, dict[str, int]]:
-    """Translate a CMIR module (eval semantics) into plan tensors/ops; mirrors CMIR.forward step by step."""
+def build_graph(model: Any, fuse_involution: bool = True) -> tuple[_GraphBuilder, dict[str, int]]:
+    """Translate a CMIR module (eval semantics) into plan tensors/ops; mirrors CMIR.forward step by step.
+
+    fuse_involution: one involution_fused op per involution (kernel generation + aggregation + BN/ReLU, measured
+    faster: benchmarks/RESULTS.md) instead of pool, two 1x1 convs and an involution op.
+    """
     cfg = model.config
     gb = _GraphBuilder()
-    em = _Emitter(gb)
+    em = _Emitter(gb, fuse_involution)
     s = cfg.image_size
     io = {"art": gb.tensor(s, s, cfg.in_channels), "pv": NO_TENSOR, "clinical": NO_TENSOR}
     if cfg.two_phase:
@@ -355,11 +383,11 @@ def plan_metadata(model: Any, metadata: dict[str, Any] | None = None, checkpoint
 
 
 def plan_bytes(model: Any, metadata: dict[str, Any] | None = None, checkpoint_sha256: str | None = None,
-               model_id: str | None = None) -> bytes:
+               model_id: str | None = None, fuse_involution: bool = True) -> bytes:
     """The complete plan file for `model` (a CMIR module) as bytes."""
     model = model.eval()
     cfg = model.config
-    gb, io = build_graph(model)
+    gb, io = build_graph(model, fuse_involution)
     graph = _graph_bytes(gb, io, cfg)
     weights = b"".join(b.tobytes() for b in gb.blobs)
     meta = plan_metadata(model, metadata, checkpoint_sha256, model_id, hashlib.sha256(weights).hexdigest())
@@ -387,14 +415,14 @@ def plan_bytes(model: Any, metadata: dict[str, Any] | None = None, checkpoint_sh
 
 
 def export_plan(model_or_ckpt: Any, out_path: str | os.PathLike[str], metadata: dict[str, Any] | None = None,
-                model_id: str | None = None) -> Path:
+                model_id: str | None = None, fuse_involution: bool = True) -> Path:
     """Write the plan of a CMIR module or checkpoint path to `out_path` (atomically); returns the path."""
     from ..model.checkpoint import load_checkpoint
 
     model = model_or_ckpt
     if isinstance(model_or_ckpt, (str, os.PathLike)):
         model = load_checkpoint(model_or_ckpt)
-    data = plan_bytes(model, metadata=metadata, model_id=model_id)
+    data = plan_bytes(model, metadata=metadata, model_id=model_id, fuse_involution=fuse_involution)
     return atomic_write_bytes(out_path, data)
 
 
