@@ -58,3 +58,15 @@ def test_cli_unknown_command_fails() -> None:
     proc = subprocess.run([sys.executable, "-m", "cmir_trt", "no-such-command"], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "invalid choice" in proc.stderr
+
+
+def test_cli_cuda_request_without_gpu_is_one_clear_line(tmp_path) -> None:
+    from cmir_trt._native import cuda_device_count
+
+    if cuda_device_count() > 0:
+        pytest.skip("this machine has a GPU: the request would succeed")
+    proc = subprocess.run([sys.executable, "-m", "cmir_trt", "bench", "--device", "cuda", "--out", str(tmp_path / "b")],
+                          capture_output=True, text=True, env={**os.environ, "CMIR_TRT_DEBUG": ""})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "cuda" in proc.stderr.lower() and "error" in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -45,8 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError) as exc:
-        # User-facing errors: one clear line, no traceback.
+    except (CLIError, OSError, ValueError, RuntimeError) as exc:
+        # User-facing errors (bad path or option, corrupt file, no GPU, ...): one clear line, no traceback, unless
+        # CMIR_TRT_DEBUG is set.
+        if os.environ.get("CMIR_TRT_DEBUG"):
+            raise
         print(f"cmir-trt {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -286,6 +286,20 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _run_gpu_suite(args: argparse.Namespace) -> None:
+    """--device cuda: our kernels vs PyTorch references and the whole model in every precision, CUDA graphs on/off,
+    batch 1/8/64, eager vs torch.compile (cmir_trt.gpu.bench), before the side-by-side backend table."""
+    from ..gpu import require_cuda
+    from ..gpu.bench import run_gpu_benchmarks
+
+    require_cuda(0)  # a clear RuntimeError on a machine without a usable GPU
+    ckpt = args.model if args.model and Path(args.model).suffix == ".pt" else None
+    res = run_gpu_benchmarks(args.out, parts=("involution", "cmam", "e2e"), quick=args.repeats < 10, checkpoint=ckpt)
+    print(f"bench: GPU suite written to {Path(args.out) / 'gpu_bench.md'} (synthetic inputs)")
+    for part, err in res.get("failures", {}).items():
+        print(f"bench: GPU suite part {part} failed: {err}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     import platform
     import tempfile
@@ -299,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
     threads_list = _ints(args.threads, "threads") if args.threads else [os.cpu_count() or 1]
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    if args.device == "cuda":
+        _run_gpu_suite(args)
     avail = _available(args.device)
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else avail
     allowed = CPU_BACKENDS if args.device == "cpu" else CUDA_BACKENDS
