@@ -154,3 +154,34 @@ def test_find_cases_errors(tmp_path: Path) -> None:
         find_cases(tmp_path)
     with pytest.raises(FileNotFoundError):
         find_cases(tmp_path / "nope")
+
+
+def test_series_csv_picks_dicom_series_per_case(tmp_path: Path) -> None:
+    # A phase folder with two DICOM series: find_cases takes the UID from series.csv, so predict/preprocess work.
+    s = sitk()
+    art, pv, mask = phantom(seed=3)
+    root = tmp_path / "cases"
+    root.mkdir()
+    other = make_image(np.zeros((4, 8, 8), np.int16), spacing=(1, 1, 2))
+    ua, ub = "1.2.826.0.1.3680043.2.1125.301", "1.2.826.0.1.3680043.2.1125.302"
+    write_dicom_series(s.Cast(art, s.sitkInt16), root / "P1_0000", ua)
+    write_dicom_series(other, root / "P1_0000", ub)
+    s.WriteImage(pv, str(root / "P1_0001.nii.gz"))
+    s.WriteImage(mask, str(root / "P1_mask.nii.gz"))
+    (case,) = find_cases(root)
+    assert case.art_series_uid is None
+    with pytest.raises(ImageReadError, match="pick one by UID"):
+        read_image(case.art, case.art_series_uid)
+    (root / "series.csv").write_text(f"case_id,art_series_uid,pv_series_uid\nP1,{ua},\n", encoding="utf-8")
+    (case,) = find_cases(root)
+    assert case.art_series_uid == ua and case.pv_series_uid is None
+    got = read_image(case.art, case.art_series_uid)
+    assert got.GetSize() == art.GetSize()
+    np.testing.assert_array_equal(s.GetArrayFromImage(got), s.GetArrayFromImage(s.Cast(art, s.sitkInt16)))
+    for text, match in [("case_id,art_series_uid,pv_series_uid\nP9,1.2,\n", "not in the case folder"),
+                        ("case_id,art_series_uid,pv_series_uid\nP1,abc,\n", "not a DICOM UID"),
+                        ("case_id,art\nP1,1.2\n", "needs a header"),
+                        ("case_id,art_series_uid,pv_series_uid\nP1,1.2,\nP1,1.2,\n", "listed twice")]:
+        (root / "series.csv").write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=match):
+            find_cases(root)

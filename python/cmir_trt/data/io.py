@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +200,48 @@ def _scan(folder: Path, found: dict[str, dict[str, list[Path]]]) -> None:
             found.setdefault(r[0], {}).setdefault(r[1], []).append(entry)
 
 
+SERIES_CSV = "series.csv"
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def read_series_csv(path: str | os.PathLike[str], case_ids: set[str]) -> dict[str, dict[str, str]]:
+    """{case_id: {"art": uid, "pv": uid}} from a CSV with columns case_id, art_series_uid, pv_series_uid (either UID
+    may be empty). Picks the DICOM series of a phase folder that holds several; errors name the row and column."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the series table: {exc}") from exc
+    need = {"case_id", "art_series_uid", "pv_series_uid"}
+    if not rows or need - set(header):
+        raise DataError(f"{path}: needs a header with columns {sorted(need)} and at least one row")
+    out: dict[str, dict[str, str]] = {}
+    for i, row in enumerate(rows, start=2):
+        cid = (row.get("case_id") or "").strip()
+        if cid not in case_ids:
+            raise DataError(f"{path} line {i}: case {cid!r} is not in the case folder")
+        if cid in out:
+            raise DataError(f"{path} line {i}: case {cid!r} listed twice")
+        uids = {}
+        for role in ("art", "pv"):
+            uid = (row.get(f"{role}_series_uid") or "").strip()
+            if uid and not _UID_RE.match(uid):
+                raise DataError(f"{path} line {i}: {role}_series_uid {uid!r} is not a DICOM UID")
+            if uid:
+                uids[role] = uid
+        out[cid] = uids
+    return out
+
+
 def find_cases(folder: str | os.PathLike[str], allow_incomplete: bool = False) -> list[CaseFiles]:
     """Cases in `folder` (side by side) and in its direct subfolders (one per case), sorted by case_id.
 
+    A phase given as a DICOM folder with several series takes its series UID from `folder/series.csv`
+    (case_id, art_series_uid, pv_series_uid) when that file exists.
     Raises DataError when a case has two files for one role, a case appears twice, or (unless allow_incomplete)
     a case lacks its ART, PV or mask; FileNotFoundError when the folder does not exist.
     """
@@ -231,4 +270,8 @@ def find_cases(folder: str | os.PathLike[str], allow_incomplete: bool = False) -
             names = {"art": "ART (CASE_0000)", "pv": "PV (CASE_0001)", "mask": "mask (CASE_mask)"}
             raise DataError(f"case {cid!r} in {folder}: missing {', '.join(names[m] for m in case.missing())}")
         cases.append(case)
+    if (folder / SERIES_CSV).is_file():
+        uids = read_series_csv(folder / SERIES_CSV, {c.case_id for c in cases})
+        cases = [replace(c, art_series_uid=uids.get(c.case_id, {}).get("art"),
+                         pv_series_uid=uids.get(c.case_id, {}).get("pv")) for c in cases]
     return cases
