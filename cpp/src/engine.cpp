@@ -694,8 +694,7 @@ struct Engine::Impl {
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 
-std::unique_ptr<Engine> Engine::load(const std::string& path, int threads) {
-  Plan plan = load_plan_file(path);
+std::unique_ptr<Engine> Engine::from_plan(Plan plan, int threads) {
   auto impl = std::make_unique<Impl>();
   impl->plan = std::move(plan);
   impl->threads = threads > 0 ? threads : omp_get_num_procs();
@@ -707,22 +706,16 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, int threads) {
   } catch (const dnnl::error& e) {
     throw std::runtime_error(std::string("oneDNN could not prepare the convolutions: ") + e.what());
   }
+  // The constructor is private, so make_unique cannot reach it; ownership is taken on the same line.
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
+std::unique_ptr<Engine> Engine::load(const std::string& path, int threads) {
+  return from_plan(load_plan_file(path), threads);
+}
+
 std::unique_ptr<Engine> Engine::from_bytes(const unsigned char* data, std::size_t size, int threads) {
-  auto impl = std::make_unique<Impl>();
-  impl->plan = parse_plan(data, size);
-  impl->threads = threads > 0 ? threads : omp_get_num_procs();
-  impl->build_schedule();
-  impl->plan_memory();
-  for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
-  try {
-    impl->prepare_conv_weights();
-  } catch (const dnnl::error& e) {
-    throw std::runtime_error(std::string("oneDNN could not prepare the convolutions: ") + e.what());
-  }
-  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+  return from_plan(parse_plan(data, size), threads);
 }
 
 const InputSpec& Engine::spec() const { return impl_->plan.spec; }

@@ -8,7 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import fields
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def public_file_mode() -> int:
@@ -45,3 +49,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def dataclass_from_dict(cls: type[T], d: dict[str, Any]) -> T:
+    """cls(**d) for a dataclass, refusing unknown keys by name (configs read back from checkpoints, plans, JSON)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} must be given a dict, got {type(d).__name__}")
+    unknown = set(d) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**d)

@@ -40,6 +40,8 @@ class Engine {
  private:
   struct Impl;
   explicit Engine(std::unique_ptr<Impl> impl);
+  // The load-time work shared by load() and from_bytes(): schedule, memory plan, op labels, weight reorders.
+  static std::unique_ptr<Engine> from_plan(Plan plan, int threads);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -21,12 +21,13 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import dataclass_from_dict
 from .errors import DataError, GeometryError, ImageReadError, MaskError
 from .io import (
     CaseFiles,
@@ -76,11 +77,7 @@ class PreprocessParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessParams:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown PreprocessParams fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def key(self) -> str:
         """Canonical JSON of the params and PREPROCESS_VERSION (for cache keys)."""

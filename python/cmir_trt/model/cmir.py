@@ -14,13 +14,14 @@ for the (predicted) class, divided by its per-case maximum, upsampled bilinearly
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._io import dataclass_from_dict
 from .cmam import CMAM
 from .resnet import STAGE_BLOCKS, InvResNet
 from .spatial import SpatialAttention
@@ -89,11 +90,7 @@ class CMIRConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CMIRConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown CMIRConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 class CMIROutput(NamedTuple):

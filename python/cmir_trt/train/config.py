@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from .._io import dataclass_from_dict
 
 # the model variants (cmir_trt.model.VARIANTS), repeated here so this module needs no torch
 VARIANTS = ("S1", "M1", "M2", "M3", "full")
@@ -64,11 +66,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def model_fields(self) -> dict[str, Any]:
         """The CMIRConfig fields this training config decides."""
