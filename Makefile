@@ -19,6 +19,9 @@ $(VENV)/.deps: requirements-dev.txt
 	# The CPU wheel of torch: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -r requirements-dev.txt
+	# Triton Inference Server (binary + Python backend) from the nvidia-pytriton wheel, taken as files only:
+	# --no-deps so its numpy<2 pin does not downgrade numpy. Where it cannot be installed the server tests skip.
+	$(PIP) install -q --no-deps "nvidia-pytriton==0.7.0" || echo "nvidia-pytriton not installed: Triton server tests will be skipped"
 	touch $@
 
 # Editable install; the CMake build tree persists in build/ so rebuilds are incremental. Warnings are errors here.
@@ -33,7 +36,18 @@ lint: $(VENV)/.deps
 	# Text files always name their encoding (PLW1514 is a preview rule, so it runs on its own).
 	$(VENV)/bin/ruff check --preview --select PLW1514 $(wildcard python tests benchmarks export)
 
-pytest: install
+# Debian tools of the DICOM tests: Orthanc (a real PACS) and dicom3tools (dciodvfy). Where apt-get is unavailable
+# (or fails) those tests skip with the reason; a failed install is retried by the next `make test`.
+$(VENV)/.apt:
+	@mkdir -p $(VENV)
+	@if command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null; then touch $@; \
+	elif ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ]; then \
+	  echo "no apt-get (or not root): the Orthanc and dciodvfy tests will be skipped"; touch $@; \
+	elif apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	  orthanc dicom3tools; then touch $@; \
+	else echo "apt-get could not install orthanc/dicom3tools: the Orthanc and dciodvfy tests will be skipped"; fi
+
+pytest: install $(VENV)/.apt
 	$(VENV)/bin/pytest
 
 test: lint pytest

@@ -36,6 +36,7 @@ def main() -> int:
     import torch
 
     import cmir_trt
+    from cmir_trt._io import atomic_write_text
     from cmir_trt.export.plan import export_plan
     from cmir_trt.model import CMIRConfig, build_model
 
@@ -88,7 +89,7 @@ def main() -> int:
               f"{r['unfused_min_ms']:.2f} | {r['fused_min_ms']:.2f} | {r['speedup_median']:.2f}x | "
               f"{r['max_abs_logit_diff']:.2e} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"date": when, "rows": rows}, indent=2), encoding="utf-8")
+        atomic_write_text(Path(args.json), json.dumps({"date": when, "rows": rows}, indent=2))
     return 0
 
 

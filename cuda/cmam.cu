@@ -1,13 +1,19 @@
-// CMAM (cross-modality attention, both directions) on the GPU. Four launches, each covering both directions:
-//   1. the six Q/K/V projections (one batched GEMM, tokens read straight from NCHW, split-K when the batch is small)
-//   2. multi-head attention, one warp per query, keys streamed through shared memory with an online softmax
-//   3. the two output projections with bias and residual (batched GEMM)
-//   4. LayerNorm over channels, written back to NCHW.
+// CMAM (cross-modality attention, both directions) on the GPU. Four launches at every batch size, each covering both
+// directions, no memset (graph-capturable as one short sequence):
+//   1. the six Q/K/V projections (one batched GEMM, tokens read straight from NCHW; split-K when the batch is small,
+//      each split storing its partial sums, which kernel 2 adds)
+//   2. multi-head attention, one warp per query, keys streamed through shared memory with an online softmax; also
+//      zeroes the sums of kernel 3 when it splits K
+//   3. the two output projections with bias and residual (batched GEMM, split-K by fp32 atomics)
+//   4. LayerNorm over channels, written back to NCHW through shared-memory transposes (coalesced along tokens).
+// The GEMMs run on tensor cores (WMMA) for fp16/bf16 on sm_80+, on CUDA cores in fp32.
 // Intermediates are fp32 in the caller's workspace; inputs/weights/outputs in the op's dtype; accumulation fp32.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+
+#include <mma.h>
 
 #include "cmam.cuh"
 #include "dtype.cuh"
@@ -32,12 +38,41 @@ struct GemmProblem {
   float* out;                     // [M, n_out] row-major fp32
 };
 
+// How split-K blocks combine (no memset, no extra launch in either case):
+enum SplitMode : int {
+  kSplitPartials = 0,  // split s stores its partial sum to out + s * M * n_out; the consumer kernel adds them
+  kSplitAtomic = 1,    // fp32 atomics into out, zeroed beforehand by the previous kernel of the sequence
+};
+
 struct GemmBatch {
   GemmProblem p[kMaxProblems];
   int M, n_out, K, rows;          // rows: rows (tokens) per batch item
   int splits, k_per_split;
+  int split_mode;                 // SplitMode, when splits > 1
+  int bm;                         // rows per block tile (the tensor-core kernel: 16 or 64)
   int a_m_contig;                 // 1: consecutive m are adjacent in memory (NCHW tokens) -> load A m-fastest
 };
+
+// One output element of a GEMM problem: bias and residual once (by the first K split), then a plain store, a store
+// of this split's partial sum, or an atomic add (SplitMode).
+template <typename TW>
+__device__ __forceinline__ void gemm_store(const GemmBatch& gb, const GemmProblem& p, int split, int m, int n,
+                                           float v) {
+  if (split == 0) {
+    v += ldg_f32(static_cast<const TW*>(p.bias) + n);
+    const TW* res = static_cast<const TW*>(p.res);  // residual has the op's dtype (= the weights')
+    if (res != nullptr) {
+      const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
+      v += ldg_f32(res + b * p.r_bs + r * p.r_rs + n * p.r_ns);
+    }
+  }
+  float* o = p.out + static_cast<int64_t>(m) * gb.n_out + n;
+  if (gb.splits > 1 && gb.split_mode == kSplitAtomic) {
+    atomicAdd(o, v);
+  } else {
+    o[gb.splits > 1 ? static_cast<int64_t>(split) * gb.M * gb.n_out : 0] = v;
+  }
+}
 
 template <typename TA, typename TW>
 __global__ void __launch_bounds__(kGemmThreads) gemm_bias_kernel(GemmBatch gb) {
@@ -92,41 +127,123 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_bias_kernel(GemmBatch gb) {
     }
     __syncthreads();
   }
-  const TW* bias = static_cast<const TW*>(p.bias);
-  const TW* res = static_cast<const TW*>(p.res);  // residual has the op's dtype (= the weights')
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int m = m0 + ty + 16 * i;
     if (m >= gb.M) continue;
-    const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int n = n0 + tx + 16 * j;
-      if (n >= gb.n_out) continue;
-      float v = acc[i][j];
-      if (split == 0) {  // bias and residual once, by the first K split
-        v += ldg_f32(bias + n);
-        if (res != nullptr) v += ldg_f32(res + b * p.r_bs + r * p.r_rs + n * p.r_ns);
-      }
-      float* o = p.out + static_cast<int64_t>(m) * gb.n_out + n;
-      if (gb.splits > 1) {
-        atomicAdd(o, v);
-      } else {
-        *o = v;
-      }
+      if (n < gb.n_out) gemm_store<TW>(gb, p, split, m, n, acc[i][j]);
     }
   }
+}
+
+// ---------------------------------------------------------------- tensor-core GEMM (fp16/bf16 projections)
+// Block tile 16·MF (tokens) x 128 (outputs) x 32 (k). MF = 1 at small batch: the 16-row WMMA tile matches the 16
+// tokens per image of the model (a 64-row SIMT tile is 3/4 padding there); MF = 4 when 64-row tiles still fill the
+// GPU (batch >= ~48), so W is re-read from L2 once per 64 tokens instead of per 16. Each of the 8 warps owns MF
+// 16x16 fp32 accumulators (one 16-column slice of the tile). A and W
+// are staged in the op's dtype T (T x T products are exact in fp32; accumulation fp32, as the SIMT kernel); an fp32
+// A (the attention output, TA = float) is rounded to T once when staged, as PyTorch's fp16 module rounds it.
+// A(m, k) at As[k][m] (loaded along m for NCHW tokens, along k for row-major A), W(n, k) at Ws[n][k] (rows of W
+// contiguous), both read as column-major fragments. Pitches are multiples of 16 bytes and fragment origins 32-byte
+// aligned, as WMMA requires.
+constexpr int kWM = 16, kWN = 128, kWK = 32, kWmmaThreads = 256;
+constexpr int kLdW = kWK + 8, kLdC = kWN + 4;
+static_assert(kWN == 16 * (kWmmaThreads / 32), "one 16-column fragment per warp");
+
+template <typename TA, typename T, int MF>
+__global__ void __launch_bounds__(kWmmaThreads) gemm_wmma_kernel(GemmBatch gb) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // fp16/bf16 WMMA needs sm_80+; the launcher never picks this kernel on older devices.
+#else
+  using namespace nvcuda;
+  constexpr int BM = kWM * MF, kLdA = BM + 8;
+  __shared__ __align__(32) T As[kWK][kLdA];  // 48,640 bytes in all at MF = 4: within the 48 KiB static limit
+  __shared__ __align__(32) T Ws[kWN][kLdW];
+  __shared__ __align__(32) float Cs[BM][kLdC];
+  const int prob = blockIdx.z / gb.splits;
+  const int split = blockIdx.z - prob * gb.splits;
+  const GemmProblem& p = gb.p[prob];
+  const TA* a = static_cast<const TA*>(p.a);
+  const T* w = static_cast<const T*>(p.w);
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * kWN;
+  const int k_begin = split * gb.k_per_split;
+  const int k_end = min(gb.K, k_begin + gb.k_per_split);
+  const int tid = threadIdx.x, warp = tid / 32;
+  const T zero = from_f32<T>(0.f);
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MF];
+#pragma unroll
+  for (int i = 0; i < MF; ++i) wmma::fill_fragment(acc[i], 0.f);
+  for (int k0 = k_begin; k0 < k_end; k0 += kWK) {
+#pragma unroll
+    for (int i = 0; i < (BM * kWK) / kWmmaThreads; ++i) {
+      const int e = tid + i * kWmmaThreads;
+      const int mm = gb.a_m_contig ? e % BM : e / kWK;
+      const int kk = gb.a_m_contig ? e / BM : e % kWK;
+      const int m = m0 + mm, k = k0 + kk;
+      T v = zero;
+      if (m < gb.M && k < k_end) {
+        const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
+        const TA* src = a + b * p.a_bs + r * p.a_rs + k * p.a_ks;
+        if constexpr (std::is_same<TA, T>::value) {
+          v = __ldg(src);
+        } else {
+          v = from_f32<T>(__ldg(src));
+        }
+      }
+      As[kk][mm] = v;
+    }
+#pragma unroll
+    for (int i = 0; i < (kWN * kWK) / kWmmaThreads; ++i) {
+      const int e = tid + i * kWmmaThreads;
+      const int kk = e % kWK, nn = e / kWK;
+      const int n = n0 + nn, k = k0 + kk;
+      Ws[nn][kk] = (n < gb.n_out && k < k_end) ? __ldg(w + static_cast<int64_t>(n) * gb.K + k) : zero;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kWK; kk += 16) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+      wmma::load_matrix_sync(fb, &Ws[warp * 16][kk], kLdW);
+#pragma unroll
+      for (int i = 0; i < MF; ++i) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa;
+        wmma::load_matrix_sync(fa, &As[kk][16 * i], kLdA);
+        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+      }
+    }
+    __syncthreads();  // the tiles are restaged by the next k-step
+  }
+#pragma unroll
+  for (int i = 0; i < MF; ++i) wmma::store_matrix_sync(&Cs[16 * i][warp * 16], acc[i], kLdC, wmma::mem_row_major);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < (BM * kWN) / kWmmaThreads; ++i) {
+    const int e = tid + i * kWmmaThreads;
+    const int nn = e % kWN, mm = e / kWN;  // consecutive threads: consecutive outputs of one row (coalesced)
+    const int m = m0 + mm, n = n0 + nn;
+    if (m < gb.M && n < gb.n_out) gemm_store<T>(gb, p, split, m, n, Cs[mm][nn]);
+  }
+#endif
 }
 
 // ---------------------------------------------------------------- attention
 constexpr int kAttWarps = 4;      // queries per block (one warp each)
 constexpr int kKeyTile = 32;      // keys per shared-memory tile (one per lane)
-constexpr int kMaxHeadDim = 256;  // 8 output dims per lane
+constexpr int kMaxHeadDim = kCmamMaxHeadDim;  // 8 output dims per lane
+static_assert(kMaxHeadDim % 32 == 0, "whole output dims per lane");
+constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory without cudaFuncSetAttribute
 constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
 struct AttArgs {
-  const float* qkv;  // [2 dir][3 (q,k,v)][M][dim]
+  const float* qkv;  // [2 dir][3 (q,k,v)][splits][M][dim]: the projections' split-K partial sums, added here
   float* att;        // [2 dir][M][dim]
+  int splits;        // split-K partials per projection (1: plain results)
+  float* zero;       // nullable: zeroed here for the next launch's split-K atomics (a folded memset)
+  int64_t zero_count;
   int B, N, dim, heads, head_dim;
   float scale;
   int qgroups;       // ceil(N / kAttWarps)
@@ -143,29 +260,42 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// grid: (qgroups, heads, B * 2). Dynamic shared memory: K and V tiles [kKeyTile][hd+1], q [kAttWarps][hd],
+// grid: (B * 2 * qgroups, heads). Dynamic shared memory: K and V tiles [kKeyTile][hd+1], q [kAttWarps][hd],
 // p [kAttWarps][kKeyTile].
 __global__ void __launch_bounds__(kAttWarps * 32) attention_kernel(AttArgs a) {
-  extern __shared__ float sm[];
+  CMIR_DYNAMIC_SHARED(float, sm);
   const int hd = a.head_dim, ld = hd + 1;
   float* ks = sm;
   float* vs = ks + kKeyTile * ld;
   float* qs = vs + kKeyTile * ld;
   float* ps = qs + kAttWarps * hd;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // blockIdx.x = (b * 2 + dir) * qgroups + query group: the batch rides on grid x (2^31 - 1), never on y/z (65535).
   const int h = blockIdx.y;
-  const int b = blockIdx.z / 2, dir = blockIdx.z % 2;
-  const int q = blockIdx.x * kAttWarps + warp;
+  const int bd = blockIdx.x / a.qgroups;
+  const int b = bd / 2, dir = bd % 2;
+  const int q = (blockIdx.x - bd * a.qgroups) * kAttWarps + warp;
   const bool valid_q = q < a.N;
   const int64_t M = static_cast<int64_t>(a.B) * a.N;
-  const float* Q = a.qkv + (static_cast<int64_t>(dir) * 3 + 0) * M * a.dim;
-  const float* Kt = a.qkv + (static_cast<int64_t>(dir) * 3 + 1) * M * a.dim;
-  const float* V = a.qkv + (static_cast<int64_t>(dir) * 3 + 2) * M * a.dim;
+  const int64_t part = M * a.dim;  // one split's partial sums
+  const float* Q = a.qkv + (static_cast<int64_t>(dir) * 3 + 0) * a.splits * part;
+  const float* Kt = a.qkv + (static_cast<int64_t>(dir) * 3 + 1) * a.splits * part;
+  const float* V = a.qkv + (static_cast<int64_t>(dir) * 3 + 2) * a.splits * part;
+  auto sum_splits = [&](const float* base, int64_t off) {
+    float v = base[off];
+    for (int s = 1; s < a.splits; ++s) v += base[s * part + off];
+    return v;
+  };
+  if (a.zero != nullptr) {  // grid-stride over every thread of the launch
+    const int64_t nthreads = static_cast<int64_t>(gridDim.x) * gridDim.y * blockDim.x;
+    const int64_t first = (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+    for (int64_t i = first; i < a.zero_count; i += nthreads) a.zero[i] = 0.f;
+  }
   const int64_t row0 = static_cast<int64_t>(b) * a.N;
   const int col0 = h * hd;
 
   for (int d = lane; d < hd; d += 32) {
-    qs[warp * hd + d] = valid_q ? Q[(row0 + q) * a.dim + col0 + d] * a.scale : 0.f;
+    qs[warp * hd + d] = valid_q ? sum_splits(Q, (row0 + q) * a.dim + col0 + d) * a.scale : 0.f;
   }
   float acc[kDimsPerLane];
 #pragma unroll
@@ -178,8 +308,8 @@ __global__ void __launch_bounds__(kAttWarps * 32) attention_kernel(AttArgs a) {
     for (int e = threadIdx.x; e < nt * hd; e += blockDim.x) {
       const int j = e / hd, d = e - (e / hd) * hd;
       const int64_t off = (row0 + t0 + j) * a.dim + col0 + d;
-      ks[j * ld + d] = Kt[off];
-      vs[j * ld + d] = V[off];
+      ks[j * ld + d] = sum_splits(Kt, off);
+      vs[j * ld + d] = sum_splits(V, off);
     }
     __syncthreads();
     float s = -INFINITY;
@@ -218,49 +348,66 @@ __global__ void __launch_bounds__(kAttWarps * 32) attention_kernel(AttArgs a) {
 
 // ---------------------------------------------------------------- LayerNorm over C, back to NCHW
 constexpr int kLnThreads = 256;
+constexpr int kLnWarps = kLnThreads / 32;
+constexpr int kLnTokens = 32;  // tokens per block, all of one image: the NCHW writes run along them
+constexpr int kLnMaxCSlices = 8;
 
+// grid: (B * tok_tiles, 2 directions, C slices). Statistics: one warp per token, lanes along C (coalesced reads of
+// the [M][C] pre-norm rows), two passes as nn.LayerNorm (mean, then biased variance), over all of C in every C
+// slice. Output: the block's channels in 32 x 32 tiles transposed through shared memory, so reads run along C and
+// the NCHW writes along tokens (one contiguous run of up to 32 tokens per channel instead of one element per
+// sector). C slices only when too few token tiles fill the GPU (batch 1-8): each recomputes the statistics.
 template <typename T>
 __global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float* __restrict__ pre, const T* gamma_a,
                                                                     const T* beta_a, const T* gamma_p,
                                                                     const T* beta_p, T* out_a, T* out_p, int B, int N,
-                                                                    int C, float eps) {
-  __shared__ float red[kLnThreads / 32];
-  __shared__ float stat;
-  const int64_t M = static_cast<int64_t>(B) * N;
+                                                                    int C, int tok_tiles, int c_per_slice, float eps) {
+  __shared__ float mean_s[kLnTokens];
+  __shared__ float rstd_s[kLnTokens];
+  __shared__ float tile[32][33];
   const int dir = blockIdx.y;
-  const int64_t m = blockIdx.x;
-  const float* row = pre + (dir * M + m) * C;
+  const int b = blockIdx.x / tok_tiles;
+  const int t0 = (blockIdx.x - b * tok_tiles) * kLnTokens;
+  const int nt = min(kLnTokens, N - t0);
+  const int c_begin = blockIdx.z * c_per_slice, c_end = min(C, c_begin + c_per_slice);
+  const int64_t M = static_cast<int64_t>(B) * N;
+  const float* rows = pre + (dir * M + static_cast<int64_t>(b) * N + t0) * C;  // token t's row: rows + t * C
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  auto block_sum = [&](float v) -> float {
-    v = warp_sum(v);
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-      float t = lane < kLnThreads / 32 ? red[lane] : 0.f;
-      t = warp_sum(t);
-      if (lane == 0) stat = t;
+  for (int t = warp; t < nt; t += kLnWarps) {  // warp-uniform loop: the shuffles see all 32 lanes
+    const float* row = rows + static_cast<int64_t>(t) * C;
+    float sum = 0.f;
+    for (int c = lane; c < C; c += 32) sum += row[c];
+    const float mean = warp_sum(sum) / static_cast<float>(C);
+    float sq = 0.f;
+    for (int c = lane; c < C; c += 32) {
+      const float d = row[c] - mean;
+      sq = fmaf(d, d, sq);
     }
-    __syncthreads();
-    const float r = stat;
-    __syncthreads();  // red/stat reused by the next reduction
-    return r;
-  };
-  float s = 0.f;
-  for (int c = threadIdx.x; c < C; c += kLnThreads) s += row[c];
-  const float mean = block_sum(s) / static_cast<float>(C);
-  float v = 0.f;
-  for (int c = threadIdx.x; c < C; c += kLnThreads) {
-    const float d = row[c] - mean;
-    v = fmaf(d, d, v);
+    const float var = warp_sum(sq) / static_cast<float>(C);  // biased, as LayerNorm
+    if (lane == 0) {
+      mean_s[t] = mean;
+      rstd_s[t] = rsqrtf(var + eps);
+    }
   }
-  const float rstd = rsqrtf(block_sum(v) / static_cast<float>(C) + eps);  // biased variance, as LayerNorm
+  __syncthreads();
   const T* gamma = dir == 0 ? gamma_a : gamma_p;
   const T* beta = dir == 0 ? beta_a : beta_p;
-  T* out = dir == 0 ? out_a : out_p;
-  const int b = static_cast<int>(m / N), t = static_cast<int>(m % N);
-  T* o = out + static_cast<int64_t>(b) * C * N + t;
-  for (int c = threadIdx.x; c < C; c += kLnThreads) {
-    o[static_cast<int64_t>(c) * N] = from_f32<T>((row[c] - mean) * rstd * ldg_f32(gamma + c) + ldg_f32(beta + c));
+  T* o = (dir == 0 ? out_a : out_p) + static_cast<int64_t>(b) * C * N + t0;  // channel c, token t: o[c * N + t]
+  for (int c0 = c_begin; c0 < c_end; c0 += 32) {
+    const int c = c0 + lane;
+    if (c < c_end) {  // read along C: lane = channel, warps over tokens
+      const float g = ldg_f32(gamma + c), be = ldg_f32(beta + c);
+      for (int t = warp; t < nt; t += kLnWarps) {
+        tile[lane][t] = (rows[static_cast<int64_t>(t) * C + c] - mean_s[t]) * rstd_s[t] * g + be;
+      }
+    }
+    __syncthreads();
+    if (lane < nt) {  // write along tokens: lane = token, warps over channels
+      for (int cc = warp; cc < 32 && c0 + cc < c_end; cc += kLnWarps) {
+        o[static_cast<int64_t>(c0 + cc) * N + lane] = from_f32<T>(tile[cc][lane]);
+      }
+    }
+    __syncthreads();  // the tile is rewritten by the next chunk
   }
 }
 
@@ -268,15 +415,70 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float*
 constexpr size_t kAlign = 256;
 size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
+// Split K over blocks when the tiles alone cannot fill the GPU (about two blocks per SM; at least 4 k-steps per
+// split). The SM count is capped at kPlanSms so that cmam_workspace_size (no device query) bounds every plan: more
+// SMs never give fewer splits.
+constexpr int kPlanSms = 160;  // >= H100/H200 (132) and B200 (148)
+
+struct GemmTile {
+  int bm, bn, bk;
+};
+constexpr GemmTile kSimtTile{kBM, kBN, kBK};
+constexpr GemmTile kWmmaTile{kWM, kWN, kWK};
+constexpr GemmTile kWmmaTile4{4 * kWM, kWN, kWK};
+
+void plan_splits(GemmBatch& gb, int problems, int sms, GemmTile t) {
+  sms = std::min(sms, kPlanSms);
+  const int64_t tiles = static_cast<int64_t>(ceil_div(gb.M, t.bm)) * ceil_div(gb.n_out, t.bn) * problems;
+  int splits = 1;
+  const int max_splits = std::max(1, gb.K / (4 * t.bk));
+  while (splits < max_splits && tiles * splits < 2 * static_cast<int64_t>(sms)) splits *= 2;
+  splits = std::min(splits, max_splits);
+  gb.k_per_split = ceil_div(ceil_div(gb.K, splits), t.bk) * t.bk;
+  gb.splits = ceil_div(gb.K, gb.k_per_split);
+  gb.bm = t.bm;
+}
+
+// Tensor-core tile: 64 rows when those tiles alone fill the GPU, else 16.
+GemmTile wmma_tile(const GemmBatch& gb, int problems, int sms) {
+  const int64_t tiles64 = static_cast<int64_t>(ceil_div(gb.M, 4 * kWM)) * ceil_div(gb.n_out, kWN) * problems;
+  return tiles64 >= std::min(sms, kPlanSms) ? kWmmaTile4 : kWmmaTile;
+}
+
+// fp16/bf16 projections (all eight) on tensor cores (sm_80+), fp32 on CUDA cores: TF32 operands would exceed the
+// fp32 tolerance (normwise 1.0e-4 to 1.7e-4 vs 1e-4; benchmarks/RESULTS.md).
+bool proj_on_tensor_cores(CmirDType dtype, int cc_major) { return dtype != CmirDType::kFloat32 && cc_major >= 8; }
+
+// Split-K partial sums of the Q/K/V projections held at most (any device: kPlanSms bounds the plan; the tensor-core
+// plan with its smaller tiles splits at least as much as the SIMT one).
+int max_proj_splits(CmirDType dtype, int batch, int tokens, int channels, int dim) {
+  GemmBatch gb{};
+  gb.M = batch * tokens;
+  gb.n_out = dim;
+  gb.K = channels;
+  plan_splits(gb, 6, kPlanSms, kSimtTile);
+  int splits = gb.splits;
+  if (proj_on_tensor_cores(dtype, 8)) {
+    for (const GemmTile t : {kWmmaTile, kWmmaTile4}) {
+      plan_splits(gb, 6, kPlanSms, t);
+      splits = std::max(splits, gb.splits);
+    }
+  }
+  return splits;
+}
+
 struct Workspace {
   size_t qkv, att, pre, total;  // byte offsets
 };
 
-Workspace workspace_layout(int batch, int tokens, int channels, int dim) {
+// qkv: [6][proj splits][M][dim] (split-K partials, summed by the attention kernel), att: [2][M][dim],
+// pre: [2][M][C] (output projections + residual; split-K accumulates atomically after the attention kernel zeroed it).
+Workspace workspace_layout(CmirDType dtype, int batch, int tokens, int channels, int dim) {
   const size_t M = static_cast<size_t>(batch) * tokens;
+  const size_t splits = static_cast<size_t>(max_proj_splits(dtype, batch, tokens, channels, dim));
   Workspace w{};
   w.qkv = 0;
-  w.att = align_up(w.qkv + 6 * M * dim * sizeof(float));
+  w.att = align_up(w.qkv + 6 * splits * M * dim * sizeof(float));
   w.pre = align_up(w.att + 2 * M * dim * sizeof(float));
   w.total = align_up(w.pre + 2 * M * channels * sizeof(float));
   return w;
@@ -287,38 +489,34 @@ bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
   return pa < pb + bn && pb < pa + an;
 }
 
-// Split K over blocks (atomic fp32 accumulation into a zeroed output) when the tiles alone cannot fill the GPU.
-void plan_splits(GemmBatch& gb, int problems, int sms) {
-  const int64_t tiles = static_cast<int64_t>(ceil_div(gb.M, kBM)) * ceil_div(gb.n_out, kBN) * problems;
-  int splits = 1;
-  const int max_splits = std::max(1, gb.K / (4 * kBK));  // keep at least 4 k-steps per split
-  while (splits < max_splits && tiles * splits < 2 * static_cast<int64_t>(sms)) splits *= 2;
-  splits = std::min(splits, max_splits);
-  gb.k_per_split = ceil_div(ceil_div(gb.K, splits), kBK) * kBK;
-  gb.splits = ceil_div(gb.K, gb.k_per_split);
-}
-
 template <typename T>
-cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_is_float) {
-  if (gb.splits > 1) {
-    for (int i = 0; i < problems; ++i) {
-      CMIR_CUDA_TRY(cudaMemsetAsync(gb.p[i].out, 0, static_cast<size_t>(gb.M) * gb.n_out * sizeof(float), stream));
+cudaError_t launch_gemm(cudaStream_t stream, const GemmBatch& gb, int problems, bool a_is_float, bool wmma) {
+  if constexpr (!std::is_same<T, float>::value) {
+    if (wmma) {
+      const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, gb.bm)), static_cast<unsigned>(ceil_div(gb.n_out, kWN)),
+                      static_cast<unsigned>(problems * gb.splits));
+      const dim3 block(kWmmaThreads);
+      if (gb.bm == 4 * kWM) {
+        if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 4>, grid, block, 0, stream, gb);
+        return cmir_cuda::launch(gemm_wmma_kernel<T, T, 4>, grid, block, 0, stream, gb);
+      }
+      if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 1>, grid, block, 0, stream, gb);
+      return cmir_cuda::launch(gemm_wmma_kernel<T, T, 1>, grid, block, 0, stream, gb);
     }
   }
   const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, kBM)), static_cast<unsigned>(ceil_div(gb.n_out, kBN)),
                   static_cast<unsigned>(problems * gb.splits));
-  if (a_is_float) {
-    gemm_bias_kernel<float, T><<<grid, kGemmThreads, 0, stream>>>(gb);
-  } else {
-    gemm_bias_kernel<T, T><<<grid, kGemmThreads, 0, stream>>>(gb);
-  }
-  return cudaGetLastError();
+  if (a_is_float) return cmir_cuda::launch(gemm_bias_kernel<float, T>, grid, dim3(kGemmThreads), 0, stream, gb);
+  return cmir_cuda::launch(gemm_bias_kernel<T, T>, grid, dim3(kGemmThreads), 0, stream, gb);
 }
 
 template <typename T>
 cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T* wa, const T* wp, T* art_out,
                          T* pv_out, char* ws, int B, int C, int N, int dim, int heads, float eps) {
-  const Workspace layout = workspace_layout(B, N, C, dim);
+  const CmirDType dtype = std::is_same<T, float>::value      ? CmirDType::kFloat32
+                         : std::is_same<T, __half>::value ? CmirDType::kFloat16
+                                                          : CmirDType::kBFloat16;
+  const Workspace layout = workspace_layout(dtype, B, N, C, dim);
   float* qkv = reinterpret_cast<float*>(ws + layout.qkv);
   float* att = reinterpret_cast<float*>(ws + layout.att);
   float* pre = reinterpret_cast<float*>(ws + layout.pre);
@@ -328,8 +526,11 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   const int64_t o_wq = 0, o_bq = dC, o_wk = dC + dim, o_bk = 2 * dC + dim, o_wv = 2 * dC + 2 * dim,
                 o_bv = 3 * dC + 2 * dim, o_wo = 3 * dC + 3 * dim, o_bo = 4 * dC + 3 * dim, o_g = o_bo + C,
                 o_b = o_bo + 2 * C;
-  int sms = 0;
+  int sms = 0, dev = 0, cc_major = 0;
   CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
+  CMIR_CUDA_TRY(cudaGetDevice(&dev));
+  CMIR_CUDA_TRY(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+  const bool wmma = proj_on_tensor_cores(dtype, cc_major);
 
   // 1) projections. dir 0 (art output, weights_art): Q from art, K/V from pv; dir 1 symmetric.
   GemmBatch proj{};
@@ -352,30 +553,15 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
       p.w = wt + wofs[j];
       p.bias = wt + bofs[j];
       p.res = nullptr;
-      p.out = qkv + static_cast<int64_t>(dir * 3 + j) * M * dim;
     }
   }
-  plan_splits(proj, 6, sms);
-  CMIR_CUDA_TRY(launch_gemm<T>(stream, proj, 6, false));
+  plan_splits(proj, 6, sms, wmma ? wmma_tile(proj, 6, sms) : kSimtTile);
+  proj.split_mode = kSplitPartials;
+  for (int i = 0; i < 6; ++i) proj.p[i].out = qkv + static_cast<int64_t>(i) * proj.splits * M * dim;
+  CMIR_CUDA_TRY(launch_gemm<T>(stream, proj, 6, false, wmma));
 
-  // 2) attention, both directions.
-  AttArgs aa{};
-  aa.qkv = qkv;
-  aa.att = att;
-  aa.B = B;
-  aa.N = N;
-  aa.dim = dim;
-  aa.heads = heads;
-  aa.head_dim = dim / heads;
-  aa.scale = 1.f / std::sqrt(static_cast<float>(aa.head_dim));
-  aa.qgroups = ceil_div(N, kAttWarps);
-  const size_t att_smem = (2 * static_cast<size_t>(kKeyTile) * (aa.head_dim + 1) +
-                           static_cast<size_t>(kAttWarps) * aa.head_dim + kAttWarps * kKeyTile) * sizeof(float);
-  if (static_cast<int64_t>(B) * 2 > 65535 || heads > 65535) return cudaErrorInvalidValue;
-  attention_kernel<<<dim3(aa.qgroups, heads, B * 2), kAttWarps * 32, att_smem, stream>>>(aa);
-  CMIR_CUDA_TRY(cudaGetLastError());
-
-  // 3) output projections + bias + residual (the query modality's tokens).
+  // 3) output projections + bias + residual (the query modality's tokens); planned before the attention launch,
+  // which zeroes their split-K sums.
   GemmBatch outp{};
   outp.M = M;
   outp.n_out = C;
@@ -397,22 +583,59 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
     p.r_ns = N;
     p.out = pre + static_cast<int64_t>(dir) * M * C;
   }
-  plan_splits(outp, 2, sms);
-  CMIR_CUDA_TRY(launch_gemm<T>(stream, outp, 2, true));  // A: the fp32 attention output
+  plan_splits(outp, 2, sms, wmma ? wmma_tile(outp, 2, sms) : kSimtTile);
+  outp.split_mode = kSplitAtomic;
 
-  // 4) LayerNorm, NCHW out.
-  layernorm_nchw_kernel<T><<<dim3(static_cast<unsigned>(M), 2), kLnThreads, 0, stream>>>(
-      pre, wa + o_g, wa + o_b, wp + o_g, wp + o_b, art_out, pv_out, B, N, C, eps);
-  return cudaGetLastError();
+  // 2) attention, both directions.
+  AttArgs aa{};
+  aa.qkv = qkv;
+  aa.att = att;
+  aa.splits = proj.splits;
+  aa.zero = outp.splits > 1 ? pre : nullptr;  // the memset of the output projections' split-K sums, folded in
+  aa.zero_count = 2 * static_cast<int64_t>(M) * C;
+  aa.B = B;
+  aa.N = N;
+  aa.dim = dim;
+  aa.heads = heads;
+  aa.head_dim = dim / heads;
+  aa.scale = 1.f / std::sqrt(static_cast<float>(aa.head_dim));
+  aa.qgroups = ceil_div(N, kAttWarps);
+  const size_t att_smem = (2 * static_cast<size_t>(kKeyTile) * (aa.head_dim + 1) +
+                           static_cast<size_t>(kAttWarps) * aa.head_dim + kAttWarps * kKeyTile) * sizeof(float);
+  // (68 * head_dim + 192) * 4 bytes: above the 48 KiB default from head_dim 178 on, so opt in (70 KiB at 256).
+  if (att_smem > kDefaultSmem) {
+    CMIR_CUDA_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(att_smem)));
+  }
+  const int64_t att_blocks = static_cast<int64_t>(B) * 2 * aa.qgroups;
+  if (att_blocks > INT32_MAX) return cudaErrorInvalidValue;
+  CMIR_CUDA_TRY(cmir_cuda::launch(attention_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
+                                  dim3(kAttWarps * 32), att_smem, stream, aa));
+
+  CMIR_CUDA_TRY(launch_gemm<T>(stream, outp, 2, true, wmma));  // A: the fp32 attention output
+
+  // 4) LayerNorm, NCHW out. C slices only when the token tiles leave most SMs idle.
+  const int tok_tiles = ceil_div(N, kLnTokens);
+  const int64_t ln_tiles = static_cast<int64_t>(B) * tok_tiles * 2;
+  int c_slices = 1;
+  if (2 * ln_tiles < sms) {
+    c_slices = static_cast<int>(std::min<int64_t>(std::min(kLnMaxCSlices, ceil_div(C, 32)), ceil_div(sms, static_cast<int>(ln_tiles))));
+  }
+  const int c_per_slice = ceil_div(ceil_div(C, c_slices), 32) * 32;
+  c_slices = ceil_div(C, c_per_slice);
+  if (static_cast<int64_t>(B) * tok_tiles > INT32_MAX) return cudaErrorInvalidValue;
+  return cmir_cuda::launch(layernorm_nchw_kernel<T>,
+                           dim3(static_cast<unsigned>(B * tok_tiles), 2, static_cast<unsigned>(c_slices)),
+                           dim3(kLnThreads), 0, stream, pre, wa + o_g, wa + o_b, wp + o_g, wp + o_b, art_out, pv_out,
+                           B, N, C, tok_tiles, c_per_slice, eps);
 }
 
 }  // namespace
 
 size_t cmam_workspace_size(CmirDType dtype, int batch, int channels, int height, int width, int dim, int heads) {
-  (void)dtype;
   (void)heads;
   if (batch < 1 || channels < 1 || height < 1 || width < 1 || dim < 1) return 0;
-  return workspace_layout(batch, height * width, channels, dim).total;
+  return workspace_layout(dtype, batch, height * width, channels, dim).total;
 }
 
 cudaError_t launch_cmam(cudaStream_t stream, CmirDType dtype, const void* art, const void* pv,
@@ -424,16 +647,11 @@ cudaError_t launch_cmam(cudaStream_t stream, CmirDType dtype, const void* art, c
       pv_out == nullptr || workspace == nullptr) {
     return cudaErrorInvalidValue;
   }
-  if (batch < 1 || channels < 1 || height < 1 || width < 1 || dim < 1 || heads < 1 || dim % heads != 0) {
-    return cudaErrorInvalidValue;
-  }
-  if (dim / heads > kMaxHeadDim || !(eps >= 0.f) || !std::isfinite(eps)) return cudaErrorInvalidValue;
+  if (cmam_unsupported(batch, channels, height, width, dim, heads) != nullptr) return cudaErrorInvalidValue;
+  if (!(eps >= 0.f) || !std::isfinite(eps)) return cudaErrorInvalidValue;
   const int64_t tokens = static_cast<int64_t>(height) * width;
   const int64_t rows = tokens * batch;
-  if (rows > (int64_t{1} << 24) || static_cast<int64_t>(channels) * rows > (int64_t{1} << 40)) {
-    return cudaErrorInvalidValue;
-  }
-  if (workspace_bytes < workspace_layout(batch, static_cast<int>(tokens), channels, dim).total) {
+  if (workspace_bytes < workspace_layout(dtype, batch, static_cast<int>(tokens), channels, dim).total) {
     return cudaErrorInvalidValue;
   }
   const size_t act_bytes = static_cast<size_t>(rows) * channels * cmir_cuda::dtype_size(dtype);

@@ -13,6 +13,23 @@ inline size_t cmam_packed_weights_size(int channels, int dim) {
   return 4 * d * c + 3 * d + 3 * c;
 }
 
+// Largest head_dim = dim / heads the attention kernel supports (8 output dims per lane of a warp).
+constexpr int kCmamMaxHeadDim = 256;
+
+// nullptr when launch_cmam supports these sizes, else why not (one line, for error messages: the TensorRT plugin
+// refuses them at create/configurePlugin instead of failing at enqueue). A size < 1 is reported as such; pass the
+// profile's largest shape to check a whole range (the limits are upper bounds).
+inline const char* cmam_unsupported(int batch, int channels, int height, int width, int dim, int heads) {
+  if (batch < 1 || channels < 1 || height < 1 || width < 1) return "sizes must be positive";
+  if (dim < 1 || heads < 1 || dim % heads != 0) return "dim must be a positive multiple of heads";
+  if (dim / heads > kCmamMaxHeadDim) return "head_dim = dim / heads exceeds the kernel's limit of 256";
+  if (heads > 65535) return "heads exceeds 65535 (attention grid y)";
+  const long long rows = static_cast<long long>(height) * width * batch;
+  if (rows > (1LL << 24)) return "batch * H * W exceeds 2^24 tokens";
+  if (static_cast<long long>(channels) * rows > (1LL << 40)) return "batch * C * H * W exceeds 2^40 elements";
+  return nullptr;
+}
+
 // Bytes of device scratch the launcher needs (0 allowed; the caller allocates it, e.g. TensorRT's workspace).
 size_t cmam_workspace_size(CmirDType dtype, int batch, int channels, int height, int width, int dim, int heads);
 

@@ -2,6 +2,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <utility>
+
 // Return the first error of a CUDA call from a function that returns cudaError_t.
 #define CMIR_CUDA_TRY(expr)                      \
   do {                                           \
@@ -9,9 +11,37 @@
     if (cmir_err_ != cudaSuccess) return cmir_err_; \
   } while (0)
 
+// Dynamic shared memory of a kernel: `CMIR_DYNAMIC_SHARED(float, smem);` declares `smem` as the block's dynamic
+// shared memory (16-byte aligned). Under nvcc it is `extern __shared__`; under the CPU emulator (cuda/emu) a pointer
+// to the block's buffer, sized exactly as the launch requested.
+#if defined(CMIR_CUDA_EMU)
+#define CMIR_DYNAMIC_SHARED(type, name) type* const name = static_cast<type*>(::cmir_emu::dynamic_smem())
+#else
+#define CMIR_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
 namespace cmir_cuda {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Every kernel launch goes through here: `<<<...>>>` under nvcc, the CPU emulator under the host compiler
+// (cuda/emu, tests only). Arguments convert to the kernel's parameter types as in a direct launch. Returns
+// cudaGetLastError() of the launch, so a bad configuration (threads, grid, shared memory) is reported at once.
+#if defined(CMIR_CUDA_EMU)
+template <typename... KArgs, typename... Args>
+inline cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args&&... args) {
+  ::cmir_emu::launch(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+  return cudaGetLastError();
+}
+#elif defined(__CUDACC__)
+template <typename... KArgs, typename... Args>
+inline cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args&&... args) {
+  kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+  return cudaGetLastError();
+}
+#endif
 
 }  // namespace cmir_cuda
 

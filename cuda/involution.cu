@@ -15,6 +15,9 @@ using cmir_cuda::from_f32;
 using cmir_cuda::ldg_f32;
 
 constexpr int kMaxThreads = 256;
+constexpr int kPrefetch = 12;    // staged elements per thread and step held in registers (the prefetch path)
+constexpr int kMaxCps = 4;       // channels per slice and step: 4 x 49 FMAs per barrier hide a load round trip
+constexpr int kMinBlocks = 2;   // blocks per SM the registers are capped for (128): 3 would spill the prefetch
 constexpr int kMaxTileW = 32;
 constexpr int kMaxTileH = 64;
 constexpr size_t kSmemLimit = 48 * 1024;  // default dynamic shared memory without opt-in
@@ -25,6 +28,9 @@ struct InvGeom {
   int in_h, in_w;                      // haloed input tile
   int slices;                          // channels processed side by side in one block
   int cchunks, chunk_ch;               // channel chunks per group (split over blocks) and channels per chunk
+  int cps;                             // channels per slice and pipeline step (a step stages slices * cps)
+  int pitch, plane;                    // shared-memory row pitch and channel-plane stride (floats), bank-padded
+  int prefetch;                        // 1: a step's loads fit kPrefetch registers per thread
   const float* scale;                  // epilogue (nullable)
   const float* shift;
   int relu;
@@ -51,12 +57,81 @@ __device__ __forceinline__ void load_tile(float* xs, const T* __restrict__ xc, c
   }
 }
 
+// Direct staging of one step (its `slots` channels, each the haloed input window of the tile, zero outside the
+// image) into a shared-memory buffer laid out [slot][in_h][pitch] with plane stride `plane`. The pitch and plane
+// are padded so that the 32 lanes of a warp reading one tap hit 32 different banks (stride 1): unpadded, a 28-wide
+// tile row and the next row's first lanes collide on 4 banks (2 wavefronts per load).
+template <typename T>
+__device__ __forceinline__ void stage_direct(float* buf, const T* __restrict__ xs, const InvGeom& g, int slots,
+                                             int ih0, int iw0) {
+  const int in_px = g.in_h * g.in_w;
+  const size_t in_hw = static_cast<size_t>(g.H) * g.W;
+  for (int i = threadIdx.x; i < slots * in_px; i += blockDim.x) {
+    const int slot = i / in_px;
+    const int rem = i - slot * in_px;
+    const int r = rem / g.in_w;
+    const int q = rem - r * g.in_w;
+    const int iw = iw0 + q, ih = ih0 + r;
+    const bool inside = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+    buf[slot * g.plane + r * g.pitch + q] = inside ? ldg_f32(xs + slot * in_hw + static_cast<size_t>(ih) * g.W + iw)
+                                                   : 0.f;
+  }
+}
+
+// Register staging (the prefetch path): thread t owns column q = t % in_w of the step's rows fr = t / in_w + k * R
+// (k < kPrefetch, R = threads / in_w; the rows of all slots one after another, slot = fr / in_h), so its positions
+// follow from additions, without per-element divisions or stored offsets (registers are the occupancy limit).
+struct StageWalk {
+  int q, slot0, r0, R;
+  bool on;  // this thread stages (t < R * in_w) and its column lies inside the image
+  bool col; // the column lies inside the image (else it stages zeros)
+};
+
+__device__ __forceinline__ void walk_next(int& slot, int& r, int R, int in_h) {
+  r += R;
+  while (r >= in_h) {
+    r -= in_h;
+    ++slot;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void stage_load(float (&pre)[kPrefetch], const T* __restrict__ xs, const InvGeom& g,
+                                           const StageWalk& w, int slots, int ih0, int iw0) {
+  const size_t in_hw = static_cast<size_t>(g.H) * g.W;
+  int slot = w.slot0, r = w.r0;
+#pragma unroll
+  for (int k = 0; k < kPrefetch; ++k) {
+    const int ih = ih0 + r;
+    pre[k] = (w.col && slot < slots && ih >= 0 && ih < g.H)
+                 ? ldg_f32(xs + slot * in_hw + static_cast<size_t>(ih) * g.W + iw0 + w.q)
+                 : 0.f;
+    walk_next(slot, r, w.R, g.in_h);
+  }
+}
+
+__device__ __forceinline__ void stage_store(float* buf, const float (&pre)[kPrefetch], const InvGeom& g,
+                                            const StageWalk& w, int slots) {
+  if (!w.on) return;
+  int slot = w.slot0, r = w.r0;
+#pragma unroll
+  for (int k = 0; k < kPrefetch; ++k) {
+    if (slot < slots) buf[slot * g.plane + r * g.pitch + w.q] = pre[k];
+    walk_next(slot, r, w.R, g.in_h);
+  }
+}
+
 // KS > 0: kernel size known at compile time, the pixel's K*K weights in registers. KS == 0: any odd K, weights
 // re-read from global memory (L1-resident) for each channel.
+//
+// Pipeline (one __syncthreads per step of slices * cps channels, two shared-memory buffers): while step s is
+// computed from buffer s % 2, the global loads of step s + 1 are already in flight — in registers (kPrefetch per
+// thread) when they fit, else written straight into buffer (s + 1) % 2. Buffer (s + 1) % 2 was last read in step
+// s - 1, which every thread finished before the barrier of step s.
 template <typename T, int KS>
-__global__ void __launch_bounds__(kMaxThreads) involution_fwd(const T* __restrict__ x, const T* __restrict__ wk,
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocks) involution_fwd(const T* __restrict__ x, const T* __restrict__ wk,
                                                              T* __restrict__ y, InvGeom g) {
-  extern __shared__ float smem[];
+  CMIR_DYNAMIC_SHARED(float, smem);
   const int K = KS > 0 ? KS : g.K;
   const int KK = K * K;
   int bid = blockIdx.x;
@@ -67,9 +142,10 @@ __global__ void __launch_bounds__(kMaxThreads) involution_fwd(const T* __restric
   const int grp = bid % g.G;
   const int n = bid / g.G;
 
+  const int tid = threadIdx.x;
   const int tile_px = g.tile_h * g.tile_w;
-  const int pix = threadIdx.x % tile_px;
-  const int slice = threadIdx.x / tile_px;
+  const int pix = tid % tile_px;
+  const int slice = tid / tile_px;
   const int ty = pix / g.tile_w, tx = pix - (pix / g.tile_w) * g.tile_w;
   const int oh0 = (tile / g.tiles_w) * g.tile_h, ow0 = (tile % g.tiles_w) * g.tile_w;
   const int oh = oh0 + ty, ow = ow0 + tx;
@@ -78,43 +154,70 @@ __global__ void __launch_bounds__(kMaxThreads) involution_fwd(const T* __restric
   const int ih0 = oh0 * g.stride - pad, iw0 = ow0 * g.stride - pad;
   const size_t out_hw = static_cast<size_t>(g.Ho) * g.Wo;
   const size_t in_hw = static_cast<size_t>(g.H) * g.W;
+  const int slots = g.slices * g.cps;  // channels per step
+  const int buf_elems = slots * g.plane;
+  const int steps = g.chunk_ch / slots;  // the launcher makes slots divide chunk_ch
+  const int c_begin = grp * g.gc + chunk * g.chunk_ch;
+  const T* xblock = x + (static_cast<size_t>(n) * g.C + c_begin) * in_hw;
+
+  StageWalk walk{};
+  walk.R = static_cast<int>(blockDim.x) / g.in_w;  // >= 1 on the prefetch path (plan_steps)
+  walk.q = tid % g.in_w;
+  const int fr0 = tid / g.in_w;
+  walk.slot0 = fr0 / g.in_h;
+  walk.r0 = fr0 - walk.slot0 * g.in_h;
+  walk.on = tid < walk.R * g.in_w;
+  walk.col = walk.on && iw0 + walk.q >= 0 && iw0 + walk.q < g.W;
+  if (!walk.on) walk.slot0 = slots;  // stages nothing
+
+  // Step 0's loads first, then the weights': both in flight together.
+  float pre[kPrefetch];
+  if (g.prefetch) {
+    stage_load(pre, xblock, g, walk, slots, ih0, iw0);
+  } else {
+    stage_direct(smem, xblock, g, slots, ih0, iw0);
+  }
   const T* wbase = wk + (static_cast<size_t>(n) * g.G + grp) * KK * out_hw +
                    (active ? static_cast<size_t>(oh) * g.Wo + ow : 0);
-
   float wreg[KS > 0 ? KS * KS : 1];
   if constexpr (KS > 0) {
 #pragma unroll
     for (int k = 0; k < KS * KS; ++k) wreg[k] = active ? ldg_f32(wbase + k * out_hw) : 0.f;
   }
 
-  float* xs = smem + static_cast<size_t>(slice) * g.in_h * g.in_w;
-  const int c_begin = grp * g.gc + chunk * g.chunk_ch;
-  // Every thread runs the same number of iterations, so the barriers are uniform.
-  for (int c0 = 0; c0 < g.chunk_ch; c0 += g.slices) {
-    const int cl = c0 + slice;
-    const bool has_c = cl < g.chunk_ch;
-    const int c = c_begin + cl;
-    const size_t chan = static_cast<size_t>(n) * g.C + c;
-    if (c0 > 0) __syncthreads();  // the previous channel's tile is no longer read
-    if (has_c) load_tile(xs, x + chan * in_hw, g, ih0, iw0, pix, tile_px);
-    __syncthreads();
-    if (has_c && active) {
-      const float* xp = xs + ty * g.stride * g.in_w + tx * g.stride;
+  // Every thread runs the same number of steps, so the barrier is uniform.
+  for (int st = 0; st < steps; ++st) {
+    float* buf = smem + (st & 1) * buf_elems;
+    if (g.prefetch) stage_store(buf, pre, g, walk, slots);
+    __syncthreads();  // buffer st % 2 complete; buffer (st + 1) % 2 no longer read (step st - 1 done everywhere)
+    if (st + 1 < steps) {
+      const T* xnext = xblock + static_cast<size_t>(st + 1) * slots * in_hw;
+      if (g.prefetch) {
+        stage_load(pre, xnext, g, walk, slots, ih0, iw0);
+      } else {
+        stage_direct(smem + ((st + 1) & 1) * buf_elems, xnext, g, slots, ih0, iw0);
+      }
+    }
+    if (!active) continue;
+    for (int j = 0; j < g.cps; ++j) {
+      const int slot = j * g.slices + slice;  // lanes of one warp read neighbouring planes: distinct banks
+      const float* xp = buf + slot * g.plane + ty * g.stride * g.pitch + tx * g.stride;
       float acc = 0.f;
       if constexpr (KS > 0) {
 #pragma unroll
         for (int kh = 0; kh < KS; ++kh) {
 #pragma unroll
-          for (int kw = 0; kw < KS; ++kw) acc = fmaf(wreg[kh * KS + kw], xp[kh * g.in_w + kw], acc);
+          for (int kw = 0; kw < KS; ++kw) acc = fmaf(wreg[kh * KS + kw], xp[kh * g.pitch + kw], acc);
         }
       } else {
         for (int kh = 0; kh < K; ++kh) {
           for (int kw = 0; kw < K; ++kw) {
-            acc = fmaf(ldg_f32(wbase + (kh * K + kw) * out_hw), xp[kh * g.in_w + kw], acc);
+            acc = fmaf(ldg_f32(wbase + (kh * K + kw) * out_hw), xp[kh * g.pitch + kw], acc);
           }
         }
       }
-      y[chan * out_hw + static_cast<size_t>(oh) * g.Wo + ow] = epilogue<T>(acc, g, c);
+      const int c = c_begin + st * slots + slot;
+      y[(static_cast<size_t>(n) * g.C + c) * out_hw + static_cast<size_t>(oh) * g.Wo + ow] = epilogue<T>(acc, g, c);
     }
   }
 }
@@ -147,7 +250,7 @@ __device__ __forceinline__ float pooled(const T* __restrict__ xc, const InvGeom&
 template <typename T, int KS>
 __global__ void __launch_bounds__(kFusedMaxPx) involution_fused_fwd(const T* __restrict__ x, T* __restrict__ y,
                                                                    InvGeom g, FusedArgs f) {
-  extern __shared__ float smem[];
+  CMIR_DYNAMIC_SHARED(float, smem);
   constexpr int KK = KS * KS;
   int bid = blockIdx.x;
   const int tile = bid % g.tiles;
@@ -272,25 +375,34 @@ InvGeom make_geom(int batch, int channels, int height, int width, int kernel_siz
   return g;
 }
 
-template <typename T>
-cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel, void* y, InvGeom g) {
-  plan_tile(g, kMaxThreads);
+// Shared-memory layout of one staged channel: row pitch = tile_w (mod 32) and plane stride = stride * tile_px
+// (mod 32), so the lanes of a warp reading one tap (consecutive pixels, neighbouring slices) hit distinct banks at
+// stride 1 (stride 2 keeps its inherent 2-way conflict). Unpadded when the padding would not fit.
+void plan_smem_layout(InvGeom& g, bool padded) {
   const int tile_px = g.tile_h * g.tile_w;
-  const size_t tile_bytes = static_cast<size_t>(g.in_h) * g.in_w * sizeof(float);
-  if (tile_bytes > kSmemLimit) return cudaErrorInvalidValue;  // only for K=15 with stride 4 and huge tiles
+  g.pitch = padded ? g.in_w + ((g.tile_w - g.in_w) % 32 + 32) % 32 : g.in_w;
+  const int rows = g.in_h * g.pitch;
+  g.plane = padded ? rows + ((g.stride * tile_px - rows) % 32 + 32) % 32 : rows;
+}
+
+// Pipeline plan of launch_typed: channels side by side (slices), channel chunks per block (cchunks), channels per
+// step (cps), register prefetch or direct staging. Every choice keeps shared memory within the 48 KiB default.
+void plan_steps(InvGeom& g, int sms) {
+  const int tile_px = g.tile_h * g.tile_w;
+  plan_smem_layout(g, true);
+  if (2 * static_cast<size_t>(g.plane) * sizeof(float) > kSmemLimit) plan_smem_layout(g, false);
+  const size_t plane_bytes = static_cast<size_t>(g.plane) * sizeof(float);
   // Channels side by side: the largest divisor of group_channels that fits the thread and shared-memory budget
   // (small maps, e.g. 7x7 at the last stage, would otherwise leave most of the block idle).
   g.slices = 1;
   for (int s = g.gc; s >= 1; --s) {
-    if (g.gc % s == 0 && s * tile_px <= kMaxThreads && s * tile_bytes <= kSmemLimit) {
+    if (g.gc % s == 0 && s * tile_px <= kMaxThreads && 2 * s * plane_bytes <= kSmemLimit) {
       g.slices = s;
       break;
     }
   }
   // Split a group's channels over blocks only when there are too few blocks to fill the GPU (batch 1): each split
   // re-reads the pixel's K*K weights, so use the fewest splits that give about two blocks per SM.
-  int sms = 0;
-  CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
   const int64_t base = static_cast<int64_t>(g.B) * g.G * g.tiles;
   const int per_group_iters = g.gc / g.slices;
   g.cchunks = 1;
@@ -300,21 +412,54 @@ cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel,
     if (base * d >= 2 * static_cast<int64_t>(sms)) break;
   }
   g.chunk_ch = g.gc / g.cchunks;
+  // Channels per step: the most (up to kMaxCps, dividing the chunk) whose loads fit the prefetch registers; when
+  // even one does not fit (tiny maps with a large halo), stage directly into the other buffer instead.
+  const int per_slice = g.chunk_ch / g.slices;
+  const int threads = tile_px * g.slices;
+  const int rows_per_pass = threads / g.in_w;  // R of StageWalk: staging threads per column
+  auto fits = [&](int c, bool need_regs) {
+    const int slots = g.slices * c;
+    if (per_slice % c != 0 || 2 * static_cast<size_t>(slots) * plane_bytes > kSmemLimit) return false;
+    return !need_regs || (rows_per_pass >= 1 && slots * g.in_h <= kPrefetch * rows_per_pass);
+  };
+  g.cps = 1;
+  g.prefetch = 0;
+  for (const bool regs : {true, false}) {
+    for (int c = std::min(kMaxCps, per_slice); c >= 1; --c) {
+      if (fits(c, regs)) {
+        g.cps = c;
+        g.prefetch = regs ? 1 : 0;
+        return;
+      }
+    }
+  }
+}
+
+template <typename T>
+cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel, void* y, InvGeom g) {
+  plan_tile(g, kMaxThreads);
+  // Two unpadded buffers of one channel always fit 48 KiB (at most 5977 floats: K=15, stride 4, a 32x8 tile).
+  if (2 * static_cast<size_t>(g.in_h) * g.in_w * sizeof(float) > kSmemLimit) return cudaErrorInvalidValue;
+  int sms = 0;
+  CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
+  plan_steps(g, sms);
+  const int tile_px = g.tile_h * g.tile_w;
+  const int64_t base = static_cast<int64_t>(g.B) * g.G * g.tiles;
   const int64_t blocks = base * g.cchunks;
   if (blocks > INT32_MAX) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(blocks));
   const dim3 block(static_cast<unsigned>(tile_px * g.slices));
-  const size_t smem = static_cast<size_t>(g.slices) * tile_bytes;
+  const size_t smem = 2 * static_cast<size_t>(g.slices) * g.cps * g.plane * sizeof(float);
   const T* xt = static_cast<const T*>(x);
   const T* kt = static_cast<const T*>(kernel);
   T* yt = static_cast<T*>(y);
+  using cmir_cuda::launch;
   switch (g.K) {
-    case 3: involution_fwd<T, 3><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
-    case 5: involution_fwd<T, 5><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
-    case 7: involution_fwd<T, 7><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
-    default: involution_fwd<T, 0><<<grid, block, smem, stream>>>(xt, kt, yt, g); break;
+    case 3: return launch(involution_fwd<T, 3>, grid, block, smem, stream, xt, kt, yt, g);
+    case 5: return launch(involution_fwd<T, 5>, grid, block, smem, stream, xt, kt, yt, g);
+    case 7: return launch(involution_fwd<T, 7>, grid, block, smem, stream, xt, kt, yt, g);
+    default: return launch(involution_fwd<T, 0>, grid, block, smem, stream, xt, kt, yt, g);
   }
-  return cudaGetLastError();
 }
 
 template <typename T>
@@ -349,8 +494,7 @@ cudaError_t launch_fused_typed(cudaStream_t stream, const void* x, void* y, InvG
       CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
     }
-    kernel_fn<<<grid, block, smem, stream>>>(xt, yt, g, f);
-    return cudaGetLastError();
+    return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, xt, yt, g, f);
   };
   switch (g.K) {
     case 1: return run(involution_fused_fwd<T, 1>);

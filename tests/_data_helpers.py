@@ -61,17 +61,20 @@ def write_case(folder: Path, case_id: str, imgs, ext: str = ".nii.gz", subfolder
     return d
 
 
-def write_dicom_series(img, folder: Path, series_uid: str, study_uid: str = "1.2.826.0.1.3680043.2.1125.1") -> None:
-    """A 3-D image as one DICOM file per slice, with position/orientation tags (geometry survives the round trip)."""
+def write_dicom_series(img, folder: Path, series_uid: str, study_uid: str = "1.2.826.0.1.3680043.2.1125.1",
+                       tags: dict[str, str] | None = None, slice_tags=None) -> list[Path]:
+    """A 3-D image as one DICOM file per slice, with position/orientation tags (geometry survives the round trip).
+    `tags`: extra tags for every slice (e.g. {"0008|103e": "Arterial"}); `slice_tags(k)`: per-slice overrides."""
     s = sitk()
     folder.mkdir(parents=True, exist_ok=True)
     img = s.Cast(img, s.sitkInt16)
     d = img.GetDirection()
     writer = s.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    paths = []
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
-        tags = {
+        base = {
             "0008|0060": "MR",
             "0020|000d": study_uid,
             "0020|000e": series_uid,
@@ -81,11 +84,15 @@ def write_dicom_series(img, folder: Path, series_uid: str, study_uid: str = "1.2
             "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
             "0018|0050": f"{img.GetSpacing()[2]:.6f}",
             "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
+            **(tags or {}),
+            **(slice_tags(k) if slice_tags else {}),
         }
-        for key, val in tags.items():
+        for key, val in base.items():
             sl.SetMetaData(key, val)
-        writer.SetFileName(str(folder / f"{series_uid[-6:]}_{k:03d}.dcm"))
+        paths.append(folder / f"{series_uid.replace('.', '_')}_{k:03d}.dcm")
+        writer.SetFileName(str(paths[-1]))
         writer.Execute(sl)
+    return paths
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -104,3 +111,52 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
 
 def files_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------- models and case folders
+CLINICAL_HEADER = "case_id,age,sex,log10_afp,log10_pivka,hbv,cirrhosis,albi"
+
+
+def clinical_row(case_id: str, seed: int) -> str:
+    """A plausible clinical CSV row (schema ranges), seeded."""
+    rng = np.random.default_rng(seed)
+    return (f"{case_id},{rng.integers(35, 80)},{rng.integers(0, 2)},{rng.uniform(0.5, 4):.3f},"
+            f"{rng.uniform(1, 4):.3f},{rng.integers(0, 2)},{rng.integers(0, 2)},{rng.uniform(-3.2, -1.8):.3f}")
+
+
+def small_models(folder: Path, num_classes: int = 1) -> tuple[Path, Path | None]:
+    """(checkpoint, plan or None without the native engine) of a small seeded `full` CMIR at S = 32 with a fitted
+    clinical schema, a stored threshold and the synthetic flag."""
+    from _engine_helpers import export, small_model
+
+    from cmir_trt.data import ClinicalSchema
+    from cmir_trt.model.checkpoint import save_checkpoint
+
+    schema = ClinicalSchema()
+    raw = np.array([[50, 1, 2, 2, 1, 1, 20, -2.5], [65, 0, 3, 3, 0, 1, 35, -2.0]], dtype=np.float64)
+    schema.fit(raw)
+    meta = {"clinical_schema": schema.to_dict(), "preprocess": {"image_size": 32, "margin_mm": 8.0},
+            "threshold": 0.45, "training_data": {"synthetic": True, "description": "test"}}
+    model = small_model("full", image_size=32, width=0.125, seed=3, num_classes=num_classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = save_checkpoint(folder / "m.pt", model, meta)
+    plan = None
+    try:
+        from cmir_trt._native import load_core
+
+        if hasattr(load_core(), "NativeEngine"):
+            plan = export(str(ckpt), folder / "m.plan")
+    except ImportError:
+        plan = None
+    return ckpt, plan
+
+
+def write_cases(root: Path, n: int, ext: str = ".nii.gz", seed0: int = 0) -> Path:
+    """n small phantom cases CASE0..CASE{n-1} side by side + clinical.csv."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [CLINICAL_HEADER]
+    for i in range(n):
+        write_case(root, f"CASE{i}", phantom(seed=seed0 + i, radius_mm=8.0 + i), ext=ext)
+        rows.append(clinical_row(f"CASE{i}", seed0 + i))
+    (root / "clinical.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root

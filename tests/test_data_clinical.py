@@ -95,8 +95,9 @@ def test_read_clinical_csv_values(tmp_path: Path) -> None:
     (f"{HEADER}\nA,61,1,1,NaN,1,0,-2\n", r"case 'A', column 'log10_pivka': value is 'NaN'"),
     (f"{HEADER}\nA,61,1,1,1,1,0,-2\nB,61,3,1,1,1,0,-2\n", r"case 'B', column 'sex': value 3 outside the valid"),
     (f"{HEADER}\nA,61,1,1,1,1,0,-2\nA,62,1,1,1,1,0,-2\n", r"case 'A' appears more than once"),
-    (f"{HEADER}\nA,61,1,1,1,1,0\n", r"line 2: 7 fields, header has 8"),
+    (f"{HEADER}\nA,61,1,1,1,1,0\n", r"line 2: case 'A': 7 fields, the header has 8"),
     ("age,sex\n1,1\n", r"no 'case_id' column"),
+    ("case_id;age;sex\nA;1;1\n", r"no 'case_id' column .*semicolon- or tab-separated\?"),
     ("", r"empty CSV"),
     (f"{HEADER}\nA,,1,1,1,1,0,-2\n", r"case 'A', column 'age': '' is not a number"),
 ])

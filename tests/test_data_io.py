@@ -63,7 +63,7 @@ def test_dicom_folder_with_two_series_needs_uid(tmp_path: Path) -> None:
     ua, ub = "1.2.826.0.1.3680043.2.1125.101", "1.2.826.0.1.3680043.2.1125.202"
     write_dicom_series(a, tmp_path / "s", ua)
     write_dicom_series(b, tmp_path / "s", ub)
-    with pytest.raises(ImageReadError, match=r"2 DICOM series.*pick one by UID") as ei:
+    with pytest.raises(ImageReadError, match=r"2 DICOM series; name the one to use in series.csv") as ei:
         read_image(tmp_path / "s")
     assert ua in str(ei.value) and ub in str(ei.value)
     got = read_image(tmp_path / "s", series_uid=ub)
@@ -100,7 +100,8 @@ def test_corrupt_truncated_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "junk.mha").write_bytes(b"this is not an image\x00\x01\x02" * 10)
     (tmp_path / "plain.nii.gz").write_bytes(gzip.compress(b"\x00" * 40))
     for name in ("trunc.nii.gz", "junk.mha", "plain.nii.gz"):
-        with pytest.raises(ImageReadError, match=r"case 'c1' PV: cannot read"):
+        with pytest.raises(ImageReadError, match=rf"case 'c1' PV: (cannot read .*|{name}: .*)"
+                                                 r"(truncated|corrupt|not a NIfTI|not a MetaImage)"):
             read_image(tmp_path / name, what="case 'c1' PV")
     with pytest.raises(FileNotFoundError, match="ART not found"):
         read_image(tmp_path / "absent.nii.gz", what="ART")
@@ -170,7 +171,7 @@ def test_series_csv_picks_dicom_series_per_case(tmp_path: Path) -> None:
     s.WriteImage(mask, str(root / "P1_mask.nii.gz"))
     (case,) = find_cases(root)
     assert case.art_series_uid is None
-    with pytest.raises(ImageReadError, match="pick one by UID"):
+    with pytest.raises(ImageReadError, match="2 DICOM series; name the one to use in series.csv"):
         read_image(case.art, case.art_series_uid)
     (root / "series.csv").write_text(f"case_id,art_series_uid,pv_series_uid\nP1,{ua},\n", encoding="utf-8")
     (case,) = find_cases(root)

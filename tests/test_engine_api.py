@@ -90,6 +90,34 @@ def test_bad_inputs_raise_clear_errors(engine, model, which, bad, err, match):
         engine.predict(args["art"], args["pv"], args["clinical"])
 
 
+def test_empty_batch_says_at_least_one_case(engine, model, tmp_path):
+    """B = 0 on every backend that runs here (native, torch CPU): one line saying a case is needed."""
+    from cmir_trt.model.checkpoint import save_checkpoint
+
+    tb = Engine(save_checkpoint(tmp_path / "m.pt", model, {}), threads=1)
+    art, pv, clinical = inputs(model, 2, seed=1)
+    for eng in (engine, tb):
+        with pytest.raises(ValueError, match="at least one case") as ei:
+            eng.predict(art[:0], pv[:0], clinical[:0])
+        assert "\n" not in str(ei.value)
+
+
+def test_empty_batch_is_refused_before_any_backend(engine, model):
+    """The CUDA and TensorRT backends cannot run here: Engine itself must refuse B = 0 before reaching them."""
+
+    class Unreachable:
+        def predict(self, *a):
+            raise AssertionError("the backend was called with an empty batch")
+
+    art, pv, clinical = inputs(model, 1, seed=2)
+    eng = Engine.__new__(Engine)
+    eng._impl = Unreachable()
+    with pytest.raises(ValueError, match="at least one case"):
+        eng.predict(art[:0], pv[:0], clinical[:0])
+    with pytest.raises(AssertionError, match="empty batch"):  # a real batch does reach the backend
+        eng.predict(art, pv, clinical)
+
+
 def test_native_core_checks_inputs_itself(plan, model):
     """The C++ binding (and so the C API) rejects bad input on its own, without the Python checks."""
     core = native_core()

@@ -320,3 +320,24 @@ def test_torch_ops_registered_names() -> None:
     for name in ("involution", "involution_fused", "cmam"):
         assert hasattr(torch.ops.cmir_trt, name)
     assert glob.glob(os.path.join(os.path.dirname(cmir_trt.__file__), "*")), "package files"
+
+
+def test_argument_checks_trace_under_torch_compile_fullgraph() -> None:
+    """The ops' host-side checks (describe + shape/dtype checks, run before the custom op) must be traceable by
+    Dynamo with fullgraph=True, or torch.compile of any model using the ops fails (issue 12: they read
+    ``data_ptr()``, which Dynamo refuses). Traced here on CPU tensors with the eager backend (no GPU, no inductor);
+    check_cuda is left out because these tensors are deliberately not on a GPU."""
+    from cmir_trt.ops._arrays import check_contiguous, check_float, check_same_dtype, describe
+
+    def f(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        infos = {"x": describe(x, "x"), "kernel": describe(k, "kernel")}
+        for n, i in infos.items():
+            check_float(i, n)
+        check_same_dtype(infos)
+        check_contiguous(infos)
+        return x * infos["x"].shape[1] + infos["kernel"].shape[2]
+
+    x, k = torch.randn(1, 16, 5, 5), torch.randn(1, 1, 3, 3, 5, 5)
+    torch._dynamo.reset()
+    out = torch.compile(f, fullgraph=True, backend="eager")(x, k)
+    assert torch.equal(out, x * 16 + 3)

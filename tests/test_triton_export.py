@@ -5,6 +5,8 @@ is absent the plan is left to build on the serving machine (and the README says 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +60,7 @@ def _write_onnx(path: Path, with_sidecar: bool = True, synthetic: bool = True) -
 
 def _check_config(cfg_text: str, max_batch: int, s: int = S, f: int = F, k: int = K) -> None:
     m = parse_triton_config(cfg_text)
-    assert m.name == "cmir"
+    assert m.name == "cmir_tensorrt"
     assert m.platform == "tensorrt_plan"
     assert m.max_batch_size == max_batch
     assert m.default_model_filename == "model.plan"
@@ -79,26 +81,26 @@ def _check_config(cfg_text: str, max_batch: int, s: int = S, f: int = F, k: int 
 def test_repository_from_onnx(tmp_path: Path) -> None:
     src = _write_onnx(tmp_path / "model.onnx")
     repo = export_triton_repository(src, tmp_path / "repo", max_batch_size=6)
-    cfg = (repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
+    cfg = (repo / "cmir_tensorrt" / "config.pbtxt").read_text(encoding="utf-8")
     _check_config(cfg, 6)
     assert "SYNTHETIC" in cfg  # synthetic training data is labelled wherever the model is described
-    assert (repo / "cmir" / "onnx" / "model.onnx").read_bytes() == src.read_bytes()
-    assert (repo / "cmir" / "1").is_dir()
+    assert (repo / "cmir_tensorrt" / "onnx" / "model.onnx").read_bytes() == src.read_bytes()
+    assert (repo / "cmir_tensorrt" / "1").is_dir()
     readme = (repo / "README.md").read_text(encoding="utf-8")
     assert "--backend-config=tensorrt,plugins=" in readme and "LD_PRELOAD" in readme and "synthetic" in readme
     assert (repo / "build_engine.py").is_file()
     if tensorrt_version() is None:
-        assert not (repo / "cmir" / "1" / "model.plan").exists()
+        assert not (repo / "cmir_tensorrt" / "1" / "model.plan").exists()
         assert "Not built yet" in readme and "TensorRT is not installed" in readme
     marker = json.loads((repo / ".cmir-triton-repository").read_text(encoding="utf-8"))
     assert marker["max_batch_size"] == 6 and marker["source_kind"] == "onnx"
-    assert (repo / "cmir" / "plugins" / "libcmir_trt_plugins.so").is_file() == marker["plugin_library"]
+    assert (repo / "cmir_tensorrt" / "plugins" / "libcmir_trt_plugins.so").is_file() == marker["plugin_library"]
 
 
 def test_repository_from_onnx_without_sidecar_reads_graph(tmp_path: Path) -> None:
     src = _write_onnx(tmp_path / "model.onnx", with_sidecar=False)
     repo = export_triton_repository(src, tmp_path / "repo", batch=3)  # --batch N sets max_batch_size
-    cfg = (repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
+    cfg = (repo / "cmir_tensorrt" / "config.pbtxt").read_text(encoding="utf-8")
     _check_config(cfg, 3)
     assert "Training data not recorded" in cfg
 
@@ -111,8 +113,8 @@ def test_repository_from_engine_copies_plan(tmp_path: Path) -> None:
                                                                   "profile": {"min_batch": 1, "max_batch": 8}}}
     Path(str(engine) + ".json").write_text(json.dumps(sc), encoding="utf-8")
     repo = export_triton_repository(engine, tmp_path / "repo", max_batch_size=8)
-    assert (repo / "cmir" / "1" / "model.plan").read_bytes() == blob
-    cfg = (repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
+    assert (repo / "cmir_tensorrt" / "1" / "model.plan").read_bytes() == blob
+    cfg = (repo / "cmir_tensorrt" / "config.pbtxt").read_text(encoding="utf-8")
     _check_config(cfg, 8)
     assert "SYNTHETIC" not in cfg
     with pytest.raises(TritonExportError, match="serves batches up to 8"):
@@ -124,11 +126,28 @@ def test_repository_from_engine_copies_plan(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".repo")]  # no temp folders left behind
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_repository_has_ordinary_permissions(tmp_path: Path, umask: int) -> None:
+    """The repository folder, its subfolders and files get what mkdir/open give under the umask (not mkdtemp's
+    0700), so a Triton server running as another user can read it."""
+    src = _write_onnx(tmp_path / "model.onnx")
+    old = os.umask(umask)
+    try:
+        repo = export_triton_repository(src, tmp_path / "repo", max_batch_size=2)
+    finally:
+        os.umask(old)
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [repo, *repo.rglob("*")]
+             if not p.name.endswith(".so")}  # a copied plugin library keeps its own (executable) mode
+    for p, mode in modes.items():
+        want = (0o777 if p.is_dir() else 0o666) & ~umask
+        assert mode == want, f"{p.relative_to(tmp_path)}: mode {mode:o}, expected {want:o} under umask {umask:03o}"
+
+
 def test_overwrite_rules(tmp_path: Path) -> None:
     src = _write_onnx(tmp_path / "model.onnx")
     repo = export_triton_repository(src, tmp_path / "repo", max_batch_size=2)
     export_triton_repository(src, repo, max_batch_size=5)  # an earlier cmir repository is replaced
-    _check_config((repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8"), 5)
+    _check_config((repo / "cmir_tensorrt" / "config.pbtxt").read_text(encoding="utf-8"), 5)
     other = tmp_path / "precious"
     other.mkdir()
     (other / "keep.txt").write_text("x", encoding="utf-8")
@@ -190,12 +209,56 @@ def test_cli_export_triton_from_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "cmir_trt", "export", "--model", str(ckpt), "--format", "triton",
                            "--out", str(out), "--batch", "4"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    _check_config((out / "cmir" / "config.pbtxt").read_text(encoding="utf-8"), 4, s=32, f=3, k=1)
-    g = onnx.load_model(str(out / "cmir" / "onnx" / "model.onnx"))
+    _check_config((out / "cmir_tensorrt" / "config.pbtxt").read_text(encoding="utf-8"), 4, s=32, f=3, k=1)
+    g = onnx.load_model(str(out / "cmir_tensorrt" / "onnx" / "model.onnx"))
     domains = {n.domain for n in g.graph.node}
     assert "trt.plugins" in domains  # the onnx-trt form, with the cmir plugin nodes
     ops = {n.op_type for n in g.graph.node if n.domain == "trt.plugins"}
     assert ops == {"CMIRInvolution", "CMIRCrossModalAttention"}
+    # next to it, the Python-backend models over cmir_trt (served for real in test_triton_server.py)
+    assert (out / "cmir" / "1" / "model.plan").is_file() and (out / "cmir" / "1" / "model.pt").is_file()
+    assert "max_batch_size: 4" in (out / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
+    assert (out / "cmir_case" / "config.pbtxt").is_file() and (out / "cmir_preprocess" / "1" / "model.py").is_file()
+
+
+def test_checkpoint_gives_python_models(tmp_path: Path) -> None:
+    """A checkpoint source: the `cmir` Python model (native plan + checkpoint), preprocessing and the ensemble; with
+    tensorrt=False no TensorRT model (and no ONNX export)."""
+    pytest.importorskip("torch")
+    from _triton_helpers import make_checkpoint
+
+    import cmir_trt.serve.models as served_models
+    from cmir_trt.export.plan import read_plan_metadata
+
+    ckpt = make_checkpoint(tmp_path)
+    repo = export_triton_repository(ckpt, tmp_path / "repo", max_batch_size=4, tensorrt=False,
+                                    max_queue_delay_us=250)
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["cmir", "cmir_case", "cmir_preprocess"]
+    assert (repo / "cmir" / "1" / "model.pt").read_bytes() == ckpt.read_bytes()
+    assert read_plan_metadata(repo / "cmir" / "1" / "model.plan")["synthetic"] is True
+    cfg = (repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8")
+    for needle in ('name: "cmir"', 'backend: "python"', "max_batch_size: 4", "max_queue_delay_microseconds: 250",
+                   "kind: KIND_CPU", 'dims: [ 3, 48, 48 ]', 'key: "gpu_backend"', "SYNTHETIC",
+                   '"../cmir_tensorrt/1/model.plan"'):
+        assert needle in cfg, needle
+    pre = (repo / "cmir_preprocess" / "config.pbtxt").read_text(encoding="utf-8")
+    assert "max_batch_size: 0" in pre and 'dims: [ 1, 3, 48, 48 ]' in pre and 'name: "case_info"' in pre
+    ens = (repo / "cmir_case" / "config.pbtxt").read_text(encoding="utf-8")
+    assert 'platform: "ensemble"' in ens
+    assert ens.index('model_name: "cmir_preprocess"') < ens.index('model_name: "cmir"\n')
+    assert 'input_map { key: "art" value: "_art" }' in ens and 'output_map { key: "art" value: "_art" }' in ens
+    for model, cls in (("cmir", "TensorModel"), ("cmir_preprocess", "PreprocessModel")):
+        code = (repo / model / "1" / "model.py").read_text(encoding="utf-8")
+        assert f"from cmir_trt.serve.models import {cls} as TritonPythonModel" in code
+        assert callable(getattr(served_models, cls))
+    marker = json.loads((repo / ".cmir-triton-repository").read_text(encoding="utf-8"))
+    assert marker["python_models"] is True and marker["tensorrt_model"] is False
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    assert "cmir-trt serve --repo" in readme and "cmir_case" in readme
+    assert "--no-tensorrt" in readme and "CMIR_TRT_PLUGINS_AUTOREGISTER" not in readme
+    assert not (repo / "build_engine.py").exists()
+    with pytest.raises(TritonExportError, match="needs a checkpoint"):
+        export_triton_repository(_write_onnx(tmp_path / "model.onnx"), tmp_path / "repo2", tensorrt=False)
 
 
 def test_plan_built_when_tensorrt_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,11 +275,11 @@ def test_plan_built_when_tensorrt_present(tmp_path: Path, monkeypatch: pytest.Mo
     lib.write_bytes(b"\x7fELF stand-in")
     repo = export_triton_repository(_write_onnx(tmp_path / "model.onnx"), tmp_path / "repo", max_batch_size=6,
                                     plugin_library=lib, build=True)
-    assert (repo / "cmir" / "1" / "model.plan").read_bytes() == fake.engine_bytes
+    assert (repo / "cmir_tensorrt" / "1" / "model.plan").read_bytes() == fake.engine_bytes
     assert fake.calls["profiles"][0]["art"][2] == [6, 3, S, S]
-    assert (repo / "cmir" / "plugins" / "libcmir_trt_plugins.so").read_bytes() == lib.read_bytes()
+    assert (repo / "cmir_tensorrt" / "plugins" / "libcmir_trt_plugins.so").read_bytes() == lib.read_bytes()
     assert "Built at export time with TensorRT 10.16.0" in (repo / "README.md").read_text(encoding="utf-8")
-    _check_config((repo / "cmir" / "config.pbtxt").read_text(encoding="utf-8"), 6)
+    _check_config((repo / "cmir_tensorrt" / "config.pbtxt").read_text(encoding="utf-8"), 6)
 
 
 def test_build_required_without_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

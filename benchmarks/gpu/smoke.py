@@ -92,8 +92,9 @@ def main() -> int:
     for r in results:
         print(("ok   " if r["ok"] else "FAIL ") + json.dumps(r))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"note": "synthetic inputs", "checks": results}, f, indent=2)
+        from cmir_trt._io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"note": "synthetic inputs", "checks": results}, indent=2))
     return 0 if all(r["ok"] for r in results) else 1
 
 

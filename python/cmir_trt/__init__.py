@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "Prediction", "__version__", "build_info"]
+__all__ = ["CaseFailure", "CaseResult", "Engine", "Prediction", "Predictor", "__version__", "build_info"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from .prediction import Prediction
 
         return Prediction
+    if name in ("Predictor", "CaseResult", "CaseFailure"):  # the per-case pipeline (data path needs SimpleITK)
+        from . import predictor
+
+        return getattr(predictor, name)
     raise AttributeError(f"module 'cmir_trt' has no attribute {name!r}")
 
 

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmir_trt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in _command_modules().items():
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)  # type: ignore[attr-defined]
+        # argparse %-formats help strings (not descriptions): a literal % (e.g. "95% CIs") must be doubled there
+        p = sub.add_parser(name, help=mod.HELP.replace("%", "%%"), description=mod.HELP)  # type: ignore[attr-defined]
         mod.add_arguments(p)  # type: ignore[attr-defined]
         p.set_defaults(_run=mod.run)  # type: ignore[attr-defined]
     return parser

@@ -85,6 +85,10 @@ class Engine:
 
     def predict(self, art: Any, pv: Any = None, clinical: Any = None) -> Prediction:
         """Prediction(probability [B, K], logit [B, K], heatmap [B, 1, S, S]) as float32 numpy arrays."""
+        shape = getattr(art, "shape", None)
+        # Checked here once so every backend (native, torch, CUDA, TensorRT) words an empty batch alike.
+        if shape is not None and len(shape) == 4 and shape[0] == 0:
+            raise ValueError(f"art holds 0 cases (shape {list(shape)}); predict needs at least one case (B >= 1)")
         out = self._impl.predict(art, pv, clinical)
         if not isinstance(out, Prediction):
             out = Prediction(*out)

@@ -975,6 +975,47 @@ void check_conversions() {
         "harness self-check: fp16/bf16 host conversions match known encodings");
 }
 
+namespace inv = schema::involution;
+namespace cm = schema::cross_modal_attention;
+
+// The element types to run enqueue with: every combination of (type, kLINEAR) over all positions that
+// supportsFormatCombination accepts, found as TensorRT queries it (position by position, earlier positions fixed).
+// Each must be one type of fp32/fp16/bf16 throughout, the combinations the enqueue checks can feed; any other
+// declared combination fails a check here instead of going untested.
+std::vector<DataType> enqueue_types(IPluginV3* plugin, int32_t nb_in, int32_t nb_out, const std::string& who) {
+  auto* build = capability<IPluginV3OneBuild>(plugin, PluginCapabilityType::kBUILD);
+  const int32_t n = nb_in + nb_out;
+  std::vector<DynamicPluginTensorDesc> io(static_cast<size_t>(n));
+  std::vector<DataType> cur(static_cast<size_t>(n));
+  std::vector<DataType> types;
+  int declared = 0;
+  std::function<void(int32_t)> walk = [&](int32_t pos) {
+    if (pos == n) {
+      ++declared;
+      const bool uniform = std::all_of(cur.begin(), cur.end(), [&](DataType t) { return t == cur[0]; });
+      const bool runnable = cur[0] == DataType::kFLOAT || cur[0] == DataType::kHALF || cur[0] == DataType::kBF16;
+      std::string combo;
+      for (DataType t : cur) combo += std::to_string(static_cast<int>(t)) + " ";
+      if (check(uniform && runnable, who + ": declared type combination " + combo + "has an enqueue check")) {
+        types.push_back(cur[0]);
+      }
+      return;
+    }
+    for (int32_t ti = 0; ti < EnumMax<DataType>(); ++ti) {
+      io[static_cast<size_t>(pos)] = DynamicPluginTensorDesc{};
+      io[static_cast<size_t>(pos)].desc.type = static_cast<DataType>(ti);
+      io[static_cast<size_t>(pos)].desc.format = TensorFormat::kLINEAR;
+      if (build->supportsFormatCombination(pos, io.data(), nb_in, nb_out)) {
+        cur[static_cast<size_t>(pos)] = static_cast<DataType>(ti);
+        walk(pos + 1);
+      }
+    }
+  };
+  walk(0);
+  check(declared > 0, who + ": supportsFormatCombination declares at least one combination");
+  return types;
+}
+
 void gpu_involution(IPluginCreatorV3One* creator) {
   std::mt19937 rng(1234);
   for (const InvCase& cs : kInvCases) {
@@ -982,7 +1023,7 @@ void gpu_involution(IPluginCreatorV3One* creator) {
     PluginPtr plugin(creator->createPlugin("gpu", &fc.fc, TensorRTPhase::kBUILD));
     if (!check(plugin != nullptr, "involution gpu: create")) continue;
     const int ho = (cs.h + cs.s - 1) / cs.s, wo = (cs.w + cs.s - 1) / cs.s, g = cs.c / cs.gc;
-    for (DataType t : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16}) {
+    for (DataType t : enqueue_types(plugin.get(), inv::kNbInputs, inv::kNbOutputs, "involution enqueue")) {
       std::vector<float> x = random_vec(rng, static_cast<size_t>(cs.b) * cs.c * cs.h * cs.w, 1.0F);
       std::vector<float> k = random_vec(rng, static_cast<size_t>(cs.b) * g * cs.k * cs.k * ho * wo, 0.3F);
       round_vec(x, t);  // the kernel sees exactly these values, so the reference starts from them
@@ -1012,7 +1053,7 @@ void gpu_cmam(IPluginCreatorV3One* creator) {
     const size_t C = static_cast<size_t>(cs.c), D = static_cast<size_t>(cs.dim);
     const size_t nw = 4 * D * C + 3 * D + 3 * C;
     const int ntok = cs.h * cs.w;
-    for (DataType t : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16}) {
+    for (DataType t : enqueue_types(plugin.get(), cm::kNbInputs, cm::kNbOutputs, "cmam enqueue")) {
       std::vector<float> art, pv, wa, wp;
       cmam_inputs(rng, cs, art, pv, wa, wp);
       for (auto* v : {&art, &pv, &wa, &wp}) round_vec(*v, t);
@@ -1037,8 +1078,6 @@ void gpu_cmam(IPluginCreatorV3One* creator) {
 }
 
 // ---------------------------------------------------------------- the two plugins' CPU checks
-namespace inv = schema::involution;
-namespace cm = schema::cross_modal_attention;
 
 void check_involution(IPluginCreatorV3One* creator) {
   CreatorSpec spec{inv::kName, inv::kVersion, inv::kFields, inv::kNbFields, inv::kNbInputs, inv::kNbOutputs,
@@ -1090,6 +1129,7 @@ void check_cmam(IPluginCreatorV3One* creator) {
                    {I32("heads", 4), I32("dim", 16), F32("eps", 1e-3F)},
                    {4, 16, 1e-3},
                    {{"dim not divisible by heads", {I32("heads", 3), I32("dim", 16)}},
+                    {"a head_dim (dim / heads) above the kernel's 256", {I32("heads", 2), I32("dim", 1024)}},
                     {"heads 0", {I32("heads", 0)}},
                     {"a negative eps", {F32("eps", -1e-5F)}},
                     {"a NaN eps", {F32("eps", std::nanf(""))}},
@@ -1114,6 +1154,9 @@ void check_cmam(IPluginCreatorV3One* creator) {
                   true, "consistent shapes");
   check_configure(plugin.get(), who, {{2, 32, 3, 5}, {2, 32, 3, 5}, {2192}, {2000}}, {{2, 32, 3, 5}, {2, 32, 3, 5}},
                   false, "short pv weights");
+  // More tokens than the kernels address (B*H*W > 2^24): refused when configured, not at enqueue.
+  check_configure(plugin.get(), who, {{1, 32, 4097, 4097}, {1, 32, 4097, 4097}, {2192}, {2192}},
+                  {{1, 32, 4097, 4097}, {1, 32, 4097, 4097}}, false, "more than 2^24 tokens");
 }
 
 // --check-autoregister: with a stand-in libnvinfer (fake_nvinfer.cpp) already loaded, loading the plugin library

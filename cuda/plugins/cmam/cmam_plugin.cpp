@@ -1,7 +1,9 @@
 #include "cmam_plugin.h"
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 #include "cmam.cuh"
 
@@ -17,6 +19,13 @@ nvinfer1::IPluginV3* CmamPlugin::create(const FieldValues& fields) {
     throw std::invalid_argument(std::string(cm::kName) + ": dim (" + std::to_string(dim) +
                                 ") must be divisible by heads (" + std::to_string(heads) + ")");
   }
+  // Refused here, where the user sees the field values, rather than at enqueue inside an engine.
+  if (dim / heads > kCmamMaxHeadDim) {
+    throw std::invalid_argument(std::string(cm::kName) + ": head_dim = dim / heads = " + std::to_string(dim) + " / " +
+                                std::to_string(heads) + " = " + std::to_string(dim / heads) +
+                                " exceeds the CUDA kernel's limit of " + std::to_string(kCmamMaxHeadDim) +
+                                " (use more heads or a smaller dim)");
+  }
   return std::make_unique<CmamPlugin>(fields).release();  // ownership passes to TensorRT / the caller
 }
 
@@ -28,6 +37,16 @@ nvinfer1::IPluginV3* CmamPlugin::clone() noexcept {
     return nullptr;
   }
 }
+
+namespace {
+
+std::string dims_text(const nvinfer1::Dims& d) {
+  std::string s = "[";
+  for (int i = 0; i < d.nbDims; ++i) s += (i > 0 ? ", " : "") + std::to_string(d.d[i]);
+  return s + "]";
+}
+
+}  // namespace
 
 std::string CmamPlugin::check_dims(const nvinfer1::Dims* ins, const nvinfer1::Dims* outs) const {
   const nvinfer1::Dims& a = ins[0];
@@ -48,6 +67,13 @@ std::string CmamPlugin::check_dims(const nvinfer1::Dims* ins, const nvinfer1::Di
       }
     }
   }
+  // Sizes the launcher would refuse (known dimensions only; pass a profile's max shape to cover the whole range).
+  if (a.d[0] > 0 && a.d[1] > 0 && a.d[2] > 0 && a.d[3] > 0) {
+    auto clamp = [](int64_t v) { return static_cast<int>(std::min<int64_t>(v, int64_t{1} << 30)); };
+    const char* unsupported =
+        cmam_unsupported(clamp(a.d[0]), clamp(a.d[1]), clamp(a.d[2]), clamp(a.d[3]), dim(), heads());
+    if (unsupported != nullptr) return std::string("shape [B, C, H, W] = ") + dims_text(a) + ": " + unsupported;
+  }
   if (outs != nullptr) {
     for (int o = 0; o < 2; ++o) {
       if (outs[o].nbDims != 4) return "outputs must be 4-D";
@@ -67,7 +93,11 @@ int32_t CmamPlugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in,
   }
   const nvinfer1::Dims ins[4] = {in[0].desc.dims, in[1].desc.dims, in[2].desc.dims, in[3].desc.dims};
   const nvinfer1::Dims outs[2] = {out[0].desc.dims, out[1].desc.dims};
-  const std::string problem = check_dims(ins, outs);
+  std::string problem = check_dims(ins, outs);
+  if (problem.empty()) {  // the largest shape of the profile must be launchable too
+    const nvinfer1::Dims max_ins[4] = {in[0].max, in[1].max, in[2].max, in[3].max};
+    problem = check_dims(max_ins, nullptr);
+  }
   if (!problem.empty()) {
     error("configurePlugin: " + problem);
     return 1;

@@ -29,8 +29,10 @@ def check_inputs(spec: dict[str, Any], art: Any, pv: Any, clinical: Any) -> tupl
     a = as_float32(art, "art")
     if a.ndim == 3:
         a = a[None]
-    if a.ndim != 4 or a.shape[1:] != (c, s, s) or a.shape[0] < 1:
+    if a.ndim != 4 or a.shape[1:] != (c, s, s):
         raise ValueError(f"art has shape {list(a.shape)}, expected [B, {c}, {s}, {s}]")
+    if a.shape[0] < 1:  # an empty batch is a caller's mistake, not "no results"
+        raise ValueError(f"art holds 0 cases (shape {list(a.shape)}); predict needs at least one case (B >= 1)")
     b = a.shape[0]
     p = None
     if spec["two_phase"]:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_text, atomic_write_via
+
 HELP = "benchmark the backends side by side (latency p50/p90/p99, throughput, peak RSS); JSON + Markdown + PNG"
 CPU_BACKENDS = ("native", "torch", "onnxruntime")
 CUDA_BACKENDS = ("torch", "tensorrt")
@@ -275,15 +277,7 @@ def _chart(res: dict[str, Any], path: Path) -> None:
     ax.set_title(f"cmir-trt bench: {res['model']}", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), suffix=".png")
 
 
 def _run_gpu_suite(args: argparse.Namespace) -> None:
@@ -400,8 +394,8 @@ def run(args: argparse.Namespace) -> int:
                                                           sorted(by_type.items(), key=lambda kv: -kv[1])))
         del loaded
     res["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    _write_atomic(out / "results.json", json.dumps(res, indent=2) + "\n")
-    _write_atomic(out / "results.md", _markdown(res))
+    atomic_write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
+    atomic_write_text(out / "results.md", _markdown(res))
     try:
         _chart(res, out / "results.png")
     except ImportError:

@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the ROC and reliability PNGs")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
+    p.add_argument("--mask-label", type=int, default=None,
+                   help="the tumour's label in multi-label masks (default: the model's, else one label only)")
 
 
 def print_summary(report: dict) -> None:
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 1:
         raise ValueError("--bootstrap must be >= 1")
     cases, preds, synthetic = predict_directory(args.model, args.data, names=args.name, batch_size=args.batch_size,
-                                                threads=args.threads, progress=True)
+                                                threads=args.threads, progress=True, mask_label=args.mask_label)
     report = write_report(args.out, cases, preds, synthetic, n_resamples=args.bootstrap, seed=args.seed,
                           plots=not args.no_plots, data_description=f"cohort folder {Path(args.data).name}")
     print_summary(report)

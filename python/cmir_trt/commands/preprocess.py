@@ -8,9 +8,15 @@ HELP = "preprocess a folder of cases (ART/PV/mask + clinical.csv) into model-rea
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="folder of cases (CASE_0000/_0001/_mask.<ext> or DICOM folders)")
-    p.add_argument("--out", required=True, help="output folder for CASE.npz and CASE.png")
+    p.add_argument("-i", "--input", required=True,
+                   help="folder of cases (CASE_0000/_0001/_mask.<ext>, DICOM series folders or DICOM study folders)")
+    p.add_argument("-o", "--out", required=True, help="output folder for CASE.npz and CASE.png")
     p.add_argument("--clinical", default=None, help="clinical CSV (default: INPUT/clinical.csv)")
+    p.add_argument("--masks", default=None, help="folder of tumour masks named CASE.<ext> (nnU-Net output naming)")
+    p.add_argument("--mask-label", type=int, default=None,
+                   help="the tumour's label in multi-label masks (e.g. 2 for liver=1/tumour=2)")
+    p.add_argument("--series-rules", default=None,
+                   help="JSON rules picking ART/PV in DICOM study folders (default: the shipped series_rules.json)")
     p.add_argument("--schema", default=None,
                    help="JSON with the model's clinical schema (ClinicalSchema.to_dict(), or checkpoint metadata "
                         "holding 'clinical_schema' and 'preprocess'); with fitted statistics `clinical` is "
@@ -26,15 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import os
     import sys
-    import tempfile
     from pathlib import Path
 
     import numpy as np
 
-    from ..data import ClinicalSchema, DataError, PreprocessParams, find_cases, prepare_case, read_clinical_csv
+    from .._io import atomic_write_via
+    from ..data import ClinicalSchema, DataError, PreprocessParams, find_cases, prepare_case, read_clinical_table
     from ..data.preprocess import write_channels_png
+    from ..data.series import load_rules
 
     src, out = Path(args.input), Path(args.out)
     schema, pdict = ClinicalSchema(), {}
@@ -50,39 +56,45 @@ def run(args: argparse.Namespace) -> int:
         schema = ClinicalSchema.from_dict(meta["clinical_schema"] if "clinical_schema" in meta else meta)
         pdict = dict(meta.get("preprocess") or {})
     for key, val in (("image_size", args.image_size), ("margin_mm", args.margin_mm),
-                     ("component", args.component), ("square", args.square)):
+                     ("component", args.component), ("square", args.square), ("mask_label", args.mask_label)):
         if val is not None:
             pdict[key] = val
     params = PreprocessParams.from_dict(pdict)
-    cases = find_cases(src)
+    rules = load_rules(args.series_rules)
+    cases = find_cases(src, masks=args.masks)
     if not cases:
         raise DataError(f"no cases found in {src} (expected CASE_0000.<ext>, CASE_0001.<ext>, CASE_mask.<ext>)")
     csv_path = Path(args.clinical) if args.clinical else src / "clinical.csv"
-    clinical = read_clinical_csv(csv_path, schema, [c.case_id for c in cases])
-    out.mkdir(parents=True, exist_ok=True)
+    clinical = read_clinical_table(csv_path, schema)  # a bad row fails its own case (below)
+    from .predict import ensure_writable
+
+    ensure_writable(out)  # checked before any case is computed
     failed = []
     for case in cases:
+        written = [out / f"{case.case_id}.npz", out / f"{case.case_id}.png"]
+        for p in written:  # an earlier run's outputs for this case never survive next to a new failure
+            if p.is_file():
+                p.unlink()
         try:
-            prep = prepare_case(case, params)
-            raw = schema.assemble(clinical[case.case_id], {"diameter_mm": prep.diameter_mm}, case.case_id)
+            row = clinical.row(case.case_id)
+            prep = prepare_case(case, params, series_rules=rules)
+            raw = schema.assemble(row, {"diameter_mm": prep.diameter_mm}, case.case_id)
             norm = schema.normalise(raw[None], [case.case_id])[0] if schema.fitted else raw.astype(np.float32)
             meta = prep.metadata()
             meta.update(features=list(schema.features), clinical_normalised=schema.fitted,
                         preprocess=params.to_dict())
-            fd, tmp = tempfile.mkstemp(prefix=f".{case.case_id}.", suffix=".npz", dir=out)
-            os.close(fd)
-            try:
-                np.savez_compressed(tmp, art=prep.art, pv=prep.pv, clinical=norm.astype(np.float32),
-                                    clinical_raw=raw, mask=prep.mask, meta=np.array(json.dumps(meta)))
-                os.replace(tmp, out / f"{case.case_id}.npz")
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            arrays = {"art": prep.art, "pv": prep.pv, "clinical": norm.astype(np.float32), "clinical_raw": raw,
+                      "mask": prep.mask, "meta": np.array(json.dumps(meta))}
+            atomic_write_via(out / f"{case.case_id}.npz", lambda tmp, a=arrays: np.savez_compressed(tmp, **a),
+                             suffix=".npz")
             if not args.no_png:
                 write_channels_png(prep, out / f"{case.case_id}.png")
             print(f"{case.case_id}: slices {prep.slices}, diameter {prep.diameter_mm:.1f} mm"
                   f"{', PV resampled onto ART' if prep.info.get('pv_resampled') else ''}")
         except (DataError, FileNotFoundError) as exc:
+            for p in written:
+                if p.is_file():
+                    p.unlink()
             if not args.keep_going:
                 raise
             failed.append(case.case_id)

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="full", choices=("S1", "M1", "M2", "M3", "full"),
                    help="model variant (default full)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume if a matching one exists")
+    p.add_argument("--mask-label", type=int, default=None,
+                   help="the tumour's label in multi-label masks (stored with the model's preprocessing parameters)")
     add_train_options(p)
 
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, args.variant)
     log = (lambda s: None) if args.quiet else None
     r = train_from_directory(args.data, cfg, args.out, resume=args.resume, progress=False if args.quiet else None,
-                             log=log)
+                             log=log, mask_label=args.mask_label)
     meta = r.model.metadata  # type: ignore[attr-defined]
     syn = " (synthetic)" if meta["training_data"].get("synthetic") else ""
     print(f"wrote {args.out}: {cfg.variant}, best epoch {r.best_epoch}/{r.epochs_run}, internal-validation "

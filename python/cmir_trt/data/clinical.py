@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,29 +174,46 @@ class ClinicalSchema:
         return self.check(row[None], [case_id])[0]
 
 
-def read_clinical_csv(path: str | os.PathLike[str], schema: ClinicalSchema | None = None,
-                      case_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
-    """Raw values {case_id: {column: value}} for the schema's CSV columns (mask-derived features excluded).
+@dataclass
+class ClinicalTable:
+    """A clinical CSV read row by row: `values` {case_id: {column: value}} of the good rows, `errors`
+    {case_id: one-line message} of the rows that cannot be used (each names the file, case, column and value)."""
 
-    Checks: a `case_id` column and every schema column present, no duplicate case, each value numeric, finite and
-    within the schema's range; with `case_ids`, every listed case present (only those are returned).
-    Errors are ClinicalDataError naming the file, case and column.
-    """
+    path: Path
+    values: dict[str, dict[str, float]]
+    errors: dict[str, str]
+    unassigned: list[str] = field(default_factory=list)  # problems of rows without a case id (line numbers named)
+
+    def row(self, case_id: str) -> dict[str, float]:
+        """The case's values, or ClinicalDataError with the row's problem (or that it has no row)."""
+        if case_id in self.errors:
+            raise ClinicalDataError(self.errors[case_id])
+        if case_id not in self.values:
+            raise ClinicalDataError(f"{self.path}: no row for case {case_id!r}")
+        return self.values[case_id]
+
+
+def read_clinical_table(path: str | os.PathLike[str], schema: ClinicalSchema | None = None) -> ClinicalTable:
+    """The clinical CSV with per-row checks: a bad value fails only its own case. File-level problems (unreadable,
+    no header, no case_id column, a schema column missing, duplicate columns) raise ClinicalDataError; a missing
+    file raises FileNotFoundError."""
     schema = schema or ClinicalSchema()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"clinical CSV not found: {path}")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1)]
     except (UnicodeDecodeError, csv.Error, OSError) as exc:
         raise ClinicalDataError(f"{path}: not a readable CSV file: {exc}") from exc
-    rows = [r for r in rows if any(c.strip() for c in r)]
+    rows = [(n, r) for n, r in rows if any(c.strip() for c in r)]
     if not rows:
         raise ClinicalDataError(f"{path}: empty CSV (expected a header with 'case_id' and {schema.csv_columns})")
-    header = [c.strip() for c in rows[0]]
+    header = [c.strip() for c in rows[0][1]]
     if "case_id" not in header:
-        raise ClinicalDataError(f"{path}: no 'case_id' column (header: {header})")
+        hint = " (semicolon- or tab-separated? the file must be comma-separated)" \
+            if len(header) == 1 and any(c in header[0] for c in ";\t") else ""
+        raise ClinicalDataError(f"{path}: no 'case_id' column (header: {header}){hint}")
     missing = [c for c in schema.csv_columns if c not in header]
     if missing:
         raise ClinicalDataError(f"{path}: missing column(s) {missing} (the model's schema needs "
@@ -205,32 +222,79 @@ def read_clinical_csv(path: str | os.PathLike[str], schema: ClinicalSchema | Non
     if dup_cols:
         raise ClinicalDataError(f"{path}: duplicate column(s) {dup_cols}")
     idx = {c: header.index(c) for c in ("case_id", *schema.csv_columns)}
-    out: dict[str, dict[str, float]] = {}
-    for lineno, r in enumerate(rows[1:], start=2):
+    values: dict[str, dict[str, float]] = {}
+    errors: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    unassigned: list[str] = []
+    for lineno, r in rows[1:]:
+        cid = r[idx["case_id"]].strip() if len(r) > idx["case_id"] else ""
+        if not cid:  # belongs to no case: reported by the strict reader, ignored case by case
+            unassigned.append(f"{path}, line {lineno}: empty case_id")
+            continue
+        if cid in first_line:
+            errors[cid] = f"{path}: case {cid!r} appears more than once (lines {first_line[cid]} and {lineno})"
+            values.pop(cid, None)
+            continue
+        first_line[cid] = lineno
         if len(r) != len(header):
-            raise ClinicalDataError(f"{path}, line {lineno}: {len(r)} fields, header has {len(header)}")
-        cid = r[idx["case_id"]].strip()
-        if not cid:
-            raise ClinicalDataError(f"{path}, line {lineno}: empty case_id")
-        if cid in out:
-            raise ClinicalDataError(f"{path}: case {cid!r} appears more than once")
-        vals: dict[str, float] = {}
-        for col in schema.csv_columns:
-            text = r[idx[col]].strip()
-            try:
-                v = float(text)
-            except ValueError:
-                raise ClinicalDataError(f"{path}: case {cid!r}, column {col!r}: {text!r} is not a number") from None
-            if not math.isfinite(v):
-                raise ClinicalDataError(f"{path}: case {cid!r}, column {col!r}: value is {text!r} (NaN/inf)")
-            lo, hi = schema.ranges[col]
-            if not lo <= v <= hi:
-                raise ClinicalDataError(f"{path}: case {cid!r}, column {col!r}: value {v:g} outside the valid "
-                                        f"range [{lo:g}, {hi:g}]")
-            vals[col] = v
-        out[cid] = vals
-    if case_ids is not None:
-        wanted = list(case_ids)
+            errors[cid] = f"{path}, line {lineno}: case {cid!r}: {len(r)} fields, the header has {len(header)}"
+            continue
+        try:
+            values[cid] = _row_values(path, cid, r, idx, schema)
+        except ClinicalDataError as exc:
+            errors[cid] = str(exc)
+    return ClinicalTable(path, values, errors, unassigned)
+
+
+def _row_values(path: Path, cid: str, r: list[str], idx: dict[str, int], schema: ClinicalSchema) -> dict[str, float]:
+    vals: dict[str, float] = {}
+    for col in schema.csv_columns:
+        text = r[idx[col]].strip()
+        try:
+            v = float(text)
+        except ValueError:
+            raise ClinicalDataError(f"{path}: case {cid!r}, column {col!r}: {text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise ClinicalDataError(f"{path}: case {cid!r}, column {col!r}: value is {text!r} (NaN/inf)")
+        lo, hi = schema.ranges[col]
+        if not lo <= v <= hi:
+            raise ClinicalDataError(f"{path}: case {cid!r}, column {col!r}: value {v:g} outside the valid "
+                                    f"range [{lo:g}, {hi:g}]")
+        vals[col] = v
+    return vals
+
+
+def clinical_values(values: Mapping[str, Any], schema: ClinicalSchema, case_id: str) -> dict[str, float]:
+    """A caller's clinical mapping (numbers or numeric strings) checked like a CSV row: the schema's CSV columns,
+    numeric, finite, in range. Mask-derived features are not taken from it."""
+    row = ["" if values.get(c) is None else str(values.get(c)) for c in schema.csv_columns]
+    absent = [c for c in schema.csv_columns if values.get(c) is None]
+    if absent:
+        raise ClinicalDataError(f"case {case_id!r}: clinical values lack {absent} (the model's schema needs "
+                                f"{list(schema.csv_columns)})")
+    idx = {c: i for i, c in enumerate(schema.csv_columns)}
+    return _row_values(Path("clinical values"), case_id, row, idx, schema)
+
+
+def read_clinical_csv(path: str | os.PathLike[str], schema: ClinicalSchema | None = None,
+                      case_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+    """Raw values {case_id: {column: value}} for the schema's CSV columns (mask-derived features excluded), all
+    rows required to be good (training, evaluation): the first bad row raises.
+
+    Checks: a `case_id` column and every schema column present, no duplicate case, each value numeric, finite and
+    within the schema's range; with `case_ids`, every listed case present (only those are returned).
+    Errors are ClinicalDataError naming the file, case and column. `read_clinical_table` is the per-case variant.
+    """
+    table = read_clinical_table(path, schema)
+    path = table.path
+    wanted = list(case_ids) if case_ids is not None else None
+    if table.unassigned:
+        raise ClinicalDataError(table.unassigned[0])
+    bad = [c for c in (wanted if wanted is not None else table.errors) if c in table.errors]
+    if bad:
+        raise ClinicalDataError(table.errors[bad[0]])
+    out = table.values
+    if wanted is not None:
         absent = [c for c in wanted if c not in out]
         if absent:
             raise ClinicalDataError(f"{path}: no row for case(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}")

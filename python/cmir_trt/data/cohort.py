@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write_via
 from .clinical import ClinicalSchema, read_clinical_csv
 from .errors import DataError
 from .io import CaseFiles, find_cases
@@ -108,15 +108,7 @@ def _cache_key(data_dir: Path, params: PreprocessParams, schema: ClinicalSchema,
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_via(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")  # np.savez appends .npz otherwise
 
 
 _ARRAYS = ("case_ids", "centres", "splits", "labels", "grades", "art", "pv", "masks", "clinical_raw")

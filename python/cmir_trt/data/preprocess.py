@@ -1,17 +1,23 @@
 """From one case's images to the model's inputs and back.
 
 prepare_case(case, params) -> PreparedCase:
-  1. read ART, PV, mask (SimpleITK); a mask or PV on another grid is resampled onto the ART grid (nearest for the
-     mask, linear for PV) after checking that the two overlap in physical space;
-  2. the tumour component: connected components of mask > 0.5, ranked by size (params.component = 1 is the largest);
+  0. read ART, PV, mask (SimpleITK; files verified against their headers, DICOM series checked to be one regular
+     volume) and bring each to the canonical orientation (data.orient: exact axis permutation/flip, slice axis
+     closest to superior-inferior); the tumour is the mask's one non-zero label, or params.mask_label;
+  1. a mask or PV on another grid is resampled onto the ART grid (nearest for the mask, linear for PV) after
+     checking that the two overlap in physical space;
+  2. the tumour component: connected components of the tumour voxels, ranked by size (params.component = 1 is the
+     largest);
   3. the axial slice k* of largest component area and its neighbours k*-1, k*+1 (clamped at the volume's ends) are
-     the 3 channels ("axial" = the image's third voxel axis);
+     the 3 channels ("axial" = the canonical grid's third voxel axis); NaN/inf voxels where the crop samples ART or
+     PV are refused;
   4. the in-plane crop: the component's bounding box over all its slices + margin_mm on each side, made square in
      millimetres (the short side padded, or extended into the image with square="extend"), resampled bilinearly to
      S x S with square output pixels (aspect ratio kept);
   5. per phase: percentile clip and z-score, the statistics taken from the native voxels of the crop on the 3 slices
      and recorded in PreparedCase.stats.
-The crop transform is kept (PreparedCase.roi), so place_back()/write_heatmap() put any S x S map back on the ART grid.
+The crop transform is kept (PreparedCase.roi), so place_back()/write_heatmap() put any S x S map back on the ART grid
+as stored (the canonical orientation undone exactly).
 Arrays are indexed [k, j, i] (numpy order of SimpleITK images); an S x S map is [row, col] = [j, i] direction.
 """
 
@@ -20,25 +26,29 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import dataclass_from_dict
+from .._io import atomic_write_via, dataclass_from_dict
 from .errors import DataError, GeometryError, ImageReadError, MaskError
 from .io import (
     CaseFiles,
+    _check_volume,
     _sitk,
+    damaged_dicom_files,
+    damaged_message,
     format_extent,
     geometry,
     physical_extent,
+    read_dicom_files,
     read_image,
     same_geometry,
     write_image_atomic,
 )
+from .orient import Reorientation, canonical, to_stored
 
 PREPROCESS_VERSION = 1  # bump when the arrays prepare_case produces change for the same params
 SQUARE_MODES = ("pad", "extend")
@@ -53,6 +63,7 @@ class PreprocessParams:
     square: str = "pad"                          # "pad": constant outside the crop; "extend": image content
     min_roi_mm: float = 0.0                      # lower bound of the square's side (tiny tumours)
     fully_connected: bool = False                # component connectivity: faces (False) or faces+edges+corners
+    mask_label: int | None = None                # the tumour's label in a multi-label mask (None: one label only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clip_percentiles", tuple(float(x) for x in self.clip_percentiles))
@@ -69,10 +80,14 @@ class PreprocessParams:
             raise ValueError(f"square must be one of {SQUARE_MODES}, got {self.square!r}")
         if not (math.isfinite(self.min_roi_mm) and self.min_roi_mm >= 0):
             raise ValueError(f"min_roi_mm must be >= 0, got {self.min_roi_mm}")
+        if self.mask_label is not None and not (isinstance(self.mask_label, int) and self.mask_label >= 1):
+            raise ValueError(f"mask_label must be an int >= 1 (the tumour's label), got {self.mask_label!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["clip_percentiles"] = list(self.clip_percentiles)
+        if d["mask_label"] is None:  # absent = default: params stored before the field existed read back equal
+            del d["mask_label"]
         return d
 
     @classmethod
@@ -98,11 +113,17 @@ class PreparedCase:
     art_slice: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0), np.float32))
     mask_slice: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0), np.uint8))
     info: dict[str, Any] = field(default_factory=dict)  # components found, voxels, PV resampled, ...
+    # `geometry` is the ART image as stored; `slices`, `roi`, `art_slice` and `mask_slice` refer to the canonical
+    # grid (data.orient), which is the stored one unless info["reoriented"].
+    canonical_geometry: dict[str, Any] | None = None
+    orientation: Reorientation = field(default_factory=lambda: Reorientation((0, 1, 2), (False, False, False)))
 
     def metadata(self) -> dict[str, Any]:
         """Plain JSON-able description (no arrays): enough to place an S x S map back on the ART grid."""
         return {"case_id": self.case_id, "diameter_mm": self.diameter_mm, "stats": self.stats,
-                "slices": list(self.slices), "roi": self.roi, "geometry": self.geometry, "info": self.info}
+                "slices": list(self.slices), "roi": self.roi, "geometry": self.geometry,
+                "canonical_geometry": self.canonical_geometry or self.geometry,
+                "orientation": self.orientation.to_dict(), "info": self.info}
 
 
 def _check_overlap(ref: Any, other: Any, ref_name: str, other_name: str, case_id: str) -> None:
@@ -181,29 +202,97 @@ def roi_grid(roi: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
     return jj, ii
 
 
+def _mask_labels(mask: np.ndarray, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(non-zero labels, voxel counts) of a mask array; refuses NaN/inf and non-integer values."""
+    if not np.isfinite(mask).all():
+        raise MaskError(f"case {case_id!r}: mask contains {int((~np.isfinite(mask)).sum())} NaN/inf voxels")
+    vals, counts = np.unique(mask[mask != 0], return_counts=True)
+    frac = vals[vals != np.round(vals)]
+    if frac.size:
+        raise MaskError(f"case {case_id!r}: mask holds non-integer values (e.g. {frac[0]:g}); a label image "
+                        "(0 = background, integer labels) is required, not a probability map")
+    return vals, counts
+
+
+def _tumour_mask(mask: np.ndarray, params: PreprocessParams, case_id: str) -> np.ndarray:
+    """The tumour voxels of a label mask: its one non-zero label, or params.mask_label when it has several."""
+    vals, counts = _mask_labels(mask, case_id)
+    found = ", ".join(f"label {int(v)}: {int(n)} voxels" for v, n in zip(vals, counts, strict=True))
+    if params.mask_label is None:
+        if len(vals) > 1:
+            raise MaskError(f"case {case_id!r}: the mask has {len(vals)} labels ({found}); pick the tumour's label "
+                            "with --mask-label N")
+        return mask != 0
+    if params.mask_label not in vals.astype(np.int64):
+        raise MaskError(f"case {case_id!r}: the mask has no voxel with the tumour label {params.mask_label} "
+                        f"({found or 'no labels: the mask is empty'})")
+    return mask == params.mask_label
+
+
+def _image_like(arr: np.ndarray, like: Any) -> Any:
+    img = _sitk().GetImageFromArray(arr)
+    img.CopyInformation(like)
+    return img
+
+
+def _check_region(bad: np.ndarray | None, ks: list[int], jj: np.ndarray, ii: np.ndarray, phase: str,
+                  case_id: str) -> None:
+    """Refuse non-finite voxels of a phase where the crop samples it (the channel slices, the ROI +1 voxel)."""
+    if bad is None or not bad.any():
+        return
+    nk, nj, ni = bad.shape
+    r0, r1 = max(int(np.floor(jj.min())) - 1, 0), min(int(np.ceil(jj.max())) + 1, nj - 1)
+    c0, c1 = max(int(np.floor(ii.min())) - 1, 0), min(int(np.ceil(ii.max())) + 1, ni - 1)
+    n = int(bad[ks, r0:r1 + 1, c0:c1 + 1].sum())
+    if n:
+        raise ImageReadError(f"case {case_id!r}: {phase} has {n} non-finite (NaN/inf) voxel(s) inside the tumour ROI "
+                             f"(slices {ks}); refusing to predict on them")
+
+
 def prepare_images(case_id: str, art_img: Any, pv_img: Any, mask_img: Any,
                    params: PreprocessParams | None = None) -> PreparedCase:
     """prepare_case on images already read (SimpleITK images); see the module docstring."""
     params = params or PreprocessParams()
-    info: dict[str, Any] = {"pv_resampled": False, "mask_resampled": False}
+    for name, img in (("ART", art_img), ("PV", pv_img), ("mask", mask_img)):
+        _check_volume(img, f"case {case_id!r} {name}")
+    stored = geometry(art_img)
+    # One anatomical orientation for all three (exact axis permutation/flip, no resampling): the slice axis is
+    # the one closest to superior-inferior, whatever the storage order.
+    art_img, orient = canonical(art_img)
+    pv_img, pv_orient = canonical(pv_img)
+    mask_img, mask_orient = canonical(mask_img)
+    info: dict[str, Any] = {"pv_resampled": False, "mask_resampled": False, "reoriented": not orient.identity}
+    if not pv_orient.identity or not mask_orient.identity:
+        info["reoriented_inputs"] = [n for n, o in (("PV", pv_orient), ("mask", mask_orient)) if not o.identity]
+
+    # The tumour label is chosen on the mask's own grid (exact labels), then the binary mask goes onto ART's grid.
+    tumour = _tumour_mask(_array(mask_img), params, case_id).astype(np.uint8)
+    if not tumour.any():
+        raise MaskError(f"case {case_id!r}: the tumour mask is empty")
+    mask_img = _image_like(tumour, mask_img)
     if not same_geometry(mask_img, art_img):
         _check_overlap(art_img, mask_img, "ART", "mask", case_id)
         mask_img = _onto_grid(mask_img, art_img, nearest=True, default=0.0)
         info["mask_resampled"] = True
+
+    pv_bad: np.ndarray | None = None
+    pv_raw = _array(pv_img)
+    pv_nonfinite = ~np.isfinite(pv_raw)
     if not same_geometry(pv_img, art_img):
         _check_overlap(art_img, pv_img, "ART", "PV", case_id)
+        if pv_nonfinite.any():  # follow PV's own bad voxels onto the ART grid; NaN there means "not covered"
+            bad_img = _onto_grid(_image_like(pv_nonfinite.astype(np.float32), pv_img), art_img, nearest=False,
+                                 default=0.0)
+            pv_bad = _sitk().GetArrayFromImage(bad_img) > 0
+            pv_img = _image_like(np.where(pv_nonfinite, 0.0, pv_raw).astype(np.float32), pv_img)
         pv_img = _onto_grid(pv_img, art_img, nearest=False, default=float("nan"))  # NaN = not covered by PV
         info["pv_resampled"] = True
+        pv = _array(pv_img)
+    else:
+        pv, pv_bad = pv_raw, pv_nonfinite
     art = _array(art_img)
-    pv = _array(pv_img)
-    mask = _array(mask_img)
-    if not np.isfinite(art).all():
-        raise ImageReadError(f"case {case_id!r}: ART contains NaN/inf voxels")
-    if not info["pv_resampled"] and not np.isfinite(pv).all():
-        raise ImageReadError(f"case {case_id!r}: PV contains NaN/inf voxels")
-    if not np.isfinite(mask).all():
-        raise MaskError(f"case {case_id!r}: mask contains NaN/inf voxels")
-    binary = mask > 0.5
+    art_bad = ~np.isfinite(art)
+    binary = _array(mask_img) > 0.5
     if not binary.any():
         raise MaskError(f"case {case_id!r}: the tumour mask is empty (no voxel > 0.5 on the ART grid)")
 
@@ -240,6 +329,8 @@ def prepare_images(case_id: str, art_img: Any, pv_img: Any, mask_img: Any,
 
     # Native voxels of the crop on the channel slices give the intensity statistics.
     ks = sorted(set(slices))
+    _check_region(art_bad, ks, jj, ii, "ART", case_id)
+    _check_region(pv_bad, ks, jj, ii, "PV", case_id)
     ra = (max(int(math.ceil(j0)), 0), min(int(math.floor(j1)), nj - 1) + 1)
     ca = (max(int(math.ceil(i0)), 0), min(int(math.floor(i1)), ni - 1) + 1)
     stats: dict[str, dict[str, float]] = {}
@@ -273,23 +364,69 @@ def prepare_images(case_id: str, art_img: Any, pv_img: Any, mask_img: Any,
     return PreparedCase(
         case_id=case_id, art=out["art"], pv=out["pv"], mask=np.stack(roi_mask).astype(np.uint8),
         diameter_mm=_feret_diameter(comp, sp_i, sp_j), stats=stats, slices=slices,  # type: ignore[arg-type]
-        roi=roi, geometry=geometry(art_img), art_slice=art[kc].astype(np.float32),
-        mask_slice=binary[kc].astype(np.uint8), info=info)
+        roi=roi, geometry=stored, art_slice=art[kc].astype(np.float32),
+        mask_slice=binary[kc].astype(np.uint8), info=info, canonical_geometry=geometry(art_img), orientation=orient)
 
 
-def prepare_case(case: CaseFiles, params: PreprocessParams | None = None) -> PreparedCase:
-    """Read a case's files and prepare the model inputs (see the module docstring). Errors name the case."""
+def read_case_images(case: CaseFiles, series_rules: Any = None, seg_segment: int | str | None = None
+                     ) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(ART, PV, mask) SimpleITK images of a case and a description of where they came from (for a DICOM study:
+    the picked series and why, and the SEG the mask came from). A study without a mask file takes its mask from its
+    one DICOM SEG that references the ART series (cmir_trt.dicom, the `dicom` extra): segment `seg_segment` (a
+    number or a label), by default the only segment or the one labelled as the tumour. Errors name the case."""
     missing = case.missing()
     if missing:
         raise DataError(f"case {case.case_id!r}: missing {', '.join(m.upper() for m in missing)} input")
-    art = read_image(case.art, case.art_series_uid, what=f"case {case.case_id!r} ART")  # type: ignore[arg-type]
-    pv = read_image(case.pv, case.pv_series_uid, what=f"case {case.case_id!r} PV")  # type: ignore[arg-type]
+    source: dict[str, Any] = {}
+    if case.study is not None:
+        from .series import select_phases
+
+        overrides = {k: v for k, v in (("art", case.art_series_uid), ("pv", case.pv_series_uid)) if v}
+        sel = select_phases(case.study, series_rules, overrides=overrides, case_id=case.case_id)
+        damaged = damaged_dicom_files(case.study)
+        if damaged:
+            raise ImageReadError(damaged_message(f"case {case.case_id!r}", case.study, damaged))
+        art = read_dicom_files(sel.art.files, f"case {case.case_id!r} ART", f"series {sel.art.series_uid}")
+        pv = read_dicom_files(sel.pv.files, f"case {case.case_id!r} PV", f"series {sel.pv.series_uid}")
+        source = {"study": str(case.study), "selection": sel,
+                  **{f"{ph}_series": {"series_uid": getattr(sel, ph).series_uid, "description":
+                                      getattr(sel, ph).description, "rule": sel.reasons[ph]} for ph in ("art", "pv")}}
+        if case.mask is None:
+            mask, source["mask_seg"] = _study_seg_mask(case, art, sel.art.series_uid, seg_segment)
+            return art, pv, mask, source
+    else:
+        art = read_image(case.art, case.art_series_uid, what=f"case {case.case_id!r} ART")  # type: ignore[arg-type]
+        pv = read_image(case.pv, case.pv_series_uid, what=f"case {case.case_id!r} PV")  # type: ignore[arg-type]
     mask = read_image(case.mask, what=f"case {case.case_id!r} mask")  # type: ignore[arg-type]
-    return prepare_images(case.case_id, art, pv, mask, params)
+    return art, pv, mask, source
 
 
-def place_back(prepared: PreparedCase, heatmap: np.ndarray) -> np.ndarray:
-    """An S x S map placed on the ART grid: float32 [k, j, i], bilinear, zero outside the ROI and its slices."""
+def _study_seg_mask(case: CaseFiles, art: Any, art_series_uid: str, segment: int | str | None
+                    ) -> tuple[Any, dict[str, Any]]:
+    """The mask of a study without a mask file: its SEG on ART (the dicom extra, imported only here)."""
+    try:
+        from ..dicom.case import study_seg_mask
+    except ImportError as exc:
+        raise DataError(f"case {case.case_id!r}: no mask file ({case.case_id}_mask.<ext>) and reading the mask from "
+                        f"the study's DICOM SEG needs the dicom extra: pip install 'cmir_trt[dicom]' ({exc})") from exc
+    assert case.study is not None
+    mask, seg_file, seg_no = study_seg_mask(case.study, art, art_series_uid, segment, case.case_id)
+    return mask, {"file": str(seg_file), "segment_number": int(seg_no)}
+
+
+def prepare_case(case: CaseFiles, params: PreprocessParams | None = None, series_rules: Any = None,
+                 seg_segment: int | str | None = None) -> PreparedCase:
+    """Read a case's files and prepare the model inputs (see the module docstring). Errors name the case.
+    `series_rules`: the phase rules for DICOM study folders (data.series.load_rules; None = shipped defaults);
+    `seg_segment`: the SEG segment of a study without a mask file (read_case_images)."""
+    art, pv, mask, source = read_case_images(case, series_rules, seg_segment)
+    prep = prepare_images(case.case_id, art, pv, mask, params)
+    if source:
+        prep.info.update({k: v for k, v in source.items() if k != "selection"})
+    return prep
+
+
+def _place_canonical(prepared: PreparedCase, heatmap: np.ndarray) -> np.ndarray:
     hm = np.asarray(heatmap, dtype=np.float64)
     while hm.ndim > 2 and hm.shape[0] == 1:
         hm = hm[0]
@@ -298,7 +435,7 @@ def place_back(prepared: PreparedCase, heatmap: np.ndarray) -> np.ndarray:
         raise DataError(f"case {prepared.case_id!r}: heatmap must be [{s}, {s}], got {tuple(np.shape(heatmap))}")
     if not np.isfinite(hm).all():
         raise DataError(f"case {prepared.case_id!r}: heatmap contains NaN/inf")
-    ni, nj, nk = prepared.geometry["size"]
+    ni, nj, nk = (prepared.canonical_geometry or prepared.geometry)["size"]
     roi = prepared.roi
     jj, ii = np.meshgrid(np.arange(nj, dtype=np.float64), np.arange(ni, dtype=np.float64), indexing="ij")
     rr = (jj - roi["centre_j"]) / roi["step_j"] + s / 2.0 - 0.5
@@ -308,6 +445,17 @@ def place_back(prepared: PreparedCase, heatmap: np.ndarray) -> np.ndarray:
     for k in set(prepared.slices):
         vol[k] = plane
     return vol
+
+
+def place_back(prepared: PreparedCase, heatmap: np.ndarray) -> np.ndarray:
+    """An S x S map placed on the ART grid as stored: float32 [k, j, i], bilinear, zero outside the ROI and its
+    slices."""
+    return to_stored(_place_canonical(prepared, heatmap), prepared.orientation)
+
+
+def heatmap_image(prepared: PreparedCase, heatmap: np.ndarray) -> Any:
+    """place_back as a SimpleITK image with the stored ART image's exact size, spacing, origin and direction."""
+    return _image_from(place_back(prepared, heatmap), prepared.geometry)
 
 
 def _image_from(vol: np.ndarray, geom: dict[str, Any]) -> Any:
@@ -320,15 +468,7 @@ def _image_from(vol: np.ndarray, geom: dict[str, Any]) -> Any:
 
 
 def _save_figure_atomic(fig: Any, path: Path, dpi: int = 100) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), suffix=".png")
 
 
 def _figure(w: float, h: float) -> Any:
@@ -345,9 +485,9 @@ def write_heatmap(prepared: PreparedCase, heatmap: np.ndarray, nii_path: str | o
                   png_path: str | os.PathLike[str] | None = None, title: str | None = None) -> None:
     """The heatmap on the ART grid as NIfTI (exact ART size/spacing/origin/direction) and a PNG overlay of the ART
     slice with the heatmap and the mask contour. Both written atomically; nothing is written if the map is bad."""
-    vol = place_back(prepared, heatmap)
+    vol = _place_canonical(prepared, heatmap)
     if nii_path is not None:
-        write_image_atomic(_image_from(vol, prepared.geometry), nii_path)
+        write_image_atomic(_image_from(to_stored(vol, prepared.orientation), prepared.geometry), nii_path)
     if png_path is None:
         return
     kc = prepared.slices[1]

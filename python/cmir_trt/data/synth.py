@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_text as _write_text_atomic
+from .._io import public_dir_mode
 from .clinical import CLINICAL_FEATURES, ClinicalSchema
 from .io import _sitk
 
@@ -64,16 +65,16 @@ CENTRES: dict[str, Centre] = {
     "ZFH": Centre("ZFH", 1.35, 3.5, 3.0, 0.12, 1.25, 0.95, 1.0, False),
 }
 
-# (centre, split, positives, negatives). RRSH train/internal follow the source study's Table 1; the external
-# centres' splits are assumptions (~37-38 % positive, see docs/data.md).
+# (centre, split, positives, negatives): the source study's Table I (../shared/seed), every centre's own MVI+/MVI-
+# counts, external centres included (MVI+:MVI- = FPWH 1:2.1, LHH 1:0.67, ZTH 1:3.6, ZFH 1:2.95).
 PRESETS: dict[str, tuple[tuple[str, str, int, int], ...]] = {
     "default": (
         ("RRSH", "train", 124, 201),
         ("RRSH", "internal", 31, 50),
-        ("FPWH", "external", 49, 81),
-        ("LHH", "external", 38, 64),
-        ("ZTH", "external", 68, 117),
-        ("ZFH", "external", 30, 49),
+        ("FPWH", "external", 42, 88),
+        ("LHH", "external", 61, 41),
+        ("ZTH", "external", 40, 145),
+        ("ZFH", "external", 20, 59),
     ),
     "tiny": (
         ("RRSH", "train", 3, 3),
@@ -341,6 +342,7 @@ def _write_case_dir(out_dir: Path, case_id: str, imgs: tuple[Any, Any, Any]) -> 
     try:
         for img, suffix in zip(imgs, ("_0000", "_0001", "_mask"), strict=True):
             sitk.WriteImage(img, str(stage / f"{case_id}{suffix}.nii.gz"), True)
+        os.chmod(stage, public_dir_mode())  # an ordinary folder once in place, not mkdtemp's 0700
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{case_id}.old.", dir=out_dir))
             os.replace(final, trash / case_id)

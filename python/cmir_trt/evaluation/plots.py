@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import public_file_mode as public_mode
+from .._io import atomic_write_via
 
 if TYPE_CHECKING:
     from .report import CaseTable, ModelPredictions
@@ -22,15 +20,7 @@ def _safe(name: str) -> str:
 
 
 def _save(fig: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)  # type: ignore[attr-defined]
-        os.chmod(tmp, public_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")  # type: ignore[attr-defined]
 
 
 def write_plots(out_dir: Path, cases: CaseTable, models: Sequence[ModelPredictions], synthetic: bool) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,12 +23,14 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
 
 def predict_directory(model_paths: Sequence[str | os.PathLike[str]], data_dir: str | os.PathLike[str],
                       names: Sequence[str] | None = None, batch_size: int = 64, threads: int = 2,
-                      progress: bool = False) -> tuple[CaseTable, list[ModelPredictions], bool]:
+                      progress: bool = False, mask_label: int | None = None
+                      ) -> tuple[CaseTable, list[ModelPredictions], bool]:
     """Every case of the cohort scored once per model: (cases, predictions, synthetic).
 
     Each model sees the cohort prepared with its own stored preprocessing parameters and clinical normalisation.
     Its threshold is the one stored in the checkpoint (Youden's J on its internal-validation split at training
     time); a checkpoint without one gets Youden's J on this cohort's internal split, and the report says so.
+    `mask_label` overrides the models' stored tumour label (for a cohort whose masks label liver and tumour).
     """
     import torch
 
@@ -56,6 +59,8 @@ def predict_directory(model_paths: Sequence[str | os.PathLike[str]], data_dir: s
                              "grading model")
         params = PreprocessParams.from_dict(meta["preprocess"]) if "preprocess" in meta else \
             PreprocessParams(image_size=model.config.image_size)
+        if mask_label is not None:
+            params = dataclasses.replace(params, mask_label=mask_label)
         if params.image_size != model.config.image_size:
             raise ValueError(f"{path}: preprocessing image_size {params.image_size} != model image_size "
                              f"{model.config.image_size}")

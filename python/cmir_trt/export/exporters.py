@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._io import atomic_target
 from ..model.checkpoint import load_checkpoint
 from ..model.cmir import CMIR
 from ..model.resnet import STAGE_BLOCKS
@@ -70,18 +70,7 @@ def expected_custom_counts(model: CMIR) -> dict[str, int]:
     return {k: v for k, v in ((CMAM_PLUGIN, cmam), (INVOLUTION_PLUGIN, inv)) if v}
 
 
-@contextlib.contextmanager
-def _atomic_target(out: Path, suffix: str = "") -> Iterator[Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, out)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+_atomic_target = atomic_target  # temp file beside the output, ordinary permissions, renamed when complete
 
 
 @contextlib.contextmanager

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .._io import file_sha256
+from .._io import atomic_write_text, file_sha256
 
 SIDECAR_FORMAT = "cmir-export-sidecar"
 SIDECAR_VERSION = 1
@@ -113,16 +112,7 @@ def embedded_summary(config: dict[str, Any], checkpoint_sha256: str, fmt: str, b
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_sidecar(artifact: str | os.PathLike[str]) -> dict[str, Any]:

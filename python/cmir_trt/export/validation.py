@@ -535,16 +535,9 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> tup
     out = Path(out_dir)
     jp, mp = out / "parity.json", out / "parity.md"
     write_json_atomic(jp, report)
-    import tempfile
+    from .._io import atomic_write_text
 
-    fd, tmp = tempfile.mkstemp(prefix=".parity.md.", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(format_markdown(report))
-        os.replace(tmp, mp)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(mp, format_markdown(report))
     return jp, mp
 
 

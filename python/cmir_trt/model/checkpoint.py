@@ -9,13 +9,12 @@ Layout of the saved dict (format "cmir-checkpoint", version 1):
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import file_sha256, public_file_mode
+from .._io import atomic_write_via, file_sha256
 from .cmir import CMIR, CMIRConfig
 
 CHECKPOINT_FORMAT = "cmir-checkpoint"
@@ -36,19 +35,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: CMIR, metadata: dict[st
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     # torch.save to a temp file named after the target (not to a buffer): torch names the zip's top folder after the
     # file, and the committed demo checkpoint's bytes (models/README.md) depend on that name.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, public_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_via(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -59,7 +48,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/unsafe files
-        raise CheckpointError(f"{path} is not a readable cmir checkpoint: {type(exc).__name__}: {exc}") from exc
+        text = " ".join(str(exc).split())
+        if "weights_only" in text or "Unsupported global" in text:
+            # torch's advice here is to unpickle with weights_only=False: never do that with a file from elsewhere
+            why = "it holds Python objects, not only tensors and plain data (cmir_trt never unpickles those)"
+        else:
+            why = f"{type(exc).__name__}: {text.split('. ')[0][:200]}"  # the first sentence: torch goes on at length
+        raise CheckpointError(f"{path} is not a readable cmir checkpoint: {why}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a cmir checkpoint (missing format marker {CHECKPOINT_FORMAT!r})")
     version = payload.get("format_version")

@@ -18,14 +18,15 @@ _CAI_TYPESTR = {"<f4": "float32", "<f2": "float16"}  # cupy has no bfloat16; use
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """What the ops need to know about one array: shape, element type, device, layout, address."""
+    """What the ops' argument checks need to know about one array: shape, element type, device, layout. No
+    address: reading ``data_ptr()`` here would stop torch.compile(fullgraph=True) from tracing the torch ops (the
+    custom ops read their pointers inside, where Dynamo does not look)."""
 
     kind: str  # "torch" | "cai"
     shape: tuple[int, ...]
     dtype: str  # float32 | float16 | bfloat16 | other name
     device: str  # "cuda:N", "cpu", "meta", ...
     contiguous: bool
-    ptr: int
 
 
 def _torch_module() -> Any | None:
@@ -43,20 +44,17 @@ def describe(a: Any, name: str) -> ArrayInfo:
         dt = str(a.dtype).replace("torch.", "")
         dev = a.device
         device = f"cuda:{dev.index}" if dev.type == "cuda" else dev.type
-        ptr = int(a.data_ptr()) if dev.type not in ("meta",) else 0
-        return ArrayInfo("torch", tuple(int(s) for s in a.shape), dt, device, bool(a.is_contiguous()), ptr)
+        return ArrayInfo("torch", tuple(int(s) for s in a.shape), dt, device, bool(a.is_contiguous()))
     cai = getattr(a, "__cuda_array_interface__", None)
     if isinstance(cai, dict):
         shape = tuple(int(s) for s in cai.get("shape", ()))
         typestr = str(cai.get("typestr", "?"))
         dt = _CAI_TYPESTR.get(typestr, f"typestr {typestr}")
-        data = cai.get("data")
-        ptr = int(data[0]) if isinstance(data, tuple) and data else 0
         strides = cai.get("strides")
         itemsize = 4 if dt == "float32" else 2
         contiguous = strides is None or tuple(strides) == _c_strides(shape, itemsize)
         device = f"cuda:{_cai_device(a)}"
-        return ArrayInfo("cai", shape, dt, device, contiguous, ptr)
+        return ArrayInfo("cai", shape, dt, device, contiguous)
     if type(a).__module__ == "numpy" or not hasattr(a, "__dlpack__"):
         raise TypeError(f"{name} must be a CUDA tensor (torch.Tensor or cupy.ndarray), got {type(a).__module__}."
                         f"{type(a).__name__}")

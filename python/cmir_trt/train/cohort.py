@@ -46,7 +46,7 @@ def cohort_description(data_dir: Path, cohort: Any) -> dict[str, Any]:
 
 def train_from_directory(data_dir: str | os.PathLike[str], cfg: TrainConfig, out: str | os.PathLike[str],
                          resume: bool = False, progress: bool | None = None,
-                         log: Callable[[str], None] | None = None) -> TrainResult:
+                         log: Callable[[str], None] | None = None, mask_label: int | None = None) -> TrainResult:
     """Load and preprocess the cohort at cfg.image_size, fit the clinical normalisation on the training split, train
     (train split; early stopping and threshold on the internal split) and write the checkpoint `out`."""
     from ..data import ClinicalSchema, PreprocessParams, load_cohort
@@ -54,7 +54,7 @@ def train_from_directory(data_dir: str | os.PathLike[str], cfg: TrainConfig, out
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
-    params = PreprocessParams(image_size=cfg.image_size)
+    params = PreprocessParams(image_size=cfg.image_size, mask_label=mask_label)
     cohort = load_cohort(data_dir, params, progress=bool(progress))
     train_mask = np.asarray(cohort.splits) == "train"
     schema = ClinicalSchema(features=tuple(cohort.features)).fit(cohort.clinical_raw[train_mask])

@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from .._io import atomic_write_via
 from ..model import CMIR, CMIRConfig, build_model, save_checkpoint
 from .augment import augment_batch
 from .config import TrainConfig
@@ -141,15 +141,7 @@ def _auc(labels: np.ndarray, prob: np.ndarray) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_via(path, lambda tmp: torch.save(obj, tmp))
 
 
 def resume_path(out: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,103 @@
+"""The compute-sanitizer workload of benchmarks/gpu/run.sh: only our CUDA kernels run on the device.
+
+Inputs, weights and the float64 references are made on the CPU; the device sees host-to-device copies, our kernels
+(involution plain / with the BN-ReLU epilogue / generic K, fused involution, CMAM) on small odd shapes in fp32, fp16
+and bf16, and device-to-host copies — so memcheck and racecheck instrument our kernels and nothing of PyTorch's.
+
+    compute-sanitizer --tool memcheck python benchmarks/gpu/sanitize_ops.py [--json FILE]
+Exit status 0 when every output is within tolerance (normwise vs float64: fp32 1e-4, fp16 4e-3, bf16 3e-2), 1 when
+not, 2 on an error. Inputs are synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+TOL = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 3e-2}
+DEVICE = "cuda"  # the host-side test runs the script's checks on "cpu" with reference stand-ins for the ops
+
+
+def _rel(y: Any, ref: Any) -> float:
+    y = y.double()
+    if not bool(y.isfinite().all()):
+        return float("inf")
+    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+def run() -> list[dict[str, Any]]:
+    import torch
+
+    from cmir_trt import ops
+    from cmir_trt.model.cmam import CMAM
+    from cmir_trt.model.involution import Involution2d
+    from cmir_trt.ops import reference as R
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    g = torch.Generator().manual_seed(7)
+    out: list[dict[str, Any]] = []
+
+    def dev(t: Any, dt: Any) -> Any:  # rounded on the CPU, then one host-to-device copy
+        return t.to(dt).contiguous().to(DEVICE)
+
+    def check(name: str, prec: str, y: Any, ref: Any) -> None:
+        err = _rel(y.cpu(), ref)
+        out.append({"check": f"{name} {prec}", "rel_err": err, "tol": TOL[prec], "ok": err <= TOL[prec]})
+
+    for prec, dt in dtypes.items():
+        for b, c, h, w, k, s in ((2, 48, 13, 11, 7, 2), (1, 16, 7, 7, 3, 1), (1, 32, 9, 10, 9, 1)):
+            ho, wo = -(-h // s), -(-w // s)
+            x = torch.randn(b, c, h, w, generator=g).to(dt)
+            kern = (torch.randn(b, c // 16, k, k, ho, wo, generator=g) / k).to(dt)
+            scale, shift = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+            ref = R.involution_ref(x.double(), kern.double(), k, s)
+            check(f"involution {b}x{c}x{h}x{w} K{k} s{s}", prec, ops.involution(dev(x, dt), dev(kern, dt), k, s), ref)
+            ref = R.involution_ref(x.double(), kern.double(), k, s, scale.double(), shift.double(), True)
+            y = ops.involution(dev(x, dt), dev(kern, dt), k, s, dev(scale, torch.float32),
+                               dev(shift, torch.float32), True)
+            check(f"involution+bn+relu {b}x{c}x{h}x{w} K{k} s{s}", prec, y, ref)
+        for b, c, h, w, k, s, gc in ((2, 32, 9, 10, 3, 2, 8), (1, 48, 13, 13, 7, 1, 16)):
+            gen = ops.fold_generator(Involution2d(c, k, s, gc).eval())
+            x = torch.randn(b, c, h, w, generator=g).to(dt)
+            ref = R.involution_fused_ref(x.double(), *(gen[n].double() for n in ("w1", "b1", "w2", "b2")), k, s, gc)
+            y = ops.involution_fused(dev(x, dt), *(dev(gen[n], torch.float32) for n in ("w1", "b1", "w2", "b2")),
+                                     k, s, gc)
+            check(f"involution_fused {b}x{c}x{h}x{w} K{k} s{s}", prec, y, ref)
+        for b, c, h, w, d, heads in ((2, 64, 4, 4, 32, 4), (1, 48, 3, 5, 24, 3)):
+            wa, wp = (t.to(dt) for t in ops.pack_cmam_module(CMAM(c, heads, d).eval()))
+            art = torch.randn(b, c, h, w, generator=g).to(dt)
+            pv = torch.randn(b, c, h, w, generator=g).to(dt)
+            ra, rp = R.cmam_ref(art.double(), pv.double(), wa.double(), wp.double(), heads)
+            oa, op = ops.cmam(dev(art, dt), dev(pv, dt), wa.to(DEVICE), wp.to(DEVICE), heads)
+            check(f"cmam art {b}x{c}x{h}x{w} d{d} h{heads}", prec, oa, ra)
+            check(f"cmam pv {b}x{c}x{h}x{w} d{d} h{heads}", prec, op, rp)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default=None, help="write the checks here (synthetic inputs)")
+    args = p.parse_args()
+    try:
+        results = run()
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"sanitize_ops: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(("ok   " if r["ok"] else "FAIL ") + json.dumps(r))
+    if args.json:
+        from cmir_trt._io import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps({"note": "synthetic inputs", "checks": results}, indent=2))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

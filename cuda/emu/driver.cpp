@@ -1,0 +1,182 @@
+// Test driver of the CPU emulator (tests/test_cuda_emu*.py run it as a subprocess, built with ASan + UBSan).
+//
+//   cmir_cuda_emu_driver involution DIR dtype B C H W K stride gc relu   (x, kernel[, scale, shift] -> y)
+//   cmir_cuda_emu_driver fused DIR dtype B C H W K stride gc hidden relu (x, w1, b1, w2, b2[, scale, shift] -> y)
+//   cmir_cuda_emu_driver cmam DIR dtype B C H W dim heads eps            (art, pv, wa, wp -> art_out, pv_out)
+//   cmir_cuda_emu_driver convert DIR f2h|h2f|f2bf|bf2f                   (in -> out)
+//   cmir_cuda_emu_driver selftest NAME                                   (emulator semantics, see selftest())
+//
+// Arrays are raw little-endian files DIR/<name>.bin (fp32, or fp16/bf16 bits for dtype 1/2; scale/shift/w1/b1/w2/b2
+// always fp32), copied into exactly-sized "device" buffers; outputs and the CMAM workspace start as 0xff bytes
+// (NaN), so an element a kernel fails to write is caught. Exit status: 0 done, 3 the launcher returned an error
+// (its name on stdout), 2 usage or I/O error; emulator-detected misuse aborts (cmir_emu: ... on stderr).
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cmam.cuh"
+#include "dtype.cuh"
+#include "involution.cuh"
+
+namespace {
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "driver: %s\n", msg.c_str());
+  std::exit(2);
+}
+
+std::vector<char> read_file(const std::string& path, size_t expect) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) die("cannot open " + path);
+  std::vector<char> buf(expect);
+  const size_t got = expect == 0 ? 0 : std::fread(buf.data(), 1, expect, f);
+  const bool extra = std::fgetc(f) != EOF;
+  std::fclose(f);
+  if (got != expect || extra) die(path + ": expected exactly " + std::to_string(expect) + " bytes");
+  return buf;
+}
+
+bool exists(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f != nullptr) std::fclose(f);
+  return f != nullptr;
+}
+
+void write_file(const std::string& path, const void* data, size_t n) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr || std::fwrite(data, 1, n, f) != n || std::fclose(f) != 0) die("cannot write " + path);
+}
+
+// An exactly-sized "device" buffer (cudaMalloc of the emulator: plain heap memory under ASan).
+struct Dev {
+  void* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t bytes, int fill = -1) : n(bytes) {
+    if (cudaMalloc(&p, bytes) != cudaSuccess) die("cudaMalloc failed");
+    if (fill >= 0 && cudaMemset(p, fill, bytes) != cudaSuccess) die("cudaMemset failed");
+  }
+  Dev(const std::string& path, size_t bytes) : Dev(bytes) {
+    const auto host = read_file(path, bytes);
+    if (bytes > 0 && cudaMemcpy(p, host.data(), bytes, cudaMemcpyHostToDevice) != cudaSuccess) die("cudaMemcpy");
+  }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  void save(const std::string& path) const {
+    std::vector<char> host(n);
+    if (n > 0 && cudaMemcpy(host.data(), p, n, cudaMemcpyDeviceToHost) != cudaSuccess) die("cudaMemcpy");
+    write_file(path, host.data(), n);
+  }
+};
+
+int arg_int(char** argv, int i) { return std::atoi(argv[i]); }
+
+int report(cudaError_t e) {
+  if (e == cudaSuccess) return 0;
+  std::printf("launch error: %s\n", cudaGetErrorName(e));
+  return 3;
+}
+
+int run_involution(const std::string& dir, char** a, bool fused) {
+  const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
+  const int b = arg_int(a, 1), c = arg_int(a, 2), h = arg_int(a, 3), w = arg_int(a, 4), k = arg_int(a, 5),
+            s = arg_int(a, 6), gc = arg_int(a, 7);
+  const int hidden = fused ? arg_int(a, 8) : 0, relu = arg_int(a, fused ? 9 : 8);
+  const size_t es = cmir_cuda::dtype_size(dtype);
+  const size_t ho = static_cast<size_t>((h + s - 1) / s), wo = static_cast<size_t>((w + s - 1) / s);
+  const size_t g = static_cast<size_t>(c / gc), kk = static_cast<size_t>(k) * k;
+  Dev x(dir + "/x.bin", static_cast<size_t>(b) * c * h * w * es);
+  Dev y(static_cast<size_t>(b) * c * ho * wo * es, 0xff);
+  const bool has_scale = exists(dir + "/scale.bin"), has_shift = exists(dir + "/shift.bin");
+  Dev scale(has_scale ? dir + "/scale.bin" : "/dev/null", has_scale ? static_cast<size_t>(c) * 4 : 0);
+  Dev shift(has_shift ? dir + "/shift.bin" : "/dev/null", has_shift ? static_cast<size_t>(c) * 4 : 0);
+  const auto* sp = static_cast<const float*>(scale.p);
+  const auto* hp = static_cast<const float*>(shift.p);
+  cudaError_t e;
+  if (!fused) {
+    Dev kern(dir + "/kernel.bin", static_cast<size_t>(b) * g * kk * ho * wo * es);
+    e = launch_involution_epilogue(nullptr, dtype, x.p, kern.p, y.p, b, c, h, w, k, s, gc, sp, hp, relu);
+  } else {
+    const size_t hid = static_cast<size_t>(hidden);
+    Dev w1(dir + "/w1.bin", hid * c * 4), b1(dir + "/b1.bin", hid * 4), w2(dir + "/w2.bin", g * kk * hid * 4),
+        b2(dir + "/b2.bin", g * kk * 4);
+    e = launch_involution_fused(nullptr, dtype, x.p, static_cast<const float*>(w1.p), static_cast<const float*>(b1.p),
+                                static_cast<const float*>(w2.p), static_cast<const float*>(b2.p), y.p, b, c, h, w, k,
+                                s, gc, hidden, sp, hp, relu);
+  }
+  if (e != cudaSuccess) return report(e);
+  y.save(dir + "/y.bin");
+  return 0;
+}
+
+int run_cmam(const std::string& dir, char** a) {
+  const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
+  const int b = arg_int(a, 1), c = arg_int(a, 2), h = arg_int(a, 3), w = arg_int(a, 4), dim = arg_int(a, 5),
+            heads = arg_int(a, 6);
+  const float eps = std::strtof(a[7], nullptr);
+  const size_t es = cmir_cuda::dtype_size(dtype);
+  const size_t act = static_cast<size_t>(b) * c * h * w * es;
+  const size_t wts = cmam_packed_weights_size(c, dim) * es;
+  Dev art(dir + "/art.bin", act), pv(dir + "/pv.bin", act), wa(dir + "/wa.bin", wts), wp(dir + "/wp.bin", wts);
+  Dev oa(act, 0xff), op(act, 0xff);
+  const size_t ws_bytes = cmam_workspace_size(dtype, b, c, h, w, dim, heads);
+  Dev ws(ws_bytes, 0xff);  // poisoned: split-K must zero its sums
+  const cudaError_t e = launch_cmam(nullptr, dtype, art.p, pv.p, wa.p, wp.p, oa.p, op.p, ws.p, ws_bytes, b, c, h, w,
+                                    dim, heads, eps);
+  if (e != cudaSuccess) return report(e);
+  oa.save(dir + "/art_out.bin");
+  op.save(dir + "/pv_out.bin");
+  return 0;
+}
+
+int run_convert(const std::string& dir, const std::string& mode) {
+  std::FILE* f = std::fopen((dir + "/in.bin").c_str(), "rb");
+  if (f == nullptr) die("cannot open in.bin");
+  std::vector<unsigned char> in;
+  int ch;
+  while ((ch = std::fgetc(f)) != EOF) in.push_back(static_cast<unsigned char>(ch));
+  std::fclose(f);
+  std::vector<unsigned char> out;
+  auto put = [&out](const void* p, size_t n) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    out.insert(out.end(), c, c + n);
+  };
+  if (mode == "f2h" || mode == "f2bf") {
+    for (size_t i = 0; i + 4 <= in.size(); i += 4) {
+      float v;
+      std::memcpy(&v, &in[i], 4);
+      const unsigned short bits = mode == "f2h" ? __half_as_ushort(__float2half_rn(v))
+                                                : __bfloat16_as_ushort(__float2bfloat16_rn(v));
+      put(&bits, 2);
+    }
+  } else if (mode == "h2f" || mode == "bf2f") {
+    for (size_t i = 0; i + 2 <= in.size(); i += 2) {
+      unsigned short bits;
+      std::memcpy(&bits, &in[i], 2);
+      const float v = mode == "h2f" ? __half2float(__ushort_as_half(bits)) : __bfloat162float(__ushort_as_bfloat16(bits));
+      put(&v, 4);
+    }
+  } else {
+    die("unknown conversion " + mode);
+  }
+  write_file(dir + "/out.bin", out.data(), out.size());
+  return 0;
+}
+
+}  // namespace
+
+int selftest(const std::string& name);  // emu_selftest.cpp
+
+int main(int argc, char** argv) {
+  if (argc < 3) die("usage: cmir_cuda_emu_driver involution|fused|cmam|convert DIR ... | selftest NAME");
+  const std::string op = argv[1];
+  if (op == "selftest") return selftest(argv[2]);
+  const std::string dir = argv[2];
+  if (op == "involution" && argc == 12) return run_involution(dir, argv + 3, false);
+  if (op == "fused" && argc == 13) return run_involution(dir, argv + 3, true);
+  if (op == "cmam" && argc == 11) return run_cmam(dir, argv + 3);
+  if (op == "convert" && argc == 4) return run_convert(dir, argv[3]);
+  die("bad arguments for " + op);
+}

@@ -1,0 +1,288 @@
+"""`cuda_emu` marker: the CUDA kernels and their launchers executed on the CPU by the emulator (cuda/emu), built with
+AddressSanitizer + UBSan, against the float64 references of tests/test_gpu_kernels.py with its tolerances:
+
+- fp32: normwise error vs float64 <= 2e-5 (involution) / 1e-4 (fused generation, CMAM);
+- fp16/bf16: max error vs float64 on the same rounded inputs <= 2x the error of the same computation done by PyTorch
+  at that precision (here on the CPU), plus one ulp of the output's largest magnitude.
+
+Outputs and the CMAM workspace start as NaN (0xff bytes), shared memory too, so an unwritten element or a read
+before a barrier shows. Each run uses one of the emulator's thread orders (reverse, forward, shuffled) and emulates
+either 132 SMs (an H200) or one SM, which makes the launchers plan differently (channel splits and split-K, or whole
+channel groups per block); the run's index picks both (`_variant`), so every kernel meets every order and both plans.
+test_cuda_emu_semantics.py checks the orders themselves.
+Shapes are small (emulation is slow) but cover odd C and H/W, stride 1/2, K 3/5/7/9, group_channels 4/8/16, batch 1
+(channel split over blocks), several tiles per map, channel slices, several key tiles, head_dim up to 256. No grid
+dimension grows with the batch except grid x (limit 2^31 - 1): the one that did, CMAM attention's grid z (65535,
+i.e. batch 32767), was folded into grid x in issue 12, so no batch boundary is left to cross (a batch that large is
+also far too slow to emulate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _cuda_emu_helpers import ORDERS, failure_text, run_op
+from _gpu_helpers import LOW_PRECISION, SEED, assert_low_precision_bound, assert_no_nan, generator, max_err, rel_err
+
+from cmir_trt import ops
+from cmir_trt.model.cmam import CMAM
+from cmir_trt.model.involution import Involution2d, involution_aggregate
+from cmir_trt.ops import reference as R
+from cmir_trt.ops.cmam import MAX_HEAD_DIM
+
+pytestmark = pytest.mark.cuda_emu
+
+DTYPES = {"fp32": torch.float32, **LOW_PRECISION}
+CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
+
+# (B, C, H, W, K, stride, group_channels)
+INV_CASES = [
+    (1, 16, 7, 7, 3, 1, 16),     # batch 1: a group's channels split over blocks
+    (2, 48, 13, 13, 7, 2, 16),   # odd sizes, K 7, stride 2
+    (2, 32, 9, 10, 3, 2, 8),     # group_channels 8, odd/even map
+    (1, 24, 6, 5, 5, 1, 4),      # K 5, tiny odd map
+    (1, 32, 11, 11, 9, 1, 16),   # generic path (K 9)
+    (1, 16, 37, 45, 7, 1, 16),   # several output tiles in both directions, ragged
+    (3, 32, 4, 4, 7, 1, 16),     # tiny map: several channels side by side in one block
+    (1, 16, 15, 11, 3, 2, 16),   # odd map, stride 2, batch 1
+    (1, 16, 3, 3, 7, 2, 16),     # 2x2 outputs, 9x9 halo: more staged elements than prefetch registers (direct staging)
+]
+
+
+def _ids(cases: list[tuple[int, ...]]) -> list[str]:
+    return ["x".join(map(str, c)) for c in cases]
+
+
+def _variant(i: int) -> tuple[str, int]:
+    """Thread order and emulated SM count of the i-th run: the orders rotate, and every other run emulates a
+    one-SM GPU, so the launchers also plan whole channel groups per block (several channels through one block's
+    shared memory: the write-after-read barriers matter) and GEMMs without split-K."""
+    return ORDERS[i % 3], (132, 1)[i % 2]
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """Raw bytes the kernels read: fp32 as is, fp16/bf16 as their 16-bit patterns."""
+    t = t.contiguous()
+    return t.numpy() if t.dtype == torch.float32 else t.view(torch.int16).numpy()
+
+
+def _tensor(raw: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    base = torch.from_numpy(raw.copy().view(np.float32 if dtype == torch.float32 else np.int16))
+    return (base if dtype == torch.float32 else base.view(dtype)).reshape(shape)
+
+
+def _floor(dtype: torch.dtype, ref: torch.Tensor) -> float:
+    return float(torch.finfo(dtype).eps) * float(ref.abs().max())
+
+
+def _inv_inputs(case: tuple[int, ...], dtype: torch.dtype, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b, c, h, w, k, s, gc = case
+    g = generator(offset)
+    ho, wo = -(-h // s), -(-w // s)
+    x = torch.randn(b, c, h, w, generator=g).to(dtype)
+    kern = (torch.randn(b, c // gc, k, k, ho, wo, generator=g) / k).to(dtype)
+    return x, kern
+
+
+def _run_involution(case: tuple[int, ...], prec: str, x: torch.Tensor, kern: torch.Tensor,
+                    scale: torch.Tensor | None, shift: torch.Tensor | None, relu: bool, variant: int) -> torch.Tensor:
+    b, c, h, w, k, s, gc = case
+    inputs = {"x": _bits(x), "kernel": _bits(kern)}
+    if scale is not None:
+        inputs["scale"] = scale.numpy()
+    if shift is not None:
+        inputs["shift"] = shift.numpy()
+    order, sms = _variant(variant)
+    res = run_op("involution", [CODES[prec], b, c, h, w, k, s, gc, int(relu)], inputs, ["y"], order=order, sms=sms)
+    assert res.returncode == 0, f"involution {case} {prec} ({order}, {sms} SMs): {failure_text(res)}"
+    return _tensor(res.outputs["y"], DTYPES[prec], (b, c, -(-h // s), -(-w // s)))
+
+
+# ---------------------------------------------------------------- involution
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", INV_CASES, ids=_ids(INV_CASES))
+def test_involution(case: tuple[int, ...], prec: str) -> None:
+    dtype = DTYPES[prec]
+    variant = INV_CASES.index(case) + list(DTYPES).index(prec)
+    x, kern = _inv_inputs(case, dtype, 10)
+    k, s = case[4], case[5]
+    y = _run_involution(case, prec, x, kern, None, None, False, variant)
+    assert_no_nan(y, f"involution {case} {prec}")
+    ref = R.involution_ref(x, kern, k, s)  # float64 on the rounded inputs
+    if prec == "fp32":
+        assert rel_err(y, ref) <= 2e-5, (case, _variant(variant), SEED)
+    else:
+        theirs = involution_aggregate(x, kern, k, s)  # PyTorch's unfold at this precision
+        assert_low_precision_bound(max_err(y, ref), max_err(theirs, ref), f"involution {prec} {case} {variant}",
+                                   _floor(dtype, ref))
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", INV_CASES[:4], ids=_ids(INV_CASES[:4]))
+def test_involution_epilogue(case: tuple[int, ...], prec: str) -> None:
+    """The folded BN + ReLU epilogue (scale, shift, relu) and a shift-only epilogue without ReLU."""
+    dtype = DTYPES[prec]
+    c = case[1]
+    k, s = case[4], case[5]
+    x, kern = _inv_inputs(case, dtype, 11)
+    g = generator(12)
+    scale = torch.rand(c, generator=g) + 0.5
+    shift = torch.randn(c, generator=g)
+    for sc, relu in ((scale, True), (None, False)):
+        y = _run_involution(case, prec, x, kern, sc, shift, relu, INV_CASES.index(case) + list(DTYPES).index(prec)
+                            + int(relu))
+        assert_no_nan(y, f"epilogue {case} {prec}")
+        ref = R.involution_ref(x, kern, k, s, sc, shift, relu)
+        if prec == "fp32":
+            assert rel_err(y, ref) <= 2e-5, (case, relu, SEED)
+        else:
+            agg = involution_aggregate(x, kern, k, s)
+            theirs = agg * sc.to(dtype)[None, :, None, None] if sc is not None else agg
+            theirs = theirs + shift.to(dtype)[None, :, None, None]
+            theirs = torch.relu(theirs) if relu else theirs
+            assert_low_precision_bound(max_err(y, ref), max_err(theirs, ref), f"epilogue {prec} {case}",
+                                       _floor(dtype, ref))
+
+
+# ---------------------------------------------------------------- fused generation + aggregation
+FUSED_CASES = [c for c in INV_CASES if c[4] in (1, 3, 5, 7)][:5]
+
+
+def _generator_module(c: int, k: int, s: int, gc: int, offset: int) -> Involution2d:
+    m = Involution2d(c, k, s, gc, 4).eval()
+    g = generator(offset)
+    with torch.no_grad():
+        m.reduce.weight.copy_(torch.randn(m.reduce.weight.shape, generator=g) / c**0.5)
+        m.span.weight.copy_(torch.randn(m.span.weight.shape, generator=g) / m.span.in_channels**0.5 / k)
+        m.span.bias.copy_(torch.randn(m.span.bias.shape, generator=g) * 0.01)
+        n = m.bn.num_features
+        m.bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+        m.bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return m
+
+
+@pytest.mark.parametrize("epilogue", [False, True], ids=["plain", "bn_relu"])
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", FUSED_CASES, ids=_ids(FUSED_CASES))
+def test_involution_fused(case: tuple[int, ...], prec: str, epilogue: bool) -> None:
+    dtype = DTYPES[prec]
+    b, c, h, w, k, s, gc = case
+    order, sms = _variant(FUSED_CASES.index(case) + list(DTYPES).index(prec) + int(epilogue))
+    m = _generator_module(c, k, s, gc, 20)
+    gen = ops.fold_generator(m)
+    x = torch.randn(b, c, h, w, generator=generator(21)).to(dtype)
+    g = generator(22)
+    scale = torch.rand(c, generator=g) + 0.5 if epilogue else None
+    shift = torch.randn(c, generator=g) if epilogue else None
+    inputs = {"x": _bits(x), **{n: gen[n].numpy() for n in ("w1", "b1", "w2", "b2")}}
+    if epilogue:
+        inputs["scale"], inputs["shift"] = scale.numpy(), shift.numpy()
+    hidden = gen["w1"].shape[0]
+    res = run_op("fused", [CODES[prec], b, c, h, w, k, s, gc, hidden, int(epilogue)], inputs, ["y"], order=order,
+                 sms=sms)
+    assert res.returncode == 0, f"fused {case} {prec} ({order}, {sms} SMs): {failure_text(res)}"
+    y = _tensor(res.outputs["y"], dtype, (b, c, -(-h // s), -(-w // s)))
+    assert_no_nan(y, f"fused {case} {prec}")
+    with torch.no_grad():
+        ref = R.involution_fused_ref(x, gen["w1"], gen["b1"], gen["w2"], gen["b2"], k, s, gc, scale, shift, epilogue)
+        if prec == "fp32":
+            assert rel_err(y, ref) <= 1e-4, (case, order, sms, SEED)
+        else:
+            theirs = m.to(dtype)(x)  # the whole Involution2d in PyTorch at this precision
+            if epilogue:
+                bn = (scale.to(dtype)[None, :, None, None], shift.to(dtype)[None, :, None, None])
+                theirs = torch.relu(theirs * bn[0] + bn[1])
+            assert_low_precision_bound(max_err(y, ref), max_err(theirs, ref), f"fused {prec} {case} {order}",
+                                       _floor(dtype, ref))
+
+
+# ---------------------------------------------------------------- CMAM
+# (B, C, H, W, dim, heads): odd token counts, more than two key tiles (N = 72), a single token, odd batch, head_dim
+# 8..64 and the largest the API advertises (256, above the 48 KiB default shared memory: needs the opt-in).
+CMAM_CASES = [
+    (1, 64, 4, 4, 32, 4),
+    (3, 48, 3, 5, 24, 3),
+    (2, 40, 8, 9, 64, 2),
+    (1, 32, 1, 1, 16, 1),
+    (5, 24, 2, 7, 40, 5),
+    (1, 48, 3, 3, MAX_HEAD_DIM, 1),
+    (2, 16, 2, 3, 512, 2),       # two heads of 256
+    (1, 256, 2, 3, 64, 4),       # C = 256: the Q/K/V projections split K over blocks (atomics) on 132 SMs
+]
+
+
+def _cmam_setup(case: tuple[int, ...], dtype: torch.dtype, offset: int):  # noqa: ANN202
+    b, c, h, w, d, heads = case
+    m = CMAM(c, heads, d).eval()
+    g = generator(offset)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / max(p.shape[-1], 1) ** 0.5)
+        art = torch.randn(b, c, h, w, generator=g)
+        pv = torch.randn(b, c, h, w, generator=g)
+    wa, wp = ops.pack_cmam_module(m)
+    return m, art.to(dtype), pv.to(dtype), wa.to(dtype), wp.to(dtype)
+
+
+def run_cmam(case: tuple[int, ...], prec: str, art: torch.Tensor, pv: torch.Tensor, wa: torch.Tensor,
+             wp: torch.Tensor, variant: int, eps: float = 1e-5):  # noqa: ANN201
+    b, c, h, w, d, heads = case
+    order, sms = _variant(variant)
+    return run_op("cmam", [CODES[prec], b, c, h, w, d, heads, repr(eps)],
+                  {"art": _bits(art), "pv": _bits(pv), "wa": _bits(wa), "wp": _bits(wp)}, ["art_out", "pv_out"],
+                  order=order, sms=sms)
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", CMAM_CASES, ids=_ids(CMAM_CASES))
+def test_cmam(case: tuple[int, ...], prec: str) -> None:
+    dtype = DTYPES[prec]
+    b, c, h, w, d, heads = case
+    variant = CMAM_CASES.index(case) + list(DTYPES).index(prec)
+    m, art, pv, wa, wp = _cmam_setup(case, dtype, 30)
+    res = run_cmam(case, prec, art, pv, wa, wp, variant)
+    assert res.returncode == 0, f"cmam {case} {prec} {_variant(variant)}: {failure_text(res)}"
+    out_a = _tensor(res.outputs["art_out"], dtype, tuple(art.shape))
+    out_p = _tensor(res.outputs["pv_out"], dtype, tuple(pv.shape))
+    assert_no_nan(out_a, f"cmam art {case}")
+    assert_no_nan(out_p, f"cmam pv {case}")
+    with torch.no_grad():
+        ra, rp = R.cmam_ref(art, pv, wa, wp, heads, d, 1e-5)
+        if prec == "fp32":
+            assert rel_err(out_a, ra) <= 1e-4 and rel_err(out_p, rp) <= 1e-4, (case, _variant(variant), SEED)
+        else:
+            mh = CMAM(c, heads, d)
+            mh.load_state_dict(m.state_dict())
+            mh = mh.to(dtype).eval()
+            ta, tp = mh(art, pv)
+            floor = float(torch.finfo(dtype).eps) * float(max(ra.abs().max(), rp.abs().max()))
+            assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam art {prec} {case}", floor)
+            assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), f"cmam pv {prec} {case}", floor)
+
+
+def test_cmam_head_dim_above_the_limit_is_refused() -> None:
+    """head_dim 257 > 256: the launcher refuses it before any launch (cudaErrorInvalidValue), no partial output."""
+    case = (1, 16, 2, 2, 257, 1)
+    _, art, pv, wa, wp = _cmam_setup(case, torch.float32, 31)
+    res = run_cmam(case, "fp32", art, pv, wa, wp, 0)
+    assert res.returncode == 3 and "cudaErrorInvalidValue" in res.stdout, failure_text(res)
+
+
+def test_involution_bad_sizes_are_refused() -> None:
+    """The launcher's own checks run under the emulator too: an even K, C not divisible by group_channels."""
+    for b, c, h, w, k, s, gc in ((1, 16, 5, 5, 4, 1, 16), (1, 16, 5, 5, 3, 1, 12)):
+        x = torch.randn(b, c, h, w, generator=generator(40))
+        kern = torch.randn(b * (c // gc) * k * k * h * w, generator=generator(41))
+        res = run_op("involution", [0, b, c, h, w, k, s, gc, 0], {"x": _bits(x), "kernel": _bits(kern)}, ["y"])
+        assert res.returncode == 3 and "cudaErrorInvalidValue" in res.stdout, failure_text(res)
+
+
+def test_python_head_dim_limit_is_the_kernels() -> None:
+    """The ops' MAX_HEAD_DIM (checked before any launch) is the kernel's kCmamMaxHeadDim (cuda/cmam.cuh)."""
+    import re
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parents[1] / "cuda" / "cmam.cuh").read_text(encoding="utf-8")
+    m = re.search(r"constexpr int kCmamMaxHeadDim = (\d+);", header)
+    assert m is not None and int(m.group(1)) == MAX_HEAD_DIM

@@ -1,0 +1,181 @@
+"""The byte and FLOP formulas behind the roofline columns and the predicted table, checked against independent counts:
+the sizes of the tensors the reference model really produces, torch's FlopCounterMode on the reference modules, and
+the unfold patch count; plus the predicted table's internal consistency and the sanitizer workload's checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from cmir_trt import ops
+from cmir_trt.gpu import bench
+from cmir_trt.model.cmam import CMAM
+from cmir_trt.model.involution import Involution2d, involution_aggregate
+from cmir_trt.ops import reference as R
+
+ROOT = Path(__file__).resolve().parents[1]
+DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _load(name: str, rel: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(("n", "c", "h", "w", "k", "s", "gc", "prec"),
+                         [(2, 48, 13, 11, 7, 2, 16, "fp32"), (1, 32, 9, 9, 3, 1, 8, "fp16"),
+                          (3, 16, 7, 10, 5, 1, 16, "bf16")])
+def test_involution_bytes_and_flops_match_the_reference_tensors(n: int, c: int, h: int, w: int, k: int, s: int,
+                                                                gc: int, prec: str) -> None:
+    torch.manual_seed(0)
+    m = Involution2d(c, k, s, gc).eval().to(DT[prec])
+    x = torch.randn(n, c, h, w).to(DT[prec])
+    with torch.no_grad():
+        pooled = m.pool(x)
+        t = F.relu(m.bn(m.reduce(pooled)))
+        kern = m.generate_kernel(x)
+        y = involution_aggregate(x, kern, k, s)
+        with FlopCounterMode(display=False) as fc:
+            m.generate_kernel(x)
+    patches = F.unfold(x.float(), k, padding=(k - 1) // 2, stride=s)  # one multiply-add per element
+    assert patches.shape[-1] == y.shape[-2] * y.shape[-1]
+    cost = bench.involution_cost(n, c, h, w, k, s, gc, prec)
+    assert cost["bytes"] == x.nbytes + kern.nbytes + y.nbytes
+    assert cost["flops"] == 2 * patches.numel()
+    assert cost["outputs"] == y.numel()
+
+    fused = bench.involution_fused_cost(n, c, h, w, k, s, gc, precision=prec)
+    gen = ops.fold_generator(Involution2d(c, k, s, gc).eval())
+    assert fused["weight_bytes"] == 4 * sum(gen[key].numel() for key in ("w1", "b1", "w2", "b2"))
+    assert fused["bytes"] == x.nbytes + y.nbytes + fused["weight_bytes"]
+    assert fused["flops"] == fc.get_total_flops() + 2 * patches.numel()
+
+    e = x.element_size()
+    pooled_bytes = 0 if s == 1 else 2 * pooled.nbytes
+    weights = (m.reduce.weight.numel() + t.shape[1] + m.span.weight.numel() + m.span.bias.numel()) * e
+    expected = (x.nbytes + pooled_bytes + 2 * t.nbytes + kern.nbytes + weights) + (x.nbytes + kern.nbytes + y.nbytes)
+    assert bench.involution_unfused_bytes(n, c, h, w, k, s, gc, precision=prec) == expected
+
+
+@pytest.mark.parametrize(("n", "c", "hh", "ww", "d", "heads", "prec"),
+                         [(2, 64, 4, 4, 32, 4, "fp32"), (1, 48, 3, 5, 24, 3, "fp16")])
+def test_cmam_bytes_and_flops_match_the_reference_module(n: int, c: int, hh: int, ww: int, d: int, heads: int,
+                                                         prec: str) -> None:
+    torch.manual_seed(0)
+    m = CMAM(c, heads, d).eval()
+    art, pv = torch.randn(n, c, hh, ww), torch.randn(n, c, hh, ww)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        m(art, pv)
+    cost = bench.cmam_cost(n, c, hh * ww, d, heads, prec)
+    assert cost["flops"] == fc.get_total_flops()
+    wa, wp = ops.pack_cmam_module(m)
+    e = DT[prec].itemsize
+    assert cost["weight_bytes"] == (wa.numel() + wp.numel()) * e
+    assert cost["io_bytes"] == 4 * art.numel() * e
+    assert cost["workspace_bytes"] == 4 * 2 * (6 * n * hh * ww * d + 2 * n * hh * ww * d + 2 * n * hh * ww * c)
+
+
+def test_roofline_picks_the_binding_limit() -> None:
+    spec = bench.card_spec("NVIDIA H100 80GB HBM3")
+    assert bench.roofline_us({"bytes": 3.35e12, "flops": 1.0}, spec) == pytest.approx(1e6)  # 1 s of bandwidth
+    assert bench.roofline_us({"bytes": 1.0, "flops": 66.9e12}, spec) == pytest.approx(1e6)  # 1 s of fp32 FMA
+    assert bench.roofline_us({"bytes": 1.0, "flops": 989.4e12}, spec, spec.fp16_tflops) == pytest.approx(1e6)
+
+
+def test_model_shapes_come_from_the_model() -> None:
+    from cmir_trt.model.cmir import CMIRConfig
+
+    cfg = CMIRConfig(width=0.25, image_size=64, cmam_dim=32, cmam_heads=4)
+    shapes = bench.model_shapes(cfg)
+    inv = shapes["involution"]
+    assert sum(s["count"] for s in inv) == 18  # stem + 8 bottlenecks (depth 26), per phase
+    assert inv[0]["K"] == 3 and inv[0]["H"] == 32 and all(s["K"] == 7 for s in inv[1:])
+    assert {s["stride"] for s in inv} == {1, 2}
+    assert shapes["cmam"] == {"C": 512, "tokens": 4, "dim": 32, "heads": 4}
+
+
+@pytest.fixture(scope="module")
+def predicted() -> Any:
+    return _load("cmir_predict", "benchmarks/gpu/predict.py")
+
+
+def test_predicted_table_is_consistent(predicted: Any) -> None:
+    from cmir_trt.model.cmir import CMIRConfig
+
+    small = CMIRConfig(width=0.25, image_size=64, cmam_dim=64, cmam_heads=4)  # the target rows do not depend on it
+    table = predicted.rows(small)
+    assert {r["kernel"] for r in table} == {"involution", "cmam"}
+    for r in table:
+        for card in ("H100", "H200"):
+            roof = r[f"{card}_roofline_us"]
+            keys = [k for k in r if k.startswith(card) and k.endswith("_us") and "roofline" not in k]
+            assert keys
+            for key in keys:  # nothing is expected to beat its roofline
+                if "_fused_" in key:
+                    bound = r[f"{card}_fused_{'tc_' if 'tensor_core' in key else ''}roofline_us"]
+                else:
+                    bound = r.get(f"{card}_tc_roofline_us", roof)
+                assert r[key] >= bound * 0.999, (r["shape"], key)
+            assert r[f"{card}_faster_us"] <= r[f"{card}_current_us"]
+    target = [r for r in table if r["kernel"] == "involution" and r["shape"].startswith("target")]
+    assert [r["precision"] for r in target] == ["fp32", "fp16", "bf16"]
+    fp32 = target[0]
+    weights = 4 * (64 * 256 + 64 + 16 * 49 * 64 + 16 * 49) / (64 * 256 * 784)  # fp32 generator weights per output
+    assert fp32["fused_bytes_per_output"] == pytest.approx(2 * 4 + weights)  # x read + y written
+    assert fp32["unfused_bytes_per_output"] == pytest.approx(9.625 * 4 + weights)  # see RESULTS.md
+    e2e = predicted.e2e_estimate("fp16", small)
+    assert 0 < e2e["ours_kernels"] < e2e["eager_ops"] and e2e["ours_graph_us"] < e2e["eager_us"]
+
+
+def test_current_involution_plan_matches_the_launcher_design(predicted: Any) -> None:
+    # 28x28 -> 4 tiles of 28x7 (196 threads), 64*16*4 blocks, one channel at a time, 16 steps
+    p = predicted.current_involution_plan(64, 256, 28, 28, 7, 1, 16)
+    assert p == {"blocks": 4096, "steps": 16, "threads": 196, "occupancy": 3}
+    # batch 1, 7x7 map: several channel slices side by side, the group split until the GPU is covered
+    p = predicted.current_involution_plan(1, 256, 8, 8, 7, 1, 16)
+    assert p["threads"] == 4 * 64 and p["blocks"] == 16 * 4
+
+
+def _reference_ops(monkeypatch: pytest.MonkeyPatch, broken: bool = False) -> None:
+    def inv(x: Any, kern: Any, k: int, s: int = 1, scale: Any = None, shift: Any = None, relu: bool = False) -> Any:
+        y = R.involution_ref(x.double(), kern.double(), k, s, None if scale is None else scale.double(),
+                             None if shift is None else shift.double(), relu)
+        return (y.flip(-1) if broken else y).to(x.dtype)
+
+    def fused(x: Any, w1: Any, b1: Any, w2: Any, b2: Any, k: int, s: int, gc: int) -> Any:
+        return R.involution_fused_ref(x.double(), w1.double(), b1.double(), w2.double(), b2.double(), k, s,
+                                      gc).to(x.dtype)
+
+    def cmam(art: Any, pv: Any, wa: Any, wp: Any, heads: int) -> Any:
+        a, p = R.cmam_ref(art.double(), pv.double(), wa.double(), wp.double(), heads)
+        return a.to(art.dtype), p.to(pv.dtype)
+
+    monkeypatch.setattr(ops, "involution", inv)
+    monkeypatch.setattr(ops, "involution_fused", fused)
+    monkeypatch.setattr(ops, "cmam", cmam)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_sanitizer_workload_checks_every_op(broken: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workload's own checks on the CPU, ops replaced by the float64 references rounded once (all pass: one
+    rounding fits every tolerance) or by a wrong involution (its checks fail, the others still pass)."""
+    mod = _load("cmir_sanitize_ops", "benchmarks/gpu/sanitize_ops.py")
+    monkeypatch.setattr(mod, "DEVICE", "cpu")
+    _reference_ops(monkeypatch, broken)
+    checks = mod.run()
+    names = {r["check"].split()[0] for r in checks}
+    assert names == {"involution", "involution+bn+relu", "involution_fused", "cmam"}
+    assert {r["check"].split()[-1] for r in checks} == {"fp32", "fp16", "bf16"}
+    bad = {r["check"].split()[0] for r in checks if not r["ok"]}
+    assert bad == ({"involution", "involution+bn+relu"} if broken else set())
