@@ -618,8 +618,8 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   const int tok_tiles = ceil_div(N, kLnTokens);
   const int64_t ln_tiles = static_cast<int64_t>(B) * tok_tiles * 2;
   int c_slices = 1;
-  if (2 * ln_tiles < sms) {
-    c_slices = static_cast<int>(std::min<int64_t>(std::min(kLnMaxCSlices, ceil_div(C, 32)), ceil_div(sms, static_cast<int>(ln_tiles))));
+  if (2 * ln_tiles < sms) {  // so ln_tiles fits an int
+    c_slices = std::min({kLnMaxCSlices, ceil_div(C, 32), ceil_div(sms, static_cast<int>(ln_tiles))});
   }
   const int c_per_slice = ceil_div(ceil_div(C, c_slices), 32) * 32;
   c_slices = ceil_div(C, c_per_slice);

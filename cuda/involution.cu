@@ -1,7 +1,8 @@
 // Involution forward on the GPU: aggregation (plain, with a BN/ReLU epilogue) and fused generation + aggregation.
 // Design (see cuda/README.md): one block = one (image, group, channel chunk, output tile); the K*K weights of each
 // output pixel live in registers for the whole group (loaded once, reused by every channel of the group); each channel's
-// input tile plus its (K-1)/2 halo is staged in shared memory once and read K*K times from there. All arithmetic fp32.
+// input tile plus its (K-1)/2 halo is staged in shared memory once and read K*K times from there, double-buffered:
+// the next channels' loads are in flight while the current ones are computed. All arithmetic fp32.
 #include <algorithm>
 #include <cstdint>
 
@@ -17,7 +18,7 @@ using cmir_cuda::ldg_f32;
 constexpr int kMaxThreads = 256;
 constexpr int kPrefetch = 12;    // staged elements per thread and step held in registers (the prefetch path)
 constexpr int kMaxCps = 4;       // channels per slice and step: 4 x 49 FMAs per barrier hide a load round trip
-constexpr int kMinBlocks = 2;   // blocks per SM the registers are capped for (128): 3 would spill the prefetch
+constexpr int kMinBlocks = 2;    // blocks per SM the registers are capped for (128): 3 would spill the prefetch
 constexpr int kMaxTileW = 32;
 constexpr int kMaxTileH = 64;
 constexpr size_t kSmemLimit = 48 * 1024;  // default dynamic shared memory without opt-in
@@ -44,7 +45,7 @@ __device__ __forceinline__ T epilogue(float acc, const InvGeom& g, int c) {
   return from_f32<T>(acc);
 }
 
-// Stage one channel's haloed input tile (zero outside the image) into shared memory as fp32.
+// Stage one channel's haloed input tile (zero outside the image) into shared memory as fp32 (the fused kernel).
 template <typename T>
 __device__ __forceinline__ void load_tile(float* xs, const T* __restrict__ xc, const InvGeom& g, int ih0, int iw0,
                                           int first, int step) {
@@ -129,8 +130,8 @@ __device__ __forceinline__ void stage_store(float* buf, const float (&pre)[kPref
 // thread) when they fit, else written straight into buffer (s + 1) % 2. Buffer (s + 1) % 2 was last read in step
 // s - 1, which every thread finished before the barrier of step s.
 template <typename T, int KS>
-__global__ void __launch_bounds__(kMaxThreads, kMinBlocks) involution_fwd(const T* __restrict__ x, const T* __restrict__ wk,
-                                                             T* __restrict__ y, InvGeom g) {
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
+    involution_fwd(const T* __restrict__ x, const T* __restrict__ wk, T* __restrict__ y, InvGeom g) {
   CMIR_DYNAMIC_SHARED(float, smem);
   const int K = KS > 0 ? KS : g.K;
   const int KK = K * K;

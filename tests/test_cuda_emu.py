@@ -261,6 +261,34 @@ def test_cmam(case: tuple[int, ...], prec: str) -> None:
             assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), f"cmam pv {prec} {case}", floor)
 
 
+@pytest.mark.parametrize("prec", ["fp32", "fp16"])
+@pytest.mark.parametrize("sms", [132, 1], ids=["split_k", "no_split"])
+def test_cmam_is_four_launches_without_memset(prec: str, sms: int) -> None:
+    """Issue 13: one short graph-capturable sequence at every batch size — four kernels, no memset — also at batch 1
+    on 132 SMs, where both GEMMs split K (the projections' partial sums are added by the attention kernel, which also
+    zeroes the output projections' atomic sums). The result is checked too, so the folding cannot drop work."""
+    case = (1, 256, 4, 4, 256, 4)  # K = 256 in both GEMMs: split-K in both on 132 SMs, in fp32 and fp16 alike
+    dtype = DTYPES[prec]
+    b, c, h, w, d, heads = case
+    m, art, pv, wa, wp = _cmam_setup(case, dtype, 32)
+    res = run_op("cmam", [CODES[prec], b, c, h, w, d, heads, "1e-05"],
+                 {"art": _bits(art), "pv": _bits(pv), "wa": _bits(wa), "wp": _bits(wp)}, ["art_out", "pv_out"],
+                 sms=sms)
+    assert res.returncode == 0, failure_text(res)
+    assert "launches=4 memsets=0" in res.stdout, res.stdout
+    out_a = _tensor(res.outputs["art_out"], dtype, tuple(art.shape))
+    ra, _ = R.cmam_ref(art, pv, wa, wp, heads, d, 1e-5)
+    if prec == "fp32":
+        assert rel_err(out_a, ra) <= 1e-4
+    else:
+        mh = CMAM(c, heads, d)
+        mh.load_state_dict(m.state_dict())
+        with torch.no_grad():
+            ta, _ = mh.to(dtype).eval()(art, pv)
+        assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam {prec} {case}",
+                                   _floor(dtype, ra))
+
+
 def test_cmam_head_dim_above_the_limit_is_refused() -> None:
     """head_dim 257 > 256: the launcher refuses it before any launch (cudaErrorInvalidValue), no partial output."""
     case = (1, 16, 2, 2, 257, 1)

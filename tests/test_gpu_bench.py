@@ -366,7 +366,24 @@ def test_involution_derived_metrics() -> None:
     assert row["speedup_vs_official"] == pytest.approx(3.0)
     assert row["speedup_vs_unfold"] == pytest.approx(20.0)  # both launched from Python
     assert row["fused_vs_separate"] == pytest.approx(1.25)
-    assert row["roofline_ms"] == pytest.approx(nbytes / 4.8e12 * 1e3)  # memory-bound at 4.8 FLOP/byte
+
+
+def test_cmam_derived_metrics_count_split_k_partials() -> None:
+    """Batch 1 of the model's CMAM (16 tokens x 2048, d 256) splits K 16 ways for Q/K/V and 4 ways for the output
+    projections on 132 SMs: those partial sums are bytes the kernels move, so they count in GB/s and % of spec."""
+    spec = bench.card_spec("NVIDIA H100 80GB HBM3")
+    row = {"N": 1, "C": 2048, "size": 4, "dim": 256, "heads": 8, "precision": "fp32", "ours_graph_ms": 0.05}
+    bench._cmam_derived(row, spec, 132)
+    m = 16
+    weights = 2 * (4 * 256 * 2048 + 3 * 256 + 3 * 2048) * 4
+    work = 4 * 2 * 6 * 16 * m * 256 + 4 * 2 * 2 * m * 256 + 4 * 2 * m * 2048 * (1 + 4 + 1)
+    nbytes = weights + 4 * m * 2048 * 4 + work
+    assert (row["qkv_splits"], row["out_splits"]) == (16, 4)
+    assert row["mbytes"] == pytest.approx(nbytes / 1e6)
+    assert row["pct_of_spec_bw"] == pytest.approx(100 * nbytes / 5e-5 / 1e9 / 3350.0)
+    bench._cmam_derived(row, spec, 16)  # a small card: fewer blocks needed, fewer splits, fewer bytes
+    assert row["qkv_splits"] < 16 and row["mbytes"] < nbytes / 1e6
+    assert row["roofline_ms"] == pytest.approx(row["mbytes"] * 1e6 / 3.35e12 * 1e3)  # memory-bound (3.35 TB/s)
 
 
 def test_targets_cover_every_precision_and_batch() -> None:

@@ -33,7 +33,10 @@ def fake_triton(monkeypatch):
     pb.Logger = types.SimpleNamespace(log_info=logs.append, log_error=logs.append)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.setattr(cmir_trt.engine, "Engine", _Engine)
-    monkeypatch.delenv("CMIR_TRT_PLUGIN_LIBRARY", raising=False)
+    # setenv first so monkeypatch records the variable and removes what the model sets (delenv of an absent
+    # variable records nothing, and the value leaked into later tests such as the plugin harness).
+    monkeypatch.setenv("CMIR_TRT_PLUGIN_LIBRARY", "")
+    monkeypatch.delenv("CMIR_TRT_PLUGIN_LIBRARY")
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # the model installs a filter; undo it after
     _Engine.calls = []
     return logs

@@ -123,9 +123,13 @@ int run_cmam(const std::string& dir, char** a) {
   Dev oa(act, 0xff), op(act, 0xff);
   const size_t ws_bytes = cmam_workspace_size(dtype, b, c, h, w, dim, heads);
   Dev ws(ws_bytes, 0xff);  // poisoned: split-K must zero its sums
+  const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
   const cudaError_t e = launch_cmam(nullptr, dtype, art.p, pv.p, wa.p, wp.p, oa.p, op.p, ws.p, ws_bytes, b, c, h, w,
                                     dim, heads, eps);
   if (e != cudaSuccess) return report(e);
+  // What the launcher enqueued (one graph-capturable sequence): tests check the count.
+  std::printf("launches=%llu memsets=%llu\n", static_cast<unsigned long long>(cmir_emu::launch_count() - launches),
+              static_cast<unsigned long long>(cmir_emu::memset_count() - memsets));
   oa.save(dir + "/art_out.bin");
   op.save(dir + "/pv_out.bin");
   return 0;

@@ -462,7 +462,13 @@ void async_wait_prior(size_t pending) {
   }
 }
 
+uint64_t g_launches = 0;
+uint64_t g_memsets = 0;
+uint64_t launch_count() { return g_launches; }
+uint64_t memset_count() { return g_memsets; }
+
 cudaError_t run_kernel(LaunchSpec* spec, void (*body)(void*), void* ctx) {
+  ++g_launches;
   const cudaError_t bad = check_launch(*spec);
   if (bad != cudaSuccess) {
     set_error(bad);
@@ -670,6 +676,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
+  ++cmir_emu::g_memsets;
   if (bytes == 0) return cudaSuccess;
   if (ptr == nullptr) return fail(cudaErrorInvalidValue);
   std::memset(ptr, value, bytes);

@@ -168,6 +168,10 @@ struct LaunchSpec {
 // Validates the launch as the card would (returns the error cudaGetLastError will report) and runs every block.
 CMIR_EMU_API cudaError_t run_kernel(LaunchSpec* spec, void (*body)(void*), void* ctx);
 CMIR_EMU_API void* dynamic_smem();
+// Kernel launches (run or refused) and cudaMemset / cudaMemsetAsync calls so far in this process, so that a test can
+// check what a launcher enqueues (e.g. CMAM: four kernels and no memset at any batch size).
+CMIR_EMU_API uint64_t launch_count();
+CMIR_EMU_API uint64_t memset_count();
 
 // cp.async (cuda/emu/include/cuda_pipeline_primitives.h): the source is read at issue, the bytes land in shared
 // memory only when a wait covers their commit group, so a read before the wait sees the old contents (or the NaN

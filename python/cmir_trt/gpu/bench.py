@@ -126,19 +126,63 @@ def involution_unfused_bytes(n: int, c: int, h: int, w: int, k: int, stride: int
     return float(gen + agg)
 
 
-def cmam_cost(n: int, channels: int, tokens: int, dim: int, heads: int, precision: str = "fp32") -> dict[str, float]:
+# The launch plan of cuda/cmam.cu (plan_splits, wmma_tile), mirrored for the byte count and benchmarks/gpu/predict.py;
+# tests/test_gpu_bench_roofline.py reads these constants back from the .cu source.
+CMAM_SIMT_TILE = (64, 64, 16)   # kBM, kBN, kBK: fp32 GEMMs on CUDA cores
+CMAM_WMMA_TILE = (16, 128, 32)  # kWM, kWN, kWK: fp16/bf16 GEMMs on tensor cores (rows x4 when those tiles fill the GPU)
+CMAM_WMMA_MF_BIG = 4            # the 64-row tensor-core tile (MF = 4)
+CMAM_PLAN_SMS = 160             # kPlanSms: the SM count the plans are capped at
+CMAM_MIN_KSTEPS = 4             # at least 4 k-steps per split: max_splits = K / (4 * bk)
+
+
+def cmam_gemm_plan(m: int, n_out: int, k: int, problems: int, precision: str, sms: int = 132) -> dict[str, int]:
+    """One batched GEMM launch of cuda/cmam.cu: tile rows/cols/k (bm, bn, bk), tensor cores or not, split-K count and
+    k per split, blocks. Split K (doubling) while there are fewer than 2 blocks per SM and >= 4 k-steps per split."""
+    sms_p = min(sms, CMAM_PLAN_SMS)
+    wmma = precision != "fp32"
+    if wmma:
+        bm, bn, bk = CMAM_WMMA_TILE
+        tiles_big = -(-m // (CMAM_WMMA_MF_BIG * bm)) * -(-n_out // bn) * problems
+        if tiles_big >= sms_p:
+            bm *= CMAM_WMMA_MF_BIG
+    else:
+        bm, bn, bk = CMAM_SIMT_TILE
+    tiles = -(-m // bm) * -(-n_out // bn) * problems
+    max_splits = max(1, k // (CMAM_MIN_KSTEPS * bk))
+    splits = 1
+    while splits < max_splits and tiles * splits < 2 * sms_p:
+        splits *= 2
+    splits = min(splits, max_splits)
+    k_split = -(-k // splits)
+    k_per = -(-k_split // bk) * bk
+    splits = -(-k // k_per)
+    return {"bm": bm, "bn": bn, "bk": bk, "wmma": int(wmma), "splits": splits, "k_per_split": k_per,
+            "tiles": tiles, "blocks": tiles * splits}
+
+
+def cmam_cost(n: int, channels: int, tokens: int, dim: int, heads: int, precision: str = "fp32",
+              sms: int = 132) -> dict[str, float]:
     """Both directions. FLOPs: six Q/K/V projections 6*2*N*T*C*d, attention 2 directions x (QK^T + PV) =
     2*2*2*N*T^2*d, two output projections 2*2*N*T*d*C. Bytes: both packed weight buffers (4*d*C + 3*d + 3*C each)
-    and the two inputs and two outputs once; the fp32 workspace (Q/K/V, attention output, pre-norm) is counted
-    written + read once (it may stay in L2)."""
+    and the two inputs and two outputs once, plus the fp32 workspace traffic of the kernels as built (cuda/cmam.cu; it
+    may stay in L2): the Q/K/V projections' split-K partial sums (s_qkv of them: each written once and read once by
+    the attention kernel), the attention output written + read, the pre-norm sums zeroed by the attention kernel when
+    the output projections split K (s_out > 1), stored (or atomically added) once per split and read once by the
+    LayerNorm. s_qkv and s_out follow the launch plan on a `sms`-SM card (cmam_gemm_plan)."""
     e = _elem(precision)
     t, c, d = tokens, channels, dim
+    m = n * t
+    s_qkv = cmam_gemm_plan(m, d, c, 6, precision, sms)["splits"]
+    s_out = cmam_gemm_plan(m, c, d, 2, precision, sms)["splits"]
     flops = 12 * n * t * c * d + 8 * n * t * t * d + 4 * n * t * d * c
     weights = 2 * (4 * d * c + 3 * d + 3 * c) * e
     io = 4 * n * c * t * e
-    workspace = 2 * 4 * (6 * n * t * d + 2 * n * t * d + 2 * n * t * c)
+    partials = 4 * 2 * 6 * s_qkv * m * d
+    pre = 4 * 2 * m * c * ((1 if s_out > 1 else 0) + s_out + 1)
+    workspace = partials + 4 * 2 * 2 * m * d + pre
     return {"bytes": float(weights + io + workspace), "weight_bytes": float(weights), "io_bytes": float(io),
-            "workspace_bytes": float(workspace), "flops": float(flops)}
+            "workspace_bytes": float(workspace), "partial_bytes": float(partials), "flops": float(flops),
+            "qkv_splits": float(s_qkv), "out_splits": float(s_out)}
 
 
 def roofline_us(cost: dict[str, float], spec: CardSpec, tflops: float | None = None) -> float:
@@ -635,13 +679,28 @@ def _cmam_row(row: dict[str, Any], timing: Timing, spec: CardSpec | None) -> Non
             _measure(row, "ours" + suffix, lambda: lambda: ops.cmam(art, pv, wa, wp, heads, dim), t)
             _measure(row, "sdpa" + suffix, lambda: lambda: sdpa(art, pv), t)
             _measure(row, "reference" + suffix, lambda: lambda: ref(art, pv), t)
-    cost = cmam_cost(n, c, size * size, dim, heads, prec)
-    row["mbytes"], row["gflop"] = cost["bytes"] / 1e6, cost["flops"] / 1e9
-    if spec is not None:
-        row["roofline_ms"] = roofline_us(cost, spec) / 1e3
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count \
+        if _DEVICE == "cuda" else 132
+    _cmam_derived(row, spec, sms)
     # Device time (graph replay) for the target; the stream ratio shows what an eager caller sees.
     _ratio(row, "speedup_vs_sdpa", "sdpa_graph_ms", "ours_graph_ms")
     _ratio(row, "speedup_vs_sdpa_stream", "sdpa_ms", "ours_ms")
+
+
+def _cmam_derived(row: dict[str, Any], spec: CardSpec | None, sms: int = 132) -> None:
+    """Bytes (the split-K partial-sum traffic of the launch plan on `sms` SMs included), FLOPs, the roofline at the
+    rate the kernels use (CUDA cores for fp32, tensor cores for fp16/bf16) and our bandwidth from the graph time."""
+    prec = row["precision"]
+    cost = cmam_cost(row["N"], row["C"], row["size"] * row["size"], row["dim"], row["heads"], prec, sms)
+    row["mbytes"], row["gflop"] = cost["bytes"] / 1e6, cost["flops"] / 1e9
+    row["qkv_splits"], row["out_splits"] = int(cost["qkv_splits"]), int(cost["out_splits"])
+    ms = row.get("ours_graph_ms")
+    if ms:
+        row["ours_gbs"] = cost["bytes"] / (ms * 1e-3) / 1e9
+        if spec is not None:
+            row["pct_of_spec_bw"] = 100.0 * row["ours_gbs"] / spec.bw_gbs
+    if spec is not None:
+        row["roofline_ms"] = roofline_us(cost, spec, None if prec == "fp32" else spec.fp16_tflops) / 1e3
 
 
 def bench_cmam(batches: Sequence[int] = (1, 8, 64), channels: int = 2048, size: int = 4, dim: int = 256,
@@ -848,8 +907,8 @@ INVOLUTION_COLUMNS = ("N", "C", "H", "precision", "ours_ms", "ours_graph_ms", "o
                       "speedup_vs_unfold", "fused_ms", "fused_graph_ms", "fused_roofline_ms", "separate_ms",
                       "fused_vs_separate", "official_ms", "pytorch_module_ms", "K", "stride", "shape")
 CMAM_COLUMNS = ("N", "C", "tokens", "dim", "heads", "precision", "ours_graph_ms", "sdpa_graph_ms",
-                "reference_graph_ms", "roofline_ms", "speedup_vs_sdpa", "ours_ms", "sdpa_ms", "reference_ms",
-                "speedup_vs_sdpa_stream")
+                "reference_graph_ms", "roofline_ms", "ours_gbs", "pct_of_spec_bw", "qkv_splits", "speedup_vs_sdpa",
+                "ours_ms", "sdpa_ms", "reference_ms", "speedup_vs_sdpa_stream")
 E2E_COLUMNS = ("batch", "precision", "eager_ms", "compile_ms", "ours_ms", "ours_graph_ms", "graph_vs_eager")
 
 
