@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cmir_trt._machine import cpu_name
 
 # (name, channels, H, W, K, stride) of the involutions of InvResNet-26 at S=128
 INVOLUTIONS = [
@@ -37,16 +38,6 @@ INVOLUTIONS = [
 ]
 CMAM_SHAPE = (16, 2048, 256, 8)  # tokens (4x4), channels, dim, heads
 SA_SHAPES = [("SA3 (stage 3)", 1024, 8, 8), ("SA4 (stage 4)", 2048, 4, 4)]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_pair(fns: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, tuple[float, float]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -25,17 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from cmir_trt._machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_clients(n_clients: int, n_requests: int, make_call: Callable[[int], Callable[[int], None]]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text, atomic_write_via
+from .._machine import cpu_name as _cpu_name
 
 HELP = "benchmark the backends side by side (latency p50/p90/p99, throughput, peak RSS); JSON + Markdown + PNG"
 CPU_BACKENDS = ("native", "torch", "onnxruntime")
@@ -233,19 +234,6 @@ def _markdown(res: dict[str, Any]) -> str:
         for op, ms in prof["top"]:
             lines.append(f"| {op} | {ms:.2f} |")
     return "\n".join(lines) + "\n"
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _fmt_load(load: Any) -> str:
