@@ -26,7 +26,7 @@ import numpy as np
 
 from .._io import atomic_write_via
 from .errors import DataError, ImageReadError
-from .integrity import dicom_truncation, verify_image_file
+from .integrity import dicom_truncation, nifti_nonfinite, verify_image_file
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 ROLE_SUFFIX = {"art": "_0000", "pv": "_0001", "mask": "_mask"}
@@ -91,7 +91,26 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None, what
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ImageReadError(f"{what}: cannot read {path} (corrupt or truncated?): {_first_line(exc)}") from exc
-    return _check_volume(img, f"{what}: {path}")
+    img = _check_volume(img, f"{what}: {path}")
+    if image_extension(path) in (".nii", ".nii.gz"):
+        img = _restore_nonfinite(img, nifti_nonfinite(path))
+    return img
+
+
+def _restore_nonfinite(img: Any, found: tuple[np.ndarray, np.ndarray] | None) -> Any:
+    """Put back the NaN/inf voxels ITK's NIfTI reader silently turned into 0, so the preprocessing's check for
+    non-finite voxels in the ROI sees them (one outside the ROI stays harmless)."""
+    if found is None:
+        return img
+    bad, values = found
+    sitk = _sitk()
+    arr = sitk.GetArrayFromImage(img)
+    if bad.shape != arr.shape or not np.issubdtype(arr.dtype, np.floating):
+        return img
+    arr[bad] = values
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
 
 
 def _check_volume(img: Any, where: str) -> Any:
