@@ -10,7 +10,7 @@ list(APPEND CMIR_CPP_SOURCES
   ${_cmir_kernels_dir}/kernels_avx2.cpp
 )
 set_source_files_properties(${_cmir_kernels_dir}/kernels_avx512.cpp PROPERTIES
-  COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512dq;-mavx512vl;-mfma"
+  COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512dq;-mavx512vl;-mfma;-mavx512bf16"
   OBJECT_DEPENDS ${_cmir_kernels_dir}/kernels_impl.hpp)
 set_source_files_properties(${_cmir_kernels_dir}/kernels_avx2.cpp PROPERTIES
   COMPILE_OPTIONS "-mavx2;-mfma"

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include "cmam.cuh"
@@ -51,6 +52,7 @@ struct GemmBatch {
   int split_mode;                 // SplitMode, when splits > 1
   int bm;                         // rows per block tile (the tensor-core kernel: 16 or 64)
   int a_m_contig;                 // 1: consecutive m are adjacent in memory (NCHW tokens) -> load A m-fastest
+  int w_async;                    // tensor-core kernel: W rows staged by 16-byte cp.async (K % 8 == 0, W aligned)
 };
 
 // One output element of a GEMM problem: bias and residual once (by the first K split), then a plain store, a store
@@ -153,16 +155,35 @@ constexpr int kWM = 16, kWN = 128, kWK = 32, kWmmaThreads = 256;
 constexpr int kLdW = kWK + 8, kLdC = kWN + 4;
 static_assert(kWN == 16 * (kWmmaThreads / 32), "one 16-column fragment per warp");
 
+// Dynamic shared memory of gemm_wmma_kernel<., T, MF>: max(two stages of A and W, the fp32 C tile) + 32 bytes of
+// alignment slack: 23,584 bytes at MF = 1, 33,824 at MF = 4 (C), within the 48 KiB default.
+template <typename T, int MF>
+constexpr size_t wmma_smem_bytes() {
+  constexpr size_t stages =
+      2 * sizeof(T) * (static_cast<size_t>(kWK) * (kWM * MF + 8) + static_cast<size_t>(kWN) * kLdW);
+  constexpr size_t c = sizeof(float) * static_cast<size_t>(kWM * MF) * kLdC;
+  return (stages > c ? stages : c) + 32;
+}
+
 template <typename TA, typename T, int MF>
-__global__ void __launch_bounds__(kWmmaThreads) gemm_wmma_kernel(GemmBatch gb) {
+__global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kernel(GemmBatch gb) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  // fp16/bf16 WMMA needs sm_80+; the launcher never picks this kernel on older devices.
+  // fp16/bf16 WMMA and cp.async need sm_80+; the launcher never picks this kernel on older devices.
 #else
   using namespace nvcuda;
   constexpr int BM = kWM * MF, kLdA = BM + 8;
-  __shared__ __align__(32) T As[kWK][kLdA];  // 48,640 bytes in all at MF = 4: within the 48 KiB static limit
-  __shared__ __align__(32) T Ws[kWN][kLdW];
-  __shared__ __align__(32) float Cs[BM][kLdC];
+  constexpr int kAPerThread = (BM * kWK) / kWmmaThreads;  // A elements a thread stages per k-step (2 or 8)
+  constexpr int kWChunk = 16 / static_cast<int>(sizeof(T));  // W elements per 16-byte cp.async (8)
+  constexpr int kWChunks = (kWN * kWK) / (kWChunk * kWmmaThreads);  // 16-byte chunks a thread copies per k-step (2)
+  // Two stages of A and W (the k-step being multiplied and the next one in flight), aliased by the fp32 C tile
+  // after the k loop: wmma_smem_bytes<T, MF>() of dynamic shared memory (cp.async needs a destination the emulator
+  // knows as shared memory; static arrays of a template kernel are not in its section), 32-byte aligned here.
+  constexpr size_t kABytes = sizeof(T) * kWK * kLdA;
+  CMIR_DYNAMIC_SHARED(unsigned char, smem_raw);
+  unsigned char* const smem = smem_raw + ((32 - reinterpret_cast<uintptr_t>(smem_raw) % 32) % 32);
+  auto As = reinterpret_cast<T(*)[kWK][kLdA]>(smem);                // [2][kWK][kLdA]
+  auto Ws = reinterpret_cast<T(*)[kWN][kLdW]>(smem + 2 * kABytes);  // [2][kWN][kLdW]
+  auto Cs = reinterpret_cast<float(*)[kLdC]>(smem);                 // [BM][kLdC], after the k loop
   const int prob = blockIdx.z / gb.splits;
   const int split = blockIdx.z - prob * gb.splits;
   const GemmProblem& p = gb.p[prob];
@@ -174,49 +195,95 @@ __global__ void __launch_bounds__(kWmmaThreads) gemm_wmma_kernel(GemmBatch gb) {
   const int tid = threadIdx.x, warp = tid / 32;
   const T zero = from_f32<T>(0.f);
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MF];
+  // A: loaded into registers one k-step ahead, stored into the other stage after this step's MMAs.
+  TA areg[kAPerThread];  // an fp32 A (the attention output) is rounded to T when stored
+  auto load_a = [&](int k0) {
 #pragma unroll
-  for (int i = 0; i < MF; ++i) wmma::fill_fragment(acc[i], 0.f);
-  for (int k0 = k_begin; k0 < k_end; k0 += kWK) {
-#pragma unroll
-    for (int i = 0; i < (BM * kWK) / kWmmaThreads; ++i) {
+    for (int i = 0; i < kAPerThread; ++i) {
       const int e = tid + i * kWmmaThreads;
       const int mm = gb.a_m_contig ? e % BM : e / kWK;
       const int kk = gb.a_m_contig ? e / BM : e % kWK;
       const int m = m0 + mm, k = k0 + kk;
-      T v = zero;
+      TA v = static_cast<TA>(zero);
       if (m < gb.M && k < k_end) {
         const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
-        const TA* src = a + b * p.a_bs + r * p.a_rs + k * p.a_ks;
-        if constexpr (std::is_same<TA, T>::value) {
-          v = __ldg(src);
+        v = __ldg(a + b * p.a_bs + r * p.a_rs + k * p.a_ks);
+      }
+      areg[i] = v;
+    }
+  };
+  auto store_a = [&](int stage) {
+#pragma unroll
+    for (int i = 0; i < kAPerThread; ++i) {
+      const int e = tid + i * kWmmaThreads;
+      const int mm = gb.a_m_contig ? e % BM : e / kWK;
+      const int kk = gb.a_m_contig ? e / BM : e % kWK;
+      if constexpr (std::is_same<TA, T>::value) {
+        As[stage][kk][mm] = areg[i];
+      } else {
+        As[stage][kk][mm] = from_f32<T>(areg[i]);
+      }
+    }
+  };
+  // W: rows contiguous along k. cp.async of 16-byte chunks straight into the stage (no registers) when every row
+  // and chunk is 16-byte aligned (gb.w_async: K % 8 == 0 and W 16-byte aligned; a chunk is then wholly inside or
+  // wholly outside [k, k_end)); else plain loads and stores.
+  auto stage_w = [&](int stage, int k0) {
+    if (gb.w_async) {
+#pragma unroll
+      for (int i = 0; i < kWChunks; ++i) {
+        const int c = tid + i * kWmmaThreads;
+        const int nn = c / (kWK / kWChunk), kk = (c % (kWK / kWChunk)) * kWChunk;
+        const int n = n0 + nn, k = k0 + kk;
+        T* dst = &Ws[stage][nn][kk];
+        if (n < gb.n_out && k < k_end) {
+          __pipeline_memcpy_async(dst, w + static_cast<int64_t>(n) * gb.K + k, 16);
         } else {
-          v = from_f32<T>(__ldg(src));
+#pragma unroll
+          for (int j = 0; j < kWChunk; ++j) dst[j] = zero;
         }
       }
-      As[kk][mm] = v;
-    }
+      __pipeline_commit();
+    } else {
 #pragma unroll
-    for (int i = 0; i < (kWN * kWK) / kWmmaThreads; ++i) {
-      const int e = tid + i * kWmmaThreads;
-      const int kk = e % kWK, nn = e / kWK;
-      const int n = n0 + nn, k = k0 + kk;
-      Ws[nn][kk] = (n < gb.n_out && k < k_end) ? __ldg(w + static_cast<int64_t>(n) * gb.K + k) : zero;
+      for (int i = 0; i < (kWN * kWK) / kWmmaThreads; ++i) {
+        const int e = tid + i * kWmmaThreads;
+        const int kk = e % kWK, nn = e / kWK;
+        const int n = n0 + nn, k = k0 + kk;
+        Ws[stage][nn][kk] = (n < gb.n_out && k < k_end) ? __ldg(w + static_cast<int64_t>(n) * gb.K + k) : zero;
+      }
     }
-    __syncthreads();
+  };
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MF];
+#pragma unroll
+  for (int i = 0; i < MF; ++i) wmma::fill_fragment(acc[i], 0.f);
+  load_a(k_begin);
+  stage_w(0, k_begin);
+  store_a(0);
+  int stage = 0;
+  for (int k0 = k_begin; k0 < k_end; k0 += kWK, stage ^= 1) {
+    const bool next = k0 + kWK < k_end;
+    if (gb.w_async) __pipeline_wait_prior(0);  // this thread's W copies of this k-step have landed
+    __syncthreads();  // stage `stage` complete everywhere; the other stage's last reader (the step before) is done
+    if (next) {       // the next k-step's loads fly while this one multiplies
+      stage_w(stage ^ 1, k0 + kWK);
+      load_a(k0 + kWK);
+    }
 #pragma unroll
     for (int kk = 0; kk < kWK; kk += 16) {
       wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
-      wmma::load_matrix_sync(fb, &Ws[warp * 16][kk], kLdW);
+      wmma::load_matrix_sync(fb, &Ws[stage][warp * 16][kk], kLdW);
 #pragma unroll
       for (int i = 0; i < MF; ++i) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa;
-        wmma::load_matrix_sync(fa, &As[kk][16 * i], kLdA);
+        wmma::load_matrix_sync(fa, &As[stage][kk][16 * i], kLdA);
         wmma::mma_sync(acc[i], fa, fb, acc[i]);
       }
     }
-    __syncthreads();  // the tiles are restaged by the next k-step
+    if (next) store_a(stage ^ 1);
   }
+  __syncthreads();  // every warp's last MMAs have read the stages that Cs overwrites
 #pragma unroll
   for (int i = 0; i < MF; ++i) wmma::store_matrix_sync(&Cs[16 * i][warp * 16], acc[i], kLdC, wmma::mem_row_major);
   __syncthreads();
@@ -236,6 +303,35 @@ constexpr int kKeyTile = 32;      // keys per shared-memory tile (one per lane)
 constexpr int kMaxHeadDim = kCmamMaxHeadDim;  // 8 output dims per lane
 static_assert(kMaxHeadDim % 32 == 0, "whole output dims per lane");
 constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory without cudaFuncSetAttribute
+// Loads in flight per thread where a runtime-count loop sums or scans L2-resident data (the split-K partials here,
+// the pre-norm rows in the LayerNorm). A plain loop puts a trip-count branch between its loads and waits for each
+// value before the next load issues: one L2 round trip per element. strided_load issues kLoadUnroll loads at once
+// (predicated, no branch between them): a whole batch-1 split-K sum (16 partials), or 16 of a row's elements, cost
+// one round trip.
+constexpr int kLoadUnroll = 16;  // LayerNorm rows
+constexpr int kSplitUnroll = 8;  // attention's split-K sums (16 would take 165 registers: 3 blocks per SM)
+
+template <int U>
+__device__ __forceinline__ void strided_load(float (&t)[U], const float* base, int64_t stride, int i, int n) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) t[u] = i + u < n ? base[(i + u) * stride] : 0.f;
+}
+
+// sum_{i < n} base[i * stride], added in order of i, U loads at a time.
+template <int U>
+__device__ __forceinline__ float strided_sum(const float* base, int64_t stride, int n) {
+  float v = 0.f;
+#pragma unroll 1  // U loads at a time (unrolling this loop too would only add registers)
+  for (int i = 0; i < n; i += U) {
+    float t[U];
+    strided_load(t, base, stride, i, n);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (i + u < n) v += t[u];
+    }
+  }
+  return v;
+}
 constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
 struct AttArgs {
@@ -261,7 +357,9 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // grid: (B * 2 * qgroups, heads). Dynamic shared memory: K and V tiles [kKeyTile][hd+1], q [kAttWarps][hd],
-// p [kAttWarps][kKeyTile].
+// p [kAttWarps][kKeyTile]. SU: split-K partials loaded at a time (kSplitUnroll when the projections split K more than
+// twice, i.e. at small batch where the sums are long and the blocks few; 1 otherwise, for fewer registers).
+template <int SU>
 __global__ void __launch_bounds__(kAttWarps * 32) attention_kernel(AttArgs a) {
   CMIR_DYNAMIC_SHARED(float, sm);
   const int hd = a.head_dim, ld = hd + 1;
@@ -282,9 +380,13 @@ __global__ void __launch_bounds__(kAttWarps * 32) attention_kernel(AttArgs a) {
   const float* Kt = a.qkv + (static_cast<int64_t>(dir) * 3 + 1) * a.splits * part;
   const float* V = a.qkv + (static_cast<int64_t>(dir) * 3 + 2) * a.splits * part;
   auto sum_splits = [&](const float* base, int64_t off) {
-    float v = base[off];
-    for (int s = 1; s < a.splits; ++s) v += base[s * part + off];
-    return v;
+    if constexpr (SU > 1) {
+      return strided_sum<SU>(base + off, part, a.splits);
+    } else {
+      float v = base[off];
+      for (int s = 1; s < a.splits; ++s) v += base[s * part + off];
+      return v;
+    }
   };
   if (a.zero != nullptr) {  // grid-stride over every thread of the launch
     const int64_t nthreads = static_cast<int64_t>(gridDim.x) * gridDim.y * blockDim.x;
@@ -375,13 +477,18 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float*
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int t = warp; t < nt; t += kLnWarps) {  // warp-uniform loop: the shuffles see all 32 lanes
     const float* row = rows + static_cast<int64_t>(t) * C;
-    float sum = 0.f;
-    for (int c = lane; c < C; c += 32) sum += row[c];
-    const float mean = warp_sum(sum) / static_cast<float>(C);
+    const int cnt = lane < C ? (C - lane + 31) / 32 : 0;  // this lane's elements: row[lane + 32 * i], i < cnt
+    const float mean = warp_sum(strided_sum<kLoadUnroll>(row + lane, 32, cnt)) / static_cast<float>(C);
     float sq = 0.f;
-    for (int c = lane; c < C; c += 32) {
-      const float d = row[c] - mean;
-      sq = fmaf(d, d, sq);
+#pragma unroll 1
+    for (int i = 0; i < cnt; i += kLoadUnroll) {  // second pass (L1 hits), in the same order
+      float t[kLoadUnroll];
+      strided_load(t, row + lane, 32, i, cnt);
+#pragma unroll
+      for (int u = 0; u < kLoadUnroll; ++u) {
+        const float d = t[u] - mean;
+        if (i + u < cnt) sq = fmaf(d, d, sq);
+      }
     }
     const float var = warp_sum(sq) / static_cast<float>(C);  // biased, as LayerNorm
     if (lane == 0) {
@@ -490,18 +597,24 @@ bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
 }
 
 template <typename T>
-cudaError_t launch_gemm(cudaStream_t stream, const GemmBatch& gb, int problems, bool a_is_float, bool wmma) {
+cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_is_float, bool wmma) {
   if constexpr (!std::is_same<T, float>::value) {
     if (wmma) {
+      gb.w_async = gb.K % 8 == 0 ? 1 : 0;
+      for (int i = 0; i < problems; ++i) {
+        if (reinterpret_cast<uintptr_t>(gb.p[i].w) % 16 != 0) gb.w_async = 0;
+      }
       const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, gb.bm)), static_cast<unsigned>(ceil_div(gb.n_out, kWN)),
                       static_cast<unsigned>(problems * gb.splits));
       const dim3 block(kWmmaThreads);
       if (gb.bm == 4 * kWM) {
-        if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 4>, grid, block, 0, stream, gb);
-        return cmir_cuda::launch(gemm_wmma_kernel<T, T, 4>, grid, block, 0, stream, gb);
+        constexpr size_t smem = wmma_smem_bytes<T, 4>();
+        if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 4>, grid, block, smem, stream, gb);
+        return cmir_cuda::launch(gemm_wmma_kernel<T, T, 4>, grid, block, smem, stream, gb);
       }
-      if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 1>, grid, block, 0, stream, gb);
-      return cmir_cuda::launch(gemm_wmma_kernel<T, T, 1>, grid, block, 0, stream, gb);
+      constexpr size_t smem = wmma_smem_bytes<T, 1>();
+      if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 1>, grid, block, smem, stream, gb);
+      return cmir_cuda::launch(gemm_wmma_kernel<T, T, 1>, grid, block, smem, stream, gb);
     }
   }
   const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, kBM)), static_cast<unsigned>(ceil_div(gb.n_out, kBN)),
@@ -603,13 +716,14 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   const size_t att_smem = (2 * static_cast<size_t>(kKeyTile) * (aa.head_dim + 1) +
                            static_cast<size_t>(kAttWarps) * aa.head_dim + kAttWarps * kKeyTile) * sizeof(float);
   // (68 * head_dim + 192) * 4 bytes: above the 48 KiB default from head_dim 178 on, so opt in (70 KiB at 256).
+  void (*const att_kernel)(AttArgs) = aa.splits > 2 ? attention_kernel<kSplitUnroll> : attention_kernel<1>;
   if (att_smem > kDefaultSmem) {
-    CMIR_CUDA_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CMIR_CUDA_TRY(cudaFuncSetAttribute(att_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(att_smem)));
   }
   const int64_t att_blocks = static_cast<int64_t>(B) * 2 * aa.qgroups;
   if (att_blocks > INT32_MAX) return cudaErrorInvalidValue;
-  CMIR_CUDA_TRY(cmir_cuda::launch(attention_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
+  CMIR_CUDA_TRY(cmir_cuda::launch(att_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
                                   dim3(kAttWarps * 32), att_smem, stream, aa));
 
   CMIR_CUDA_TRY(launch_gemm<T>(stream, outp, 2, true, wmma));  // A: the fp32 attention output

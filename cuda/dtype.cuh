@@ -11,6 +11,15 @@ namespace cmir_cuda {
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+// The raw 16 bits of a half / bfloat16 and back (packing two channels into one 32-bit word).
+__device__ __forceinline__ unsigned short to_bits(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ unsigned short to_bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+template <typename T>
+__device__ __forceinline__ T from_bits(unsigned short b);
+template <>
+__device__ __forceinline__ __half from_bits<__half>(unsigned short b) { return __ushort_as_half(b); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_bits<__nv_bfloat16>(unsigned short b) { return __ushort_as_bfloat16(b); }
 
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);

@@ -1,8 +1,9 @@
 // Involution forward on the GPU: aggregation (plain, with a BN/ReLU epilogue) and fused generation + aggregation.
-// Design (see cuda/README.md): one block = one (image, group, channel chunk, output tile); the K*K weights of each
-// output pixel live in registers for the whole group (loaded once, reused by every channel of the group); each channel's
-// input tile plus its (K-1)/2 halo is staged in shared memory once and read K*K times from there, double-buffered:
-// the next channels' loads are in flight while the current ones are computed. All arithmetic fp32.
+// Design (see cuda/README.md): one block = one (image, group, channel chunk, output tile); each thread computes two
+// output pixels one above the other, whose K*K weights live in registers for the whole group (loaded once, reused by
+// every channel of the group); the channels' input tiles plus their (K-1)/2 halo are staged in shared memory once
+// (fp16/bf16 as packed pairs of channels) and read from there, double-buffered: the next channels' loads are in
+// flight while the current ones are computed. All arithmetic fp32.
 #include <algorithm>
 #include <cstdint>
 
@@ -12,13 +13,17 @@
 namespace {
 
 using cmir_cuda::ceil_div;
+using cmir_cuda::from_bits;
 using cmir_cuda::from_f32;
 using cmir_cuda::ldg_f32;
+using cmir_cuda::to_bits;
+using cmir_cuda::to_f32;
 
 constexpr int kMaxThreads = 256;
-constexpr int kPrefetch = 12;    // staged elements per thread and step held in registers (the prefetch path)
-constexpr int kMaxCps = 4;       // channels per slice and step: 4 x 49 FMAs per barrier hide a load round trip
-constexpr int kMinBlocks = 2;    // blocks per SM the registers are capped for (128): 3 would spill the prefetch
+constexpr int kRows = 2;         // output rows per thread: at stride 1, K+1 staged rows feed 2 x K*K FMAs
+constexpr int kPrefetch = 16;    // staged words per thread and step held in registers (the prefetch path)
+constexpr int kMaxCps = 4;       // words per slice and step: 4 x 2 x 49 (fp32) or 4 x 4 x 49 (fp16/bf16) FMAs
+constexpr int kMinBlocks = 1;    // 2 x 49 weights in registers: the compiler may use up to 255 (no spills)
 constexpr int kMaxTileW = 32;
 constexpr int kMaxTileH = 64;
 constexpr size_t kSmemLimit = 48 * 1024;  // default dynamic shared memory without opt-in
@@ -27,10 +32,10 @@ struct InvGeom {
   int B, C, H, W, Ho, Wo, K, stride, gc, G;
   int tile_h, tile_w, tiles_w, tiles;  // output tile and the number of tiles per image
   int in_h, in_w;                      // haloed input tile
-  int slices;                          // channels processed side by side in one block
-  int cchunks, chunk_ch;               // channel chunks per group (split over blocks) and channels per chunk
-  int cps;                             // channels per slice and pipeline step (a step stages slices * cps)
-  int pitch, plane;                    // shared-memory row pitch and channel-plane stride (floats), bank-padded
+  int slices;                          // words (channels or channel pairs) processed side by side in one block
+  int cchunks, chunk_words;            // chunks per group (split over blocks) and shared-memory words per chunk
+  int cps;                             // words per slice and pipeline step (a step stages slices * cps words)
+  int pitch, plane;                    // shared-memory row pitch and plane stride (32-bit words), bank-padded
   int prefetch;                        // 1: a step's loads fit kPrefetch registers per thread
   const float* scale;                  // epilogue (nullable)
   const float* shift;
@@ -58,13 +63,39 @@ __device__ __forceinline__ void load_tile(float* xs, const T* __restrict__ xc, c
   }
 }
 
-// Direct staging of one step (its `slots` channels, each the haloed input window of the tile, zero outside the
-// image) into a shared-memory buffer laid out [slot][in_h][pitch] with plane stride `plane`. The pitch and plane
-// are padded so that the 32 lanes of a warp reading one tap hit 32 different banks (stride 1): unpadded, a 28-wide
-// tile row and the next row's first lanes collide on 4 banks (2 wavefronts per load).
+// The 32-bit shared-memory word of the plain kernel's staged input: one fp32 channel, or two neighbouring channels of
+// fp16/bf16 packed in their own format (channel c in the low half, c + 1 in the high half). One shared load then
+// feeds both channels (half the shared-memory wavefronts per FMA), the values stay exact and are widened to fp32
+// where they are used. `load` reads the word of channel p (and p + cstride when `hi`, else a zero high half).
 template <typename T>
-__device__ __forceinline__ void stage_direct(float* buf, const T* __restrict__ xs, const InvGeom& g, int slots,
-                                             int ih0, int iw0) {
+struct Stage {  // fp16 / bf16: two channels per word, in their own 16-bit format
+  using W = uint32_t;
+  static constexpr int kCh = 2;
+  static __device__ __forceinline__ W load(const T* p, size_t cstride, bool hi) {
+    const uint32_t lo = to_bits(__ldg(p));
+    return hi ? lo | (static_cast<uint32_t>(to_bits(__ldg(p + cstride))) << 16) : lo;
+  }
+  static __device__ __forceinline__ void widen(W w, float (&v)[kCh]) {
+    v[0] = to_f32(from_bits<T>(static_cast<unsigned short>(w & 0xffffu)));
+    v[1] = to_f32(from_bits<T>(static_cast<unsigned short>(w >> 16)));
+  }
+};
+template <>
+struct Stage<float> {
+  using W = float;
+  static constexpr int kCh = 1;
+  static __device__ __forceinline__ W load(const float* p, size_t, bool) { return __ldg(p); }
+  static __device__ __forceinline__ void widen(W w, float (&v)[kCh]) { v[0] = w; }
+};
+
+// Direct staging of one step (its `slots` words, each the haloed input window of the tile, zero outside the image)
+// into a shared-memory buffer laid out [slot][in_h][pitch] with plane stride `plane`. Word `slot` holds channels
+// slot * kCh (+ 1) of `xs`; `nch` channels remain from xs on (a missing high channel of an odd count stages zero).
+// The pitch and plane are padded so that the 32 lanes of a warp reading one tap hit 32 different banks (stride 1).
+template <typename T>
+__device__ __forceinline__ void stage_direct(typename Stage<T>::W* buf, const T* __restrict__ xs, const InvGeom& g,
+                                             int slots, int nch, int ih0, int iw0) {
+  using S = Stage<T>;
   const int in_px = g.in_h * g.in_w;
   const size_t in_hw = static_cast<size_t>(g.H) * g.W;
   for (int i = threadIdx.x; i < slots * in_px; i += blockDim.x) {
@@ -74,8 +105,10 @@ __device__ __forceinline__ void stage_direct(float* buf, const T* __restrict__ x
     const int q = rem - r * g.in_w;
     const int iw = iw0 + q, ih = ih0 + r;
     const bool inside = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
-    buf[slot * g.plane + r * g.pitch + q] = inside ? ldg_f32(xs + slot * in_hw + static_cast<size_t>(ih) * g.W + iw)
-                                                   : 0.f;
+    buf[slot * g.plane + r * g.pitch + q] =
+        inside ? S::load(xs + slot * S::kCh * in_hw + static_cast<size_t>(ih) * g.W + iw, in_hw,
+                         slot * S::kCh + 1 < nch)
+               : typename S::W(0);
   }
 }
 
@@ -97,22 +130,26 @@ __device__ __forceinline__ void walk_next(int& slot, int& r, int R, int in_h) {
 }
 
 template <typename T>
-__device__ __forceinline__ void stage_load(float (&pre)[kPrefetch], const T* __restrict__ xs, const InvGeom& g,
-                                           const StageWalk& w, int slots, int ih0, int iw0) {
+__device__ __forceinline__ void stage_load(typename Stage<T>::W (&pre)[kPrefetch], const T* __restrict__ xs,
+                                           const InvGeom& g, const StageWalk& w, int slots, int nch, int ih0,
+                                           int iw0) {
+  using S = Stage<T>;
   const size_t in_hw = static_cast<size_t>(g.H) * g.W;
   int slot = w.slot0, r = w.r0;
 #pragma unroll
   for (int k = 0; k < kPrefetch; ++k) {
     const int ih = ih0 + r;
     pre[k] = (w.col && slot < slots && ih >= 0 && ih < g.H)
-                 ? ldg_f32(xs + slot * in_hw + static_cast<size_t>(ih) * g.W + iw0 + w.q)
-                 : 0.f;
+                 ? S::load(xs + slot * S::kCh * in_hw + static_cast<size_t>(ih) * g.W + iw0 + w.q, in_hw,
+                           slot * S::kCh + 1 < nch)
+                 : typename S::W(0);
     walk_next(slot, r, w.R, g.in_h);
   }
 }
 
-__device__ __forceinline__ void stage_store(float* buf, const float (&pre)[kPrefetch], const InvGeom& g,
-                                            const StageWalk& w, int slots) {
+template <typename W>
+__device__ __forceinline__ void stage_store(W* buf, const W (&pre)[kPrefetch], const InvGeom& g, const StageWalk& w,
+                                            int slots) {
   if (!w.on) return;
   int slot = w.slot0, r = w.r0;
 #pragma unroll
@@ -122,17 +159,26 @@ __device__ __forceinline__ void stage_store(float* buf, const float (&pre)[kPref
   }
 }
 
-// KS > 0: kernel size known at compile time, the pixel's K*K weights in registers. KS == 0: any odd K, weights
-// re-read from global memory (L1-resident) for each channel.
+// KS > 0: kernel size known at compile time, the K*K weights of the thread's two pixels in registers. KS == 0: any
+// odd K, weights re-read from global memory (L1-resident) for each channel.
 //
-// Pipeline (one __syncthreads per step of slices * cps channels, two shared-memory buffers): while step s is
-// computed from buffer s % 2, the global loads of step s + 1 are already in flight — in registers (kPrefetch per
-// thread) when they fit, else written straight into buffer (s + 1) % 2. Buffer (s + 1) % 2 was last read in step
-// s - 1, which every thread finished before the barrier of step s.
+// Each thread computes the pixels (oh, ow) and (oh + 1, ow) of its tile. At stride 1 they share K - 1 of their K
+// input rows: the thread walks the K + 1 rows of the window once, and each staged word it loads feeds both pixels
+// (and, for fp16/bf16, both channels of the pair): (K + 1) * K shared loads per 2 x K*K x kCh FMAs. Other strides
+// read each pixel's rows on their own.
+//
+// Pipeline (one __syncthreads per step of slices * cps words, two shared-memory buffers): while step s is computed
+// from buffer s % 2, the global loads of step s + 1 are already in flight — in registers (kPrefetch per thread) when
+// they fit, else written straight into buffer (s + 1) % 2. Buffer (s + 1) % 2 was last read in step s - 1, which
+// every thread finished before the barrier of step s.
 template <typename T, int KS>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
     involution_fwd(const T* __restrict__ x, const T* __restrict__ wk, T* __restrict__ y, InvGeom g) {
-  CMIR_DYNAMIC_SHARED(float, smem);
+  using S = Stage<T>;
+  using W = typename S::W;
+  constexpr int kCh = S::kCh;
+  CMIR_DYNAMIC_SHARED(float, smem_raw);
+  W* const smem = reinterpret_cast<W*>(smem_raw);
   const int K = KS > 0 ? KS : g.K;
   const int KK = K * K;
   int bid = blockIdx.x;
@@ -144,21 +190,24 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
   const int n = bid / g.G;
 
   const int tid = threadIdx.x;
-  const int tile_px = g.tile_h * g.tile_w;
-  const int pix = tid % tile_px;
-  const int slice = tid / tile_px;
-  const int ty = pix / g.tile_w, tx = pix - (pix / g.tile_w) * g.tile_w;
+  const int tpx = g.tile_w * (g.tile_h / kRows);  // threads per slice (the tile height is a multiple of kRows)
+  const int pix = tid % tpx;
+  const int slice = tid / tpx;
+  const int ty = (pix / g.tile_w) * kRows, tx = pix % g.tile_w;
   const int oh0 = (tile / g.tiles_w) * g.tile_h, ow0 = (tile % g.tiles_w) * g.tile_w;
   const int oh = oh0 + ty, ow = ow0 + tx;
-  const bool active = oh < g.Ho && ow < g.Wo;
+  const bool active = oh < g.Ho && ow < g.Wo;     // the thread's first pixel
+  const bool active1 = active && oh + 1 < g.Ho;   // and the one below it
   const int pad = (K - 1) / 2;
   const int ih0 = oh0 * g.stride - pad, iw0 = ow0 * g.stride - pad;
   const size_t out_hw = static_cast<size_t>(g.Ho) * g.Wo;
   const size_t in_hw = static_cast<size_t>(g.H) * g.W;
-  const int slots = g.slices * g.cps;  // channels per step
+  const int slots = g.slices * g.cps;  // words per step
   const int buf_elems = slots * g.plane;
-  const int steps = g.chunk_ch / slots;  // the launcher makes slots divide chunk_ch
-  const int c_begin = grp * g.gc + chunk * g.chunk_ch;
+  const int steps = g.chunk_words / slots;  // the launcher makes slots divide chunk_words
+  const int ch0 = chunk * g.chunk_words * kCh;  // the chunk's first channel within the group
+  const int chunk_ch = min(g.gc - ch0, g.chunk_words * kCh);  // channels of the chunk (an odd count: last word half)
+  const int c_begin = grp * g.gc + ch0;
   const T* xblock = x + (static_cast<size_t>(n) * g.C + c_begin) * in_hw;
 
   StageWalk walk{};
@@ -172,53 +221,104 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
   if (!walk.on) walk.slot0 = slots;  // stages nothing
 
   // Step 0's loads first, then the weights': both in flight together.
-  float pre[kPrefetch];
+  W pre[kPrefetch];
   if (g.prefetch) {
-    stage_load(pre, xblock, g, walk, slots, ih0, iw0);
+    stage_load(pre, xblock, g, walk, slots, chunk_ch, ih0, iw0);
   } else {
-    stage_direct(smem, xblock, g, slots, ih0, iw0);
+    stage_direct(smem, xblock, g, slots, chunk_ch, ih0, iw0);
   }
-  const T* wbase = wk + (static_cast<size_t>(n) * g.G + grp) * KK * out_hw +
-                   (active ? static_cast<size_t>(oh) * g.Wo + ow : 0);
-  float wreg[KS > 0 ? KS * KS : 1];
+  const T* wbase0 = wk + (static_cast<size_t>(n) * g.G + grp) * KK * out_hw +
+                    (active ? static_cast<size_t>(oh) * g.Wo + ow : 0);
+  const T* wbase1 = wbase0 + (active1 ? g.Wo : 0);
+  float wr0[KS > 0 ? KS * KS : 1];
+  float wr1[KS > 0 ? KS * KS : 1];
   if constexpr (KS > 0) {
 #pragma unroll
-    for (int k = 0; k < KS * KS; ++k) wreg[k] = active ? ldg_f32(wbase + k * out_hw) : 0.f;
+    for (int k = 0; k < KS * KS; ++k) {
+      wr0[k] = active ? ldg_f32(wbase0 + k * out_hw) : 0.f;
+      wr1[k] = active1 ? ldg_f32(wbase1 + k * out_hw) : 0.f;
+    }
   }
 
   // Every thread runs the same number of steps, so the barrier is uniform.
   for (int st = 0; st < steps; ++st) {
-    float* buf = smem + (st & 1) * buf_elems;
+    W* buf = smem + (st & 1) * buf_elems;
     if (g.prefetch) stage_store(buf, pre, g, walk, slots);
     __syncthreads();  // buffer st % 2 complete; buffer (st + 1) % 2 no longer read (step st - 1 done everywhere)
     if (st + 1 < steps) {
-      const T* xnext = xblock + static_cast<size_t>(st + 1) * slots * in_hw;
+      const T* xnext = xblock + static_cast<size_t>(st + 1) * slots * kCh * in_hw;
+      const int nnext = chunk_ch - (st + 1) * slots * kCh;
       if (g.prefetch) {
-        stage_load(pre, xnext, g, walk, slots, ih0, iw0);
+        stage_load(pre, xnext, g, walk, slots, nnext, ih0, iw0);
       } else {
-        stage_direct(smem + ((st + 1) & 1) * buf_elems, xnext, g, slots, ih0, iw0);
+        stage_direct(smem + ((st + 1) & 1) * buf_elems, xnext, g, slots, nnext, ih0, iw0);
       }
     }
     if (!active) continue;
     for (int j = 0; j < g.cps; ++j) {
       const int slot = j * g.slices + slice;  // lanes of one warp read neighbouring planes: distinct banks
-      const float* xp = buf + slot * g.plane + ty * g.stride * g.pitch + tx * g.stride;
-      float acc = 0.f;
+      const W* xp = buf + slot * g.plane + ty * g.stride * g.pitch + tx * g.stride;
+      float acc0[kCh], acc1[kCh];
+#pragma unroll
+      for (int h = 0; h < kCh; ++h) acc0[h] = acc1[h] = 0.f;
+      float v[kCh];
       if constexpr (KS > 0) {
+        if (g.stride == 1) {
+          // window row r: tap row r of the first pixel (r < K) and tap row r - 1 of the second (r >= 1)
 #pragma unroll
-        for (int kh = 0; kh < KS; ++kh) {
+          for (int r = 0; r <= KS; ++r) {
 #pragma unroll
-          for (int kw = 0; kw < KS; ++kw) acc = fmaf(wreg[kh * KS + kw], xp[kh * g.pitch + kw], acc);
+            for (int kw = 0; kw < KS; ++kw) {
+              S::widen(xp[r * g.pitch + kw], v);
+#pragma unroll
+              for (int h = 0; h < kCh; ++h) {
+                if (r < KS) acc0[h] = fmaf(wr0[r * KS + kw], v[h], acc0[h]);
+                if (r >= 1) acc1[h] = fmaf(wr1[(r - 1) * KS + kw], v[h], acc1[h]);
+              }
+            }
+          }
+        } else {
+          const W* xp1 = xp + g.stride * g.pitch;  // the second pixel's window starts `stride` rows lower
+#pragma unroll
+          for (int kh = 0; kh < KS; ++kh) {
+#pragma unroll
+            for (int kw = 0; kw < KS; ++kw) {
+              S::widen(xp[kh * g.pitch + kw], v);
+#pragma unroll
+              for (int h = 0; h < kCh; ++h) acc0[h] = fmaf(wr0[kh * KS + kw], v[h], acc0[h]);
+              S::widen(xp1[kh * g.pitch + kw], v);
+#pragma unroll
+              for (int h = 0; h < kCh; ++h) acc1[h] = fmaf(wr1[kh * KS + kw], v[h], acc1[h]);
+            }
+          }
         }
       } else {
+        const W* xp1 = xp + g.stride * g.pitch;
         for (int kh = 0; kh < K; ++kh) {
           for (int kw = 0; kw < K; ++kw) {
-            acc = fmaf(ldg_f32(wbase + (kh * K + kw) * out_hw), xp[kh * g.pitch + kw], acc);
+            const size_t t = static_cast<size_t>(kh * K + kw) * out_hw;
+            const float a = ldg_f32(wbase0 + t);
+            S::widen(xp[kh * g.pitch + kw], v);
+#pragma unroll
+            for (int h = 0; h < kCh; ++h) acc0[h] = fmaf(a, v[h], acc0[h]);
+            if (active1) {
+              const float b = ldg_f32(wbase1 + t);
+              S::widen(xp1[kh * g.pitch + kw], v);
+#pragma unroll
+              for (int h = 0; h < kCh; ++h) acc1[h] = fmaf(b, v[h], acc1[h]);
+            }
           }
         }
       }
-      const int c = c_begin + st * slots + slot;
-      y[(static_cast<size_t>(n) * g.C + c) * out_hw + static_cast<size_t>(oh) * g.Wo + ow] = epilogue<T>(acc, g, c);
+      const int cl = (st * slots + slot) * kCh;  // the word's first channel within the chunk
+      T* yp = y + (static_cast<size_t>(n) * g.C + c_begin + cl) * out_hw + static_cast<size_t>(oh) * g.Wo + ow;
+#pragma unroll
+      for (int h = 0; h < kCh; ++h) {
+        if (cl + h >= chunk_ch) break;  // the missing high channel of an odd count
+        const int c = c_begin + cl + h;
+        yp[h * out_hw] = epilogue<T>(acc0[h], g, c);
+        if (active1) yp[h * out_hw + g.Wo] = epilogue<T>(acc1[h], g, c);
+      }
     }
   }
 }
@@ -343,7 +443,7 @@ cudaError_t check_common(CmirDType dtype, const void* x, const void* y, int batc
   return cudaSuccess;
 }
 
-// Output tile of at most max_px pixels that covers Ho x Wo with little waste (tiles of near-equal size).
+// Output tile of at most max_px pixels (one per thread) that covers Ho x Wo with little waste (the fused kernel).
 void plan_tile(InvGeom& g, int max_px) {
   const int tw_max = std::min(kMaxTileW, max_px);
   const int ntw = ceil_div(g.Wo, tw_max);
@@ -355,6 +455,26 @@ void plan_tile(InvGeom& g, int max_px) {
   g.tiles = ntw * nth;
   g.in_h = (g.tile_h - 1) * g.stride + g.K;
   g.in_w = (g.tile_w - 1) * g.stride + g.K;
+}
+
+// Output tile of the plain kernel: kRows rows per thread, at most max_threads threads (tile_w * tile_h / kRows), tile
+// width <= 32, near-equal tiles (28x28 -> 2 tiles of 28x14, 196 threads), a tile height that is a multiple of
+// kRows, and two unpadded buffers of one staged word within the 48 KiB default (lower tiles for large K and stride).
+void plan_tile_rows(InvGeom& g, int max_threads) {
+  const int ntw = ceil_div(g.Wo, kMaxTileW);
+  g.tile_w = ceil_div(g.Wo, ntw);
+  g.tiles_w = ntw;
+  g.in_w = (g.tile_w - 1) * g.stride + g.K;
+  const int row_groups = ceil_div(g.Ho, kRows);
+  int rg_max = std::max(1, std::min(kMaxTileH / kRows, max_threads / g.tile_w));
+  for (;;) {
+    const int rg = ceil_div(row_groups, ceil_div(row_groups, rg_max));
+    g.tile_h = rg * kRows;
+    g.tiles = ntw * ceil_div(g.Ho, g.tile_h);
+    g.in_h = (g.tile_h - 1) * g.stride + g.K;
+    if (rg == 1 || 2 * static_cast<size_t>(g.in_h) * g.in_w * sizeof(float) <= kSmemLimit) return;
+    rg_max = rg - 1;
+  }
 }
 
 InvGeom make_geom(int batch, int channels, int height, int width, int kernel_size, int stride, int group_channels,
@@ -376,47 +496,51 @@ InvGeom make_geom(int batch, int channels, int height, int width, int kernel_siz
   return g;
 }
 
-// Shared-memory layout of one staged channel: row pitch = tile_w (mod 32) and plane stride = stride * tile_px
-// (mod 32), so the lanes of a warp reading one tap (consecutive pixels, neighbouring slices) hit distinct banks at
-// stride 1 (stride 2 keeps its inherent 2-way conflict). Unpadded when the padding would not fit.
+// Shared-memory layout of one staged word plane: 2 * row pitch = tile_w (mod 32; tile_w + 1 when odd) and plane
+// stride = stride * threads per slice (mod 32), so the lanes of a warp reading one tap (consecutive pixels of row
+// pairs, neighbouring slices) hit distinct banks at stride 1 (stride 2 keeps its inherent 2-way conflict). Unpadded
+// when the padding would not fit.
 void plan_smem_layout(InvGeom& g, bool padded) {
-  const int tile_px = g.tile_h * g.tile_w;
-  g.pitch = padded ? g.in_w + ((g.tile_w - g.in_w) % 32 + 32) % 32 : g.in_w;
+  const int tpx = g.tile_w * (g.tile_h / kRows);
+  const int even_w = g.tile_w + (g.tile_w & 1);
+  g.pitch = padded ? g.in_w + ((even_w / 2 - g.in_w) % 16 + 16) % 16 : g.in_w;
   const int rows = g.in_h * g.pitch;
-  g.plane = padded ? rows + ((g.stride * tile_px - rows) % 32 + 32) % 32 : rows;
+  g.plane = padded ? rows + ((g.stride * tpx - rows) % 32 + 32) % 32 : rows;
 }
 
-// Pipeline plan of launch_typed: channels side by side (slices), channel chunks per block (cchunks), channels per
-// step (cps), register prefetch or direct staging. Every choice keeps shared memory within the 48 KiB default.
-void plan_steps(InvGeom& g, int sms) {
-  const int tile_px = g.tile_h * g.tile_w;
+// Pipeline plan of launch_typed, in shared-memory words of kch channels (1 fp32, 2 fp16/bf16): words side by side
+// (slices), chunks per block (cchunks), words per step (cps), register prefetch or direct staging. Every choice keeps
+// shared memory within the 48 KiB default.
+void plan_steps(InvGeom& g, int sms, int kch) {
+  const int tpx = g.tile_w * (g.tile_h / kRows);
   plan_smem_layout(g, true);
   if (2 * static_cast<size_t>(g.plane) * sizeof(float) > kSmemLimit) plan_smem_layout(g, false);
   const size_t plane_bytes = static_cast<size_t>(g.plane) * sizeof(float);
-  // Channels side by side: the largest divisor of group_channels that fits the thread and shared-memory budget
-  // (small maps, e.g. 7x7 at the last stage, would otherwise leave most of the block idle).
+  const int gw = ceil_div(g.gc, kch);  // words per group (an odd group_channels: the last word holds one channel)
+  // Words side by side: the largest divisor of gw that fits the thread and shared-memory budget (small maps, e.g.
+  // 7x7 at the last stage, would otherwise leave most of the block idle).
   g.slices = 1;
-  for (int s = g.gc; s >= 1; --s) {
-    if (g.gc % s == 0 && s * tile_px <= kMaxThreads && 2 * s * plane_bytes <= kSmemLimit) {
+  for (int s = gw; s >= 1; --s) {
+    if (gw % s == 0 && s * tpx <= kMaxThreads && 2 * s * plane_bytes <= kSmemLimit) {
       g.slices = s;
       break;
     }
   }
-  // Split a group's channels over blocks only when there are too few blocks to fill the GPU (batch 1): each split
-  // re-reads the pixel's K*K weights, so use the fewest splits that give about two blocks per SM.
+  // Split a group's words over blocks only when there are too few blocks to fill the GPU (batch 1): each split
+  // re-reads the pixels' K*K weights, so use the fewest splits that give about two blocks per SM.
   const int64_t base = static_cast<int64_t>(g.B) * g.G * g.tiles;
-  const int per_group_iters = g.gc / g.slices;
+  const int per_group_iters = gw / g.slices;
   g.cchunks = 1;
   for (int d = 1; d <= per_group_iters; ++d) {
     if (per_group_iters % d != 0) continue;
     g.cchunks = d;
     if (base * d >= 2 * static_cast<int64_t>(sms)) break;
   }
-  g.chunk_ch = g.gc / g.cchunks;
-  // Channels per step: the most (up to kMaxCps, dividing the chunk) whose loads fit the prefetch registers; when
-  // even one does not fit (tiny maps with a large halo), stage directly into the other buffer instead.
-  const int per_slice = g.chunk_ch / g.slices;
-  const int threads = tile_px * g.slices;
+  g.chunk_words = gw / g.cchunks;
+  // Words per step: the most (up to kMaxCps, dividing the chunk) whose loads fit the prefetch registers; when even
+  // one does not fit (tiny maps with a large halo), stage directly into the other buffer instead.
+  const int per_slice = g.chunk_words / g.slices;
+  const int threads = tpx * g.slices;
   const int rows_per_pass = threads / g.in_w;  // R of StageWalk: staging threads per column
   auto fits = [&](int c, bool need_regs) {
     const int slots = g.slices * c;
@@ -438,19 +562,19 @@ void plan_steps(InvGeom& g, int sms) {
 
 template <typename T>
 cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel, void* y, InvGeom g) {
-  plan_tile(g, kMaxThreads);
-  // Two unpadded buffers of one channel always fit 48 KiB (at most 5977 floats: K=15, stride 4, a 32x8 tile).
+  plan_tile_rows(g, kMaxThreads);
+  // Two unpadded buffers of one word always fit 48 KiB (at most 2,641 words: K=15, stride 4, a 32x2 tile).
   if (2 * static_cast<size_t>(g.in_h) * g.in_w * sizeof(float) > kSmemLimit) return cudaErrorInvalidValue;
   int sms = 0;
   CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
-  plan_steps(g, sms);
-  const int tile_px = g.tile_h * g.tile_w;
+  plan_steps(g, sms, Stage<T>::kCh);
+  const int tpx = g.tile_w * (g.tile_h / kRows);
   const int64_t base = static_cast<int64_t>(g.B) * g.G * g.tiles;
   const int64_t blocks = base * g.cchunks;
   if (blocks > INT32_MAX) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(blocks));
-  const dim3 block(static_cast<unsigned>(tile_px * g.slices));
-  const size_t smem = 2 * static_cast<size_t>(g.slices) * g.cps * g.plane * sizeof(float);
+  const dim3 block(static_cast<unsigned>(tpx * g.slices));
+  const size_t smem = 2 * static_cast<size_t>(g.slices) * g.cps * g.plane * sizeof(float);  // 32-bit words
   const T* xt = static_cast<const T*>(x);
   const T* kt = static_cast<const T*>(kernel);
   T* yt = static_cast<T*>(y);
@@ -485,7 +609,7 @@ cudaError_t launch_fused_typed(cudaStream_t stream, const void* x, void* y, InvG
   if (blocks > INT32_MAX) return cudaErrorInvalidValue;
   g.slices = 1;
   g.cchunks = 1;
-  g.chunk_ch = g.gc;
+  g.chunk_words = g.gc;
   const dim3 grid(static_cast<unsigned>(blocks));
   const dim3 block(kFusedMaxPx);
   const T* xt = static_cast<const T*>(x);

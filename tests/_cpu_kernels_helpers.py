@@ -40,8 +40,12 @@ def involution_abs_sum(x: np.ndarray, kernel: np.ndarray, kernel_size: int, stri
 
 
 def cmam_direction64(xq: np.ndarray, xkv: np.ndarray, w: np.ndarray, channels: int, dim: int, heads: int,
-                     eps: float) -> np.ndarray:
-    """LN(xq + O(MHA(Q xq, K xkv, V xkv))) in float64 from the packed weights (export/plugin_schema.json)."""
+                     eps: float, rnd: Any = None) -> np.ndarray:
+    """LN(xq + O(MHA(Q xq, K xkv, V xkv))) in float64 from the packed weights (export/plugin_schema.json).
+
+    rnd (optional): applied to the four projection weights and to the inputs of the projections (xq, xkv and the
+    attention output, the latter first cast to float32 as a kernel holds it), e.g. rounding to bf16."""
+    r = rnd or (lambda a: a)
     w = np.asarray(w, dtype=np.float64)
     c, d = channels, dim
     off = 0
@@ -58,17 +62,22 @@ def cmam_direction64(xq: np.ndarray, xkv: np.ndarray, w: np.ndarray, channels: i
     wo, bo = take(c * d, (c, d)), take(c, (c,))
     gamma, beta = take(c, (c,)), take(c, (c,))
     assert off == w.size
+    if rnd is not None:
+        wq, wk, wv, wo = (r(x.astype(np.float32)) for x in (wq, wk, wv, wo))
     xq = np.asarray(xq, dtype=np.float64)
     xkv = np.asarray(xkv, dtype=np.float64)
     b, n, _ = xq.shape
     hd = d // heads
-    q = (xq @ wq.T + bq).reshape(b, n, heads, hd).transpose(0, 2, 1, 3)
-    k = (xkv @ wk.T + bk).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
-    v = (xkv @ wv.T + bv).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
+    pq, pkv = (xq, xkv) if rnd is None else (r(xq.astype(np.float32)), r(xkv.astype(np.float32)))
+    q = (pq @ wq.T + bq).reshape(b, n, heads, hd).transpose(0, 2, 1, 3)
+    k = (pkv @ wk.T + bk).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
+    v = (pkv @ wv.T + bv).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
     s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
     s = np.exp(s - s.max(axis=-1, keepdims=True))
     s /= s.sum(axis=-1, keepdims=True)
     o = (s @ v).transpose(0, 2, 1, 3).reshape(b, n, d)
+    if rnd is not None:
+        o = r(o.astype(np.float32))
     r = xq + o @ wo.T + bo
     mu = r.mean(axis=-1, keepdims=True)
     var = ((r - mu) ** 2).mean(axis=-1, keepdims=True)

@@ -27,6 +27,8 @@ def lib():
     lib = ctypes.CDLL(str(path))
     fp = ctypes.POINTER(ctypes.c_float)
     lib.cmir_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
+    lib.cmir_engine_create_precision.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                                                 ctypes.POINTER(ctypes.c_void_p)]
     lib.cmir_engine_destroy.argtypes = [ctypes.c_void_p]
     lib.cmir_engine_input_spec.argtypes = [ctypes.c_void_p, ctypes.POINTER(Spec)]
     lib.cmir_engine_metadata_json.argtypes = [ctypes.c_void_p]
@@ -74,6 +76,33 @@ def test_c_api_round_trip(lib, tmp_path):
     assert b"invalid plan" in lib.cmir_last_error() and not h2.value
     assert lib.cmir_engine_create(b"/nonexistent.plan", 1, ctypes.byref(h2)) == 2
     assert b"cannot open" in lib.cmir_last_error()
+
+
+def test_c_api_precision(lib, tmp_path):
+    """bf16 through the C API: the same answer as the Python bf16 engine (same code, same rounding) where the CPU
+    has bf16, status 1 with the reason elsewhere; an unknown precision is status 1."""
+    import cmir_trt
+
+    model = small_model("full", image_size=32, width=0.25, seed=3)
+    plan = export(model, tmp_path / "m.plan")
+    h = ctypes.c_void_p()
+    assert lib.cmir_engine_create_precision(str(plan).encode(), 1, b"fp16", ctypes.byref(h)) == 1
+    assert b'precision must be "fp32" or "bf16"' in lib.cmir_last_error() and not h.value
+    ok, why = native_core().bf16_supported()
+    rc = lib.cmir_engine_create_precision(str(plan).encode(), 1, b"bf16", ctypes.byref(h))
+    if not ok:
+        assert rc == 1 and b"avx512_bf16" in lib.cmir_last_error() and not h.value
+        return
+    assert rc == 0, lib.cmir_last_error()
+    try:
+        art, pv, clinical = inputs(model, 2, seed=1)
+        logit, prob = np.zeros((2, 1), np.float32), np.zeros((2, 1), np.float32)
+        heat = np.zeros((2, 1, 32, 32), np.float32)
+        assert lib.cmir_engine_predict(h, _p(art), _p(pv), _p(clinical), 2, _p(logit), _p(prob), _p(heat)) == 0
+        want = cmir_trt.Engine(plan, threads=1, precision="bf16").predict(art, pv, clinical)
+        assert np.array_equal(prob, want.probability) and np.array_equal(heat, want.heatmap)
+    finally:
+        lib.cmir_engine_destroy(h)
 
 
 def test_example_program(lib, tmp_path):

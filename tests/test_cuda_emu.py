@@ -10,8 +10,11 @@ before a barrier shows. Each run uses one of the emulator's thread orders (rever
 either 132 SMs (an H200) or one SM, which makes the launchers plan differently (channel splits and split-K, or whole
 channel groups per block); the run's index picks both (`_variant`), so every kernel meets every order and both plans.
 test_cuda_emu_semantics.py checks the orders themselves.
-Shapes are small (emulation is slow) but cover odd C and H/W, stride 1/2, K 3/5/7/9, group_channels 4/8/16, batch 1
-(channel split over blocks), several tiles per map, channel slices, several key tiles, head_dim up to 256. No grid
+Shapes are small (emulation is slow) but cover odd C and H/W, stride 1/2, K 1/3/5/7/9, group_channels 3/4/5/8/16 (odd:
+a half-empty packed fp16/bf16 channel pair), Ho 1 and odd Ho (a thread's second output row outside the image), batch 1
+(channel split over blocks), several tiles per map, channel slices, several key tiles, head_dim up to 256, model
+widths that are not multiples of 8 (the GEMM's W staged without cp.async), C = 2080 (split-K sums and LayerNorm rows
+longer than one batch of loads). No grid
 dimension grows with the batch except grid x (limit 2^31 - 1): the one that did, CMAM attention's grid z (65535,
 i.e. batch 32767), was folded into grid x in issue 12, so no batch boundary is left to cross (a batch that large is
 also far too slow to emulate).
@@ -47,6 +50,15 @@ INV_CASES = [
     (3, 32, 4, 4, 7, 1, 16),     # tiny map: several channels side by side in one block
     (1, 16, 15, 11, 3, 2, 16),   # odd map, stride 2, batch 1
     (1, 16, 3, 3, 7, 2, 16),     # 2x2 outputs, 9x9 halo: more staged elements than prefetch registers (direct staging)
+    # two output rows per thread, fp16/bf16 staged as packed channel pairs (issue 13, second round):
+    (1, 32, 28, 28, 7, 1, 16),   # the target map: 2 tiles of 28x14, several prefetch steps of 4 words (one-SM plan)
+    (1, 9, 8, 7, 3, 1, 3),       # odd group_channels: each group's last fp16/bf16 word holds one channel
+    (1, 10, 9, 9, 3, 1, 5),      # odd Ho (a thread's second row outside the image), gc 5 split over blocks: a
+                                 # chunk of one half-empty word
+    (2, 6, 11, 6, 9, 2, 3),      # generic K (9), stride 2, odd group_channels: the generic path's second pixel
+    (1, 16, 5, 33, 5, 2, 16),    # K 5, stride 2, Ho 3 (the last row pair's second row outside), 17 columns
+    (1, 16, 2, 9, 3, 2, 16),     # Ho 1: every thread's second row outside the image
+    (2, 10, 2, 9, 1, 2, 5),      # K 1 (generic path), Ho 1, odd group_channels
 ]
 
 
@@ -209,6 +221,12 @@ CMAM_CASES = [
     (1, 48, 3, 3, MAX_HEAD_DIM, 1),
     (2, 16, 2, 3, 512, 2),       # two heads of 256
     (1, 256, 2, 3, 64, 4),       # C = 256: the Q/K/V projections split K over blocks (atomics) on 132 SMs
+    (1, 2080, 2, 2, 32, 2),      # C = 65 x 32: on 132 SMs 26 (fp32) / 13 (bf16) split-K partials, summed 8 at a time
+                                 # (several chunks, the last partial); LayerNorm rows of 65 per lane, 16 at a time
+    (1, 20, 3, 3, 12, 3),        # K = C = 20 and K = d = 12 (not multiples of 8): the tensor-core GEMM stages W
+                                 # with plain loads instead of cp.async
+    (2, 16, 3, 3, 12, 3),        # K = 16 but Wk starts 408 bytes into the packed weights (not 16-byte aligned): the
+                                 # same fallback; cp.async everywhere else
 ]
 
 

@@ -39,7 +39,13 @@ INV_CASES = [
     (2, 16, 57, 33, 7, 2, 16),
     (1, 16, 70, 3, 3, 1, 16),
     (4, 128, 4, 4, 7, 1, 16),
+    # two output rows per thread and fp16/bf16 staged as packed channel pairs: odd group_channels (a group's last
+    # word holds one channel), odd Ho (a thread's second row outside the image), the generic path at stride 2
+    (1, 9, 8, 7, 3, 1, 3),
+    (1, 10, 9, 9, 3, 1, 5),
+    (2, 6, 11, 6, 9, 2, 3),
 ]
+PAIR_CASES = INV_CASES[-3:]
 
 
 def _ids(cases: list[tuple[int, ...]]) -> list[str]:
@@ -93,7 +99,7 @@ def test_involution_epilogue(case: tuple[int, ...]) -> None:
 
 
 @pytest.mark.parametrize("prec", ["fp16", "bf16"])
-@pytest.mark.parametrize("case", INV_CASES[:5], ids=_ids(INV_CASES[:5]))
+@pytest.mark.parametrize("case", INV_CASES[:5] + PAIR_CASES, ids=_ids(INV_CASES[:5] + PAIR_CASES))
 def test_involution_low_precision_vs_pytorch(case: tuple[int, ...], prec: str) -> None:
     dtype = LOW_PRECISION[prec]
     b, c, h, w, k, s, gc = case

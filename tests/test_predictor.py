@@ -171,15 +171,29 @@ def test_precision_and_settings(models, cases, tmp_path, capsys):
     from cmir_trt import Predictor
     from cmir_trt.cli import main
 
-    rc = main(["predict", "--model", str(_model(models)), "-i", str(cases), "-o", str(tmp_path / "o"),
+    model = _model(models)
+    rc = main(["predict", "--model", str(model), "-i", str(cases), "-o", str(tmp_path / "o"),
                "--precision", "bf16", "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and err == "cmir-trt predict: error: the CPU backends run fp32 only, got precision='bf16'\n"
-    assert not (tmp_path / "o").exists()
+    if str(model).endswith(".pt"):  # a checkpoint runs on the torch CPU backend: fp32 only
+        want = "precision='bf16' (bf16 on the CPU: the native engine, a .plan file)"
+    else:
+        from cmir_trt._native import load_core
 
-    with pytest.raises(ValueError, match=r"the CPU backends run fp32 only, got precision='bf16'") as ei:
-        Predictor(_model(models), precision="bf16")
-    assert "\n" not in str(ei.value)
+        ok, why = load_core().bf16_supported()
+        want = None if ok else f"precision='bf16' refused: {why}"
+    if want is not None:  # refused in one line, before any output
+        assert rc == 1 and err.startswith("cmir-trt predict: error: ") and want in err and err.count("\n") == 1
+        assert not (tmp_path / "o").exists()
+        with pytest.raises(ValueError, match="bf16") as ei:
+            Predictor(model, precision="bf16")
+        assert "\n" not in str(ei.value)
+    else:  # a CPU with bf16: it runs, says so in every result, and warns that this plan records no bf16 check
+        assert rc == 0, err
+        assert "records no parity check of precision bf16" in err
+        js = json.loads((tmp_path / "o" / "CASE0.json").read_text(encoding="utf-8"))
+        assert js["precision"] == "bf16"
+        assert Predictor(model, precision="bf16").precision_validated is None
     with pytest.raises(ValueError, match="precision must be one of"):
         Predictor(_model(models), precision="fp64")
     p = Predictor(_model(models), threshold=0.9, mask_label=2, threads=1)

@@ -108,3 +108,30 @@ def test_cli_rejects_unknown_backend(validated: dict[str, Any], capsys: pytest.C
     assert rc == 1 and "unknown backend" in capsys.readouterr().err
     assert main(["validate", "--model", "x", "--list-backends"]) == 0
     assert "onnxruntime-fp16" in capsys.readouterr().out
+
+
+def test_borderline_flips_are_reported_not_failed() -> None:
+    """compare() on constructed outputs (threshold 0.5): a flip of a case 0.004 from the threshold, within the bf16
+    probability bound of 1e-2, is a listed borderline flip; a flip 0.2 away fails the row; fp32 rows have no band."""
+    ref_p = np.array([[0.496], [0.9], [0.1]], np.float32)
+    z = np.zeros((3, 1), np.float32)
+    heat = np.zeros((3, 1, 4, 4), np.float32)
+    batch = (np.zeros((3, 3, 4, 4), np.float32), np.zeros((3, 3, 4, 4), np.float32), np.zeros((3, 8), np.float32))
+    sets = [(V.InputSet("cases", [batch], ["near", "far", "low"], synthetic=True), [(z, ref_p, heat)])]
+
+    def runner(p: np.ndarray) -> V.Runner:
+        return lambda art, pv, clinical: (z, p, heat)
+
+    bf16 = V.Backend("t-bf16", "test", V.BF16, lambda ctx: runner(ref_p))
+    near = V.compare(bf16, runner(ref_p + np.array([[0.008], [0], [0]], np.float32)), sets, 0.5)
+    assert near["decision_flips"]["cases"] == 1 and near["within_tolerance"] is True
+    assert near["borderline_flips"][0]["case"] == "near"
+    assert near["borderline_flips"][0]["reference_distance_to_threshold"] == pytest.approx(0.004, abs=1e-6)
+    far = V.compare(bf16, runner(ref_p + np.array([[0.008], [0], [0.45]], np.float32)), sets, 0.5)
+    assert far["within_tolerance"] is False and [f["case"] for f in far["borderline_flips"]] == ["near"]
+    fp32 = V.Backend("t-fp32", "test", V.Tolerance({"probability": ("abs", 1.0)}), lambda ctx: runner(ref_p))
+    strict = V.compare(fp32, runner(ref_p + np.array([[0.008], [0], [0]], np.float32)), sets, 0.5)
+    assert strict["within_tolerance"] is True  # band = the row's bound (1.0) here: the flip is borderline
+    fp32b = V.Backend("t-fp32b", "test", V.FP32, lambda ctx: runner(ref_p))
+    assert V.compare(fp32b, runner(ref_p + np.array([[0.008], [0], [0]], np.float32)), sets, 0.5)[
+        "borderline_flips"] == []

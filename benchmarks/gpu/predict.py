@@ -2,7 +2,7 @@
 (cmir_trt.gpu.bench's cost formulas), the roofline time on H100 SXM and H200, and the time expected for the kernels
 as built in cuda/ (launch plans mirrored from cuda/involution.cu and cuda/cmam.cu; tests/test_gpu_bench_roofline.py
 reads their constants back from the .cu sources) — written before any lease, so the lease confirms or refutes a model.
-Designs that were not built appear only in columns named "not built".
+Designs that were not built appear only in columns named "not built" (tensor-core generation in the fused kernel).
 
     python benchmarks/gpu/predict.py [--markdown]
 No GPU needed (the model's shapes come from one CPU forward pass). Every expected time comes from the small
@@ -39,18 +39,24 @@ MEM_EFF = 0.8  # fraction of spec DRAM bandwidth a well-fed streaming kernel rea
 FMA_EFF = 0.7  # fraction of the CUDA-core FMA peak a register-tiled loop reaches (the fused kernel's generator)
 MMA_EFF = 0.5  # fraction of the tensor-core peak reached at these small GEMM sizes (not-built designs only)
 MIO_PER_CLK = 1.0  # L1/shared data-pipe wavefronts per SM per clock (128 B): shared loads/stores and global accesses
+ISSUE_PER_CLK = 4  # warp-instructions issued per SM and clock (4 schedulers, 1 each)
 
 # ---- facts of the kernels as built (tests/test_gpu_bench_roofline.py checks each against cuda/*.cu)
 INV_MAX_THREADS = 256  # kMaxThreads
-INV_PREFETCH = 12  # kPrefetch: staged elements per thread and step held in registers
-INV_MAX_CPS = 4  # kMaxCps: channels per slice and pipeline step
-INV_MIN_BLOCKS = 2  # kMinBlocks of __launch_bounds__
+INV_ROWS = 2  # kRows: output rows (pixels one above the other) per thread
+INV_PACK = 2  # fp16/bf16 channels per 32-bit shared-memory word (Stage<__half>::kCh, Stage<__nv_bfloat16>::kCh)
+INV_PREFETCH = 16  # kPrefetch: staged words per thread and step held in registers
+INV_MAX_CPS = 4  # kMaxCps: words per slice and pipeline step
+INV_MIN_BLOCKS = 1  # kMinBlocks of __launch_bounds__
 INV_MAX_TILE_W, INV_MAX_TILE_H = 32, 64  # kMaxTileW, kMaxTileH
 INV_SMEM_LIMIT = 48 * 1024  # kSmemLimit
 CMAM_LAUNCHES = 4  # kernels per launch_cmam, every batch size, no memset
 # registers per thread (nvcc 13.0 -arch=sm_90 -Xptxas -v; RESULTS.md, the predicted section)
-INV_REGS = {7: 128, 5: 122, 3: 92, 0: 108}
+INV_REGS = {7: 192, 5: 146, 3: 118, 0: 153}  # the most of fp32/fp16/bf16
 CMAM_OCC = {"simt": 4, "wmma1": 3, "wmma4": 2}  # GEMM blocks per SM (registers)
+CMAM_LN_UNROLL = 16  # kLoadUnroll: LayerNorm row elements loaded at a time per lane (one L2 round trip)
+CMAM_SPLIT_UNROLL = 8  # kSplitUnroll: split-K partials the attention kernel loads at a time when s_qkv > 2
+CMAM_ATT_REGS = {1: 40, 8: 80}  # attention_kernel<SU> registers (sm_90): 12 / 6 blocks of 4 warps per SM
 SMEM_PER_SM = 228 * 1024
 
 CARDS = {spec.label: spec for _, spec in CARD_SPECS if spec.label in ("H100 SXM", "H200 SXM")}
@@ -68,41 +74,53 @@ def _dram_us(nbytes: float, spec: CardSpec) -> float:
     return nbytes / (MEM_EFF * spec.bw_gbs * 1e9) * 1e6
 
 
-def involution_plan(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, sms: int = SMS) -> dict[str, int]:
-    """The launch plan of cuda/involution.cu (plan_tile, plan_smem_layout, plan_steps, launch_typed): output tiles of
-    <= 256 pixels, bank-padded shared-memory planes, channel slices side by side for small maps, a group's channels
-    split over blocks when there are < 2 blocks per SM, up to 4 channels per slice and step (register prefetch when a
-    step's rows fit 12 registers per thread, else direct staging into the other buffer)."""
+def involution_plan(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec: str = "fp32",
+                    sms: int = SMS) -> dict[str, int]:
+    """The launch plan of cuda/involution.cu (plan_tile_rows, plan_smem_layout, plan_steps, launch_typed): two output
+    rows per thread, tiles of <= 256 threads (28x28 -> 2 tiles of 28x14), bank-padded shared-memory planes of 32-bit
+    words (one fp32 channel, or a packed pair of fp16/bf16 channels), words side by side for small maps, a group's
+    words split over blocks when there are < 2 blocks per SM, up to 4 words per slice and step (register prefetch
+    when a step's rows fit 16 registers per thread, else direct staging into the other buffer)."""
+    kch = 1 if prec == "fp32" else INV_PACK
     ho, wo = _cdiv(h, s), _cdiv(w, s)
-    tw_max = min(INV_MAX_TILE_W, INV_MAX_THREADS)
-    ntw = _cdiv(wo, tw_max)
+    ntw = _cdiv(wo, INV_MAX_TILE_W)
     tile_w = _cdiv(wo, ntw)
-    nth = _cdiv(ho, max(1, min(INV_MAX_TILE_H, INV_MAX_THREADS // tile_w)))
-    tile_h = _cdiv(ho, nth)
-    tiles, tile_px = ntw * nth, tile_h * tile_w
-    in_h, in_w = (tile_h - 1) * s + k, (tile_w - 1) * s + k
+    in_w = (tile_w - 1) * s + k
+    row_groups = _cdiv(ho, INV_ROWS)
+    rg_max = max(1, min(INV_MAX_TILE_H // INV_ROWS, INV_MAX_THREADS // tile_w))
+    while True:
+        rg = _cdiv(row_groups, _cdiv(row_groups, rg_max))
+        tile_h = rg * INV_ROWS
+        in_h = (tile_h - 1) * s + k
+        if rg == 1 or 2 * in_h * in_w * 4 <= INV_SMEM_LIMIT:
+            break
+        rg_max = rg - 1
+    tiles = ntw * _cdiv(ho, tile_h)
+    tpx = tile_w * (tile_h // INV_ROWS)  # threads per slice
 
     def layout(padded: bool) -> tuple[int, int]:
-        pitch = in_w + ((tile_w - in_w) % 32 if padded else 0)
+        even_w = tile_w + (tile_w & 1)
+        pitch = in_w + ((even_w // 2 - in_w) % 16 if padded else 0)
         rows_ = in_h * pitch
-        return pitch, rows_ + ((s * tile_px - rows_) % 32 if padded else 0)
+        return pitch, rows_ + ((s * tpx - rows_) % 32 if padded else 0)
 
     pitch, plane = layout(True)
     if 2 * plane * 4 > INV_SMEM_LIMIT:
         pitch, plane = layout(False)
     pb = plane * 4
-    slices = max(d for d in range(1, gc + 1) if gc % d == 0 and d * tile_px <= INV_MAX_THREADS
-                 and 2 * d * pb <= INV_SMEM_LIMIT) if 2 * pb <= INV_SMEM_LIMIT else 1
+    gw = _cdiv(gc, kch)  # shared-memory words per group
+    cands = [d for d in range(1, gw + 1) if gw % d == 0 and d * tpx <= INV_MAX_THREADS and 2 * d * pb <= INV_SMEM_LIMIT]
+    slices = max(cands) if cands else 1
     base = n * (c // gc) * tiles
-    iters = gc // slices
+    iters = gw // slices
     cchunks = iters
     for d in range(1, iters + 1):
         if iters % d == 0 and base * d >= 2 * sms:
             cchunks = d
             break
-    chunk_ch = gc // cchunks
-    per_slice = chunk_ch // slices
-    threads = tile_px * slices
+    chunk_words = gw // cchunks
+    per_slice = chunk_words // slices
+    threads = tpx * slices
     rpp = threads // in_w  # staging threads per column (StageWalk.R)
 
     def fits(cc: int, regs: bool) -> bool:
@@ -119,59 +137,66 @@ def involution_plan(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, sms
     smem = 2 * slices * cps * pb
     warps = _cdiv(threads, 32)
     regs_ = INV_REGS.get(k, INV_REGS[0])
-    occ = min(65536 // (warps * 32 * regs_), 2048 // threads, 32, SMEM_PER_SM // (smem + 1024))
+    regs_alloc = _cdiv(regs_, 8) * 8  # registers are allocated per warp in units of 256 (8 per thread)
+    occ = min(65536 // (warps * 32 * regs_alloc), 2048 // threads, 32, SMEM_PER_SM // (smem + 1024))
     return {"blocks": base * cchunks, "threads": threads, "warps": warps, "tile_h": tile_h, "tile_w": tile_w,
             "in_h": in_h, "in_w": in_w, "pitch": pitch, "plane": plane, "slices": slices, "cchunks": cchunks,
-            "chunk_ch": chunk_ch, "cps": cps, "prefetch": prefetch, "steps": chunk_ch // (slices * cps),
-            "smem": smem, "occupancy": occ, "staging_threads_per_col": rpp}
+            "kch": kch, "chunk_words": chunk_words, "cps": cps, "prefetch": prefetch,
+            "steps": chunk_words // (slices * cps), "smem": smem, "occupancy": occ, "staging_threads_per_col": rpp}
 
 
 def involution_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec: str,
                         spec: CardSpec) -> dict[str, Any]:
-    """Expected microseconds of the kernel as built, of a not-built variant and of the official CuPy kernel.
+    """Expected microseconds of the kernel as built and of the official CuPy kernel.
 
-    As built, per block (wavefronts of the L1/shared data pipe, 1 per SM and clock):
-      taps    = warps * K^2 * chunk_ch/slices      one shared load per FMA (bank-conflict-free: 1 wavefront), whole
-                                                   warps (196 threads = 7 warps: the 7th has 4 live lanes)
-      staging = steps * stage_warps * ceil(slots*in_h / R) * 2   global load + shared store of the prefetch registers
-      weights = warps * K^2                        the pixels' K^2 weights, once per block
-      stores  = warps * chunk_ch/slices            y
+    As built, per block (wavefronts of the L1/shared data pipe, 1 per SM and clock; words = 32-bit shared-memory
+    words, kch = 1 fp32 channel or 2 packed fp16/bf16 channels; each thread owns 2 pixels one above the other and
+    chunk_words/slices words):
+      taps    = warps * loads * words       loads per word = (K+1)*K at stride 1 (the two pixels share K-1 rows),
+                                            2*K^2 otherwise; one conflict-free 32-bit shared load each (1 wavefront)
+      staging = steps * stage_warps * ceil(slots*in_h / R) * (kch + 1)   global loads + shared store per word
+      weights = warps * 2 * K^2             the two pixels' weights, once per block
+      stores  = warps * 2 * words * kch     y
+    and instructions (4 warp-instructions issued per SM and clock): per word loads * (1 + 2 widenings for fp16/bf16)
+    + 2 * K^2 * kch FMAs.
     per SM: nb = ceil(blocks / SMs) blocks, r = min(occupancy, nb) resident, rounds = ceil(nb / r);
-    mio = nb * block_wavefronts / clk; chain = rounds * (LAT + steps * max(LAT, r * step_wavefronts / clk)) (a step's
-    loads are in flight during the previous step's compute, one barrier per step);
-    expected = floor + max(mio + LAT, chain, DRAM(bytes) + LAT).
-    Not built (two outputs per thread along W: a row of K+1 staged values feeds both, K(K+1)/2 shared loads per output
-    instead of K^2; fp16/bf16 staged as half2 pairs of channels: half the shared loads again)."""
+    mio = nb * block_wavefronts / clk; issue = nb * block_instructions / (4 clk);
+    chain = rounds * (LAT + steps * max(LAT, r * step_wavefronts / clk)) (a step's loads are in flight during the
+    previous step's compute, one barrier per step);
+    expected = floor + max(mio + LAT, issue + LAT, chain, DRAM(bytes) + LAT)."""
     cost = involution_cost(n, c, h, w, k, s, gc, prec)
-    p = involution_plan(n, c, h, w, k, s, gc)
+    p = involution_plan(n, c, h, w, k, s, gc, prec)
+    kch = p["kch"]
     slots = p["slices"] * p["cps"]
-    per_thread_ch = p["chunk_ch"] // p["slices"]
+    words = p["chunk_words"] // p["slices"]  # words per thread
     rpp = max(p["staging_threads_per_col"], 1)
     stage_warps = _cdiv(min(rpp * p["in_w"], p["threads"]), 32)
     stage_iters = _cdiv(slots * p["in_h"], rpp)
-    taps = p["warps"] * k * k * per_thread_ch
-    staging = p["steps"] * stage_warps * stage_iters * 2
-    block_wf = taps + staging + p["warps"] * k * k + p["warps"] * per_thread_ch
+    loads = (k + 1) * k if s == 1 else 2 * k * k
+    taps = p["warps"] * loads * words
+    staging = p["steps"] * stage_warps * stage_iters * (kch + 1)
+    block_wf = taps + staging + p["warps"] * INV_ROWS * k * k + p["warps"] * INV_ROWS * words * kch
+    widen = 0 if prec == "fp32" else 2
+    block_inst = p["warps"] * words * (loads * (1 + widen) + INV_ROWS * k * k * kch)
     step_wf = (taps + staging) / p["steps"]
     nb = _cdiv(p["blocks"], SMS)
     r = min(p["occupancy"], nb)
     rounds = _cdiv(nb, r)
     mio = nb * block_wf / CLK * 1e6
+    issue = nb * block_inst / (ISSUE_PER_CLK * CLK) * 1e6
     chain = rounds * (LAT_US + p["steps"] * max(LAT_US, r * step_wf / CLK * 1e6))
     dram = _dram_us(cost["bytes"], spec)
-    built = FLOOR_US + max(mio + LAT_US, chain, dram + LAT_US)
-    # not built: K(K+1)/2 taps per output, halved again for fp16/bf16 (half2 pairs)
-    factor = (k + 1) / (2 * k) * (0.5 if prec != "fp32" else 1.0)
-    nb_wf = block_wf - taps * (1 - factor)
-    not_built = FLOOR_US + max(nb * nb_wf / CLK * 1e6 + LAT_US, dram + LAT_US)
+    built = FLOOR_US + max(mio + LAT_US, issue + LAT_US, chain, dram + LAT_US)
     # Official: one thread per output, two global loads per tap (weight + input, L1 hits; the shifted input rows
     # straddle 128-byte lines: ~2.5 wavefronts per tap per warp) and ~8 instructions per tap.
     outputs = cost["outputs"]
     l1 = _mio_us(outputs / 32 * k * k * 2.5)
-    issue = outputs / 32 * 8 * k * k / (SMS * 4 * CLK) * 1e6
-    official = FLOOR_US + max(l1, issue, dram)
-    return {"built": built, "not_built": not_built, "official": official, "mio": mio, "dram": dram,
-            "wavefronts_per_tap": p["blocks"] * block_wf / (outputs * k * k / 32)}
+    official_issue = outputs / 32 * 8 * k * k / (SMS * ISSUE_PER_CLK * CLK) * 1e6
+    official = FLOOR_US + max(l1, official_issue, dram)
+    bound = max((("L1/shared pipe", mio + LAT_US), ("issue", issue + LAT_US), ("load chain", chain),
+                 ("DRAM", dram + LAT_US)), key=lambda kv: kv[1])[0]
+    return {"built": built, "official": official, "mio": mio, "issue": issue, "chain": chain, "dram": dram,
+            "bound": bound, "wavefronts_per_tap": p["blocks"] * block_wf / (outputs * k * k / 32)}
 
 
 def fused_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec: str,
@@ -203,7 +228,7 @@ def fused_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec
     gen_flops = px * (2 * c * hidden + 2 * hidden * g * k * k)
     rate = (spec.tf32_tflops if prec == "fp32" else spec.fp16_tflops) * 1e12 * MMA_EFF
     outputs = cost["outputs"]
-    agg_smem = _mio_us(outputs * k * (k + 1) / 2 / 32)  # the not-built aggregation's shared loads
+    agg_smem = _mio_us(outputs * k * (k + 1) / 2 / 32)  # the aggregation's shared loads ((K+1)K per 2 outputs)
     tc = FLOOR_US + LAT_US + max(dram, agg_smem + gen_flops / rate * 1e6)
     return {"built": current, "tensor_core": tc}
 
@@ -211,19 +236,23 @@ def fused_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec
 def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: float,
              spec: CardSpec) -> dict[str, Any]:
     """One batched GEMM launch of cuda/cmam.cu (cmam_gemm_plan). Per block and k-step, wavefronts of the L1/shared
-    pipe (no global-load pipelining: load, barrier, compute, barrier):
-      CUDA cores (fp32, 64x64x16, 256 threads, 4x4 outputs per thread): 8 warps x 16 kk x 8 scalar shared loads
-        (4 of A, 4 of W per 16 FMAs: shared-load-bound at half the FMA peak) + (64*16 + 64*16)/32 x 2 staging
-      tensor cores (fp16/bf16, 16*MF x 128 x 32): 8 warps x 2 kk x (1 + MF) fragment loads x 4 wavefronts
-        + (16*MF*32 + 128*32)/32 x 2 staging (scalar 2-byte loads and stores)
+    pipe:
+      CUDA cores (fp32, 64x64x16, 256 threads, 4x4 outputs per thread; not pipelined: load, barrier, compute,
+        barrier): 8 warps x 16 kk x 8 scalar shared loads (4 of A, 4 of W per 16 FMAs: shared-load-bound at half the
+        FMA peak) + (64*16 + 64*16)/32 x 2 staging
+      tensor cores (fp16/bf16, 16*MF x 128 x 32; two stages: the next k-step's A in registers and W by 16-byte
+        cp.async in flight while this one multiplies): 8 warps x 2 kk x (1 + MF) fragment loads x 4 wavefronts
+        + 16*MF*32/32 x 2 (A: scalar 2-byte loads and stores) + 128*32*2/128 x 2 (W: 16-byte chunks)
     per SM: nb = ceil(blocks / SMs), r = min(occupancy, nb), rounds = ceil(nb / r), c1 = step wavefronts / clk:
-    time = rounds * ksteps * max(LAT + c1, r * c1) + LAT (each k-step's weight slice is first touched from DRAM);
+    CUDA cores: time = rounds * ksteps * max(LAT + c1, r * c1) + LAT (each k-step's weight slice is first touched
+    from DRAM); tensor cores: time = rounds * (LAT + ksteps * max(LAT, r * c1)) + LAT (a step waits only for the
+    part of the round trip its own and the other resident blocks' compute did not cover);
     floor: DRAM time of W + A + the fp32 outputs (partials included)."""
     p = cmam_gemm_plan(m, n_out, k_dim, problems, prec, SMS)
     bm, bn, bk = p["bm"], p["bn"], p["bk"]
     if p["wmma"]:
         mf = bm // 16
-        wf = 8 * (bk // 16) * (1 + mf) * 4 + (bm * bk + bn * bk) / 32 * 2
+        wf = 8 * (bk // 16) * (1 + mf) * 4 + bm * bk / 32 * 2 + bn * bk * 2 / 128 * 2
         occ = CMAM_OCC["wmma4" if mf == 4 else "wmma1"]
     else:
         wf = 8 * bk * 8 + (bm * bk + bn * bk) / 32 * 2
@@ -235,7 +264,10 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     c1 = wf / CLK * 1e6
     e = 4 if prec == "fp32" else 2
     dram = _dram_us(problems * n_out * k_dim * e + a_bytes + 4 * problems * p["splits"] * m * n_out, spec)
-    t = rounds * ksteps * max(LAT_US + c1, r * c1) + LAT_US
+    if p["wmma"]:
+        t = rounds * (LAT_US + ksteps * max(LAT_US, r * c1)) + LAT_US
+    else:
+        t = rounds * ksteps * max(LAT_US + c1, r * c1) + LAT_US
     return {"us": FLOOR_US + max(t, dram), "plan": p}
 
 
@@ -243,13 +275,16 @@ def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: C
     """The four launches of cuda/cmam.cu as built (no memset at any batch size):
     1. Q/K/V projections (6 problems, M = N*T, K = C; split-K partials stored) — _gemm_us, A and W from DRAM.
     2. attention: blocks = N * 2 directions * ceil(T/4) query groups * heads, 128 threads; each thread sums the
-       s_qkv split-K partials of its Q element and of ceil(T*hd/128) K and V elements (L2 hits): chain =
-       (s_qkv + 2*ceil(T*hd/128)*s_qkv) / ILP L2 round trips, + the QK^T / PV loops (~hd + T shared loads per warp
-       and key tile) — per SM ceil(blocks / SMs / 16) rounds.
+       s_qkv split-K partials of its Q element and of ceil(T*hd/128) K and V elements (L2 hits). s_qkv > 2 (small
+       batch): 8 partials loaded at a time, an element's K and V sums together: chain = ceil(s_qkv/8) *
+       (1 + ceil(T*hd/128)) L2 round trips; else the plain loop: (s_qkv + 2*ceil(T*hd/128)*s_qkv) / ILP; + the
+       QK^T / PV loops (~hd + T shared loads per warp and key tile) — per SM ceil(blocks / SMs / occupancy) rounds,
+       occupancy by registers (40 / 80: 12 / 6 blocks).
     3. output projections (2 problems, K = d; A the fp32 attention output, L2) — _gemm_us.
     4. LayerNorm: blocks = N * ceil(T/32) * 2 * c_slices (c_slices = min(8, C/32, ceil(SMs / (2N))) when 2N*ceil(T/32)
        < SMs); each of 8 warps owns ceil(T/8) tokens and reads its row (C floats, C/32 per lane) twice (mean, then
-       variance; the second pass from L1): ceil(T/8) * (C/32/ILP L2 round trips + C/32/ILP L1 hits of ~0.03 µs), then
+       variance; the second pass from L1), 16 elements per lane at a time: ceil(T/8) * ceil(C/32/16) * (one L2 round
+       trip + one L1 hit of ~0.03 µs), then
        c_per_slice/32 transposed 32x32 chunks (2 barriers each, ~0.1 µs); floor: DRAM time of pre read + out written.
     """
     m = n * t
@@ -260,9 +295,14 @@ def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: C
     outp = _gemm_us(m, c, d, 2, prec, 2 * m * d * 4 + 2 * m * c * e, spec)
     hd = d // heads
     att_blocks = n * 2 * _cdiv(t, 4) * heads
-    trips = _cdiv(s_qkv, ILP) + _cdiv(2 * _cdiv(t * hd, 128) * s_qkv, ILP)
+    su = CMAM_SPLIT_UNROLL if s_qkv > 2 else 1
+    if su > 1:
+        trips = _cdiv(s_qkv, su) * (1 + _cdiv(t * hd, 128))
+    else:
+        trips = _cdiv(s_qkv, ILP) + _cdiv(2 * _cdiv(t * hd, 128) * s_qkv, ILP)
     att_block_us = trips * L2_LAT_US + _cdiv(t, 32) * (hd + t) * 4 / CLK * 1e6 + 0.2
-    att_rounds = _cdiv(_cdiv(att_blocks, SMS), 16)
+    att_occ = min(16, 65536 // (128 * CMAM_ATT_REGS[su]))
+    att_rounds = _cdiv(_cdiv(att_blocks, SMS), att_occ)
     att = FLOOR_US + max(att_rounds * att_block_us,
                          _dram_us(4 * 6 * s_qkv * m * d + 4 * 2 * m * d, spec))
     tok_tiles = _cdiv(t, 32)
@@ -272,7 +312,7 @@ def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: C
     c_slices = _cdiv(c, c_per)
     ln_blocks = ln_tiles * c_slices
     per_lane = _cdiv(c, 32)
-    ln_block_us = _cdiv(min(t, 32), 8) * (_cdiv(per_lane, ILP) * (L2_LAT_US + 0.03)) + c_per / 32 * 0.1
+    ln_block_us = _cdiv(min(t, 32), 8) * (_cdiv(per_lane, CMAM_LN_UNROLL) * (L2_LAT_US + 0.03)) + c_per / 32 * 0.1
     ln_rounds = _cdiv(_cdiv(ln_blocks, SMS), 8)
     ln = FLOOR_US + max(ln_rounds * ln_block_us, _dram_us(2 * m * c * 4 + 2 * m * c * e, spec))
     total = proj["us"] + att + outp["us"] + ln
@@ -295,16 +335,17 @@ def rows(config: Any = None) -> list[dict[str, Any]]:
             fcost = involution_fused_cost(n, c, h, w, k, s, gc, precision=prec)
             row = {"kernel": "involution", "shape": label, "precision": prec, "mbytes": cost["bytes"] / 1e6,
                    "gflop": cost["flops"] / 1e9, "fused_mbytes": fcost["bytes"] / 1e6,
-                   "fused_gflop": fcost["flops"] / 1e9, "plan": involution_plan(n, c, h, w, k, s, gc),
+                   "fused_gflop": fcost["flops"] / 1e9, "plan": involution_plan(n, c, h, w, k, s, gc, prec),
                    "unfused_bytes_per_output": involution_unfused_bytes(n, c, h, w, k, s, gc, precision=prec)
                    / cost["outputs"], "fused_bytes_per_output": fcost["bytes"] / cost["outputs"]}
             for card, spec in CARDS.items():
                 tag = card.split()[0]
                 row[f"{tag}_roofline_us"] = roofline_us(cost, spec)
                 ex = involution_expected(n, c, h, w, k, s, gc, prec, spec)
-                row[f"{tag}_built_us"], row[f"{tag}_not_built_us"] = ex["built"], ex["not_built"]
-                row[f"{tag}_official_us"] = ex["official"]
+                row[f"{tag}_built_us"], row[f"{tag}_official_us"] = ex["built"], ex["official"]
                 row[f"{tag}_mio_us"], row[f"{tag}_dram_us"] = ex["mio"], ex["dram"]
+                row[f"{tag}_issue_us"], row[f"{tag}_chain_us"] = ex["issue"], ex["chain"]
+                row[f"{tag}_bound"] = ex["bound"]
                 row["wavefronts_per_tap"] = ex["wavefronts_per_tap"]
                 # % of the measured copy bandwidth, the copy taken at 90% of spec (bytes read + written)
                 row[f"{tag}_pct_copy"] = 100 * cost["bytes"] / (0.9 * spec.bw_gbs * 1e3) / ex["built"]
@@ -413,19 +454,20 @@ def _f(v: float) -> str:
 
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = ["| involution (aggregation) | prec | MB | GFLOP | roofline H100 / H200 µs | DRAM at 80% H100 / H200 µs "
-             "| L1/shared pipe µs | **expected as built** H100 / H200 µs | % of copy H100 / H200 | official CuPy "
-             "kernel (expected) µs | built vs official | not built: 2 outputs/thread (+ half2) H100 / H200 µs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| L1/shared pipe / issue / load chain µs | **expected as built** H100 / H200 µs (bound) "
+             "| % of copy H100 / H200 | official CuPy kernel (expected) µs | built vs official |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table:
         if r["kernel"] != "involution":
             continue
         lines.append(f"| {r['shape']} | {r['precision']} | {_f(r['mbytes'])} | {r['gflop']:.3g} | "
                      f"{_f(r['H100_roofline_us'])} / {_f(r['H200_roofline_us'])} | "
-                     f"{_f(r['H100_dram_us'])} / {_f(r['H200_dram_us'])} | {_f(r['H100_mio_us'])} | "
-                     f"**{_f(r['H100_built_us'])} / {_f(r['H200_built_us'])}** | "
+                     f"{_f(r['H100_dram_us'])} / {_f(r['H200_dram_us'])} | {_f(r['H100_mio_us'])} / "
+                     f"{_f(r['H100_issue_us'])} / {_f(r['H100_chain_us'])} | "
+                     f"**{_f(r['H100_built_us'])} / {_f(r['H200_built_us'])}** ({r['H100_bound']} / "
+                     f"{r['H200_bound']}) | "
                      f"{r['H100_pct_copy']:.0f}% / {r['H200_pct_copy']:.0f}% | {_f(r['H100_official_us'])} | "
-                     f"{r['H100_official_us'] / r['H100_built_us']:.2f}× | "
-                     f"{_f(r['H100_not_built_us'])} / {_f(r['H200_not_built_us'])} |")
+                     f"{r['H100_official_us'] / r['H100_built_us']:.2f}× |")
     lines += ["", "| CMAM (both directions) | prec | split-K Q/K/V / out | MB (partials) | GFLOP "
               "| roofline H100 / H200 µs | projections + attention + out proj + LayerNorm H100 µs "
               "| **expected as built** H100 / H200 µs | SDPA module (hand estimate) µs | built vs SDPA |",

@@ -39,6 +39,9 @@ typedef struct cmir_input_spec {
 
 /* threads <= 0: all cores. On success *out owns the engine; release it with cmir_engine_destroy. */
 CMIR_API int cmir_engine_create(const char* plan_path, int threads, cmir_engine** out);
+/* precision "fp32" (= cmir_engine_create) or "bf16" (bf16 convolutions; CMIR_ERROR_INVALID_ARGUMENT on a CPU without
+ * avx512_bf16 or AMX, cmir_last_error() says why). */
+CMIR_API int cmir_engine_create_precision(const char* plan_path, int threads, const char* precision, cmir_engine** out);
 CMIR_API void cmir_engine_destroy(cmir_engine* engine);
 CMIR_API int cmir_engine_input_spec(const cmir_engine* engine, cmir_input_spec* spec);
 /* The plan's metadata (JSON, UTF-8, NUL-terminated), owned by the engine. */

@@ -56,6 +56,20 @@ int cmir_engine_create(const char* plan_path, int threads, cmir_engine** out) {
   });
 }
 
+int cmir_engine_create_precision(const char* plan_path, int threads, const char* precision, cmir_engine** out) {
+  return guarded([&] {
+    if (out == nullptr) throw std::invalid_argument("out is NULL");
+    *out = nullptr;
+    if (plan_path == nullptr) throw std::invalid_argument("plan_path is NULL");
+    if (precision == nullptr) throw std::invalid_argument("precision is NULL");
+    const std::string p(precision);
+    if (p != "fp32" && p != "bf16") throw std::invalid_argument("precision must be \"fp32\" or \"bf16\", got \"" + p + "\"");
+    auto h = std::make_unique<cmir_engine>();
+    h->engine = cmir::Engine::load(plan_path, threads, p == "bf16" ? cmir::Precision::kBf16 : cmir::Precision::kFp32);
+    *out = h.release();
+  });
+}
+
 void cmir_engine_destroy(cmir_engine* engine) { delete engine; }
 
 int cmir_engine_input_spec(const cmir_engine* engine, cmir_input_spec* spec) {

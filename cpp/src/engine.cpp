@@ -5,6 +5,13 @@
 // Threads: with threads == 2 independent chains of ops (the ART and PV backbones) run side by side, one thread each
 // (see build_schedule); otherwise each op uses all threads.
 //
+// Precision bf16: convolutions run oneDNN's bf16 kernels (weights converted once at load, fp32 accumulation). A
+// tensor is stored in bf16 when a oneDNN op (conv, max pool) makes it and only oneDNN ops read it; a conv whose
+// input is fp32 (made by our own kernels) converts it into a per-lane buffer first. Everything our kernels touch, the
+// head and the outputs stay fp32 (see choose_dtypes). The first conv on each image and the involution after it stay
+// fp32 altogether: image intensities need more than bf16's 8 bits (measured on the demo model: those two layers
+// carried most of the probability error; they are <1% of the FLOPs).
+//
 // Memory: every tensor has a per-sample size, so one first-fit plan over tensor lifetimes (in per-sample floats) is
 // scaled by the batch size. An execution context owns the arena, scratch buffers, oneDNN primitives and memory objects
 // for one batch size; contexts are pooled, so a warm engine allocates nothing per call and concurrent calls never share
@@ -79,6 +86,12 @@ std::string describe(const Plan& plan, const Op& op) {
   return os.str();
 }
 
+bool has_isa(dnnl::cpu_isa have, dnnl::cpu_isa want) {
+  // oneDNN's ISA values are bit sets: each one includes the bits of the ISAs below it.
+  const auto h = static_cast<unsigned>(have), w = static_cast<unsigned>(want);
+  return (h & w) == w;
+}
+
 void check_finite(const float* p, std::size_t n, const char* what) {
   for (std::size_t i = 0; i < n; ++i)
     if (!std::isfinite(p[i]))
@@ -125,9 +138,79 @@ void resize_bilinear(const float* x, float* y, int batch, int ih, int iw, int oh
 
 }  // namespace
 
+const char* precision_name(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
+
+std::string onednn_cpu_isa() {
+  using isa = dnnl::cpu_isa;
+  const isa have = dnnl::get_effective_cpu_isa();
+  // Highest first: the first one contained in `have` names it.
+  const std::pair<isa, const char*> names[] = {
+      {isa::avx512_core_amx_fp16, "avx512_core_amx_fp16"}, {isa::avx512_core_amx, "avx512_core_amx"},
+      {isa::avx512_core_fp16, "avx512_core_fp16"}, {isa::avx512_core_bf16, "avx512_core_bf16"},
+      {isa::avx512_core_vnni, "avx512_core_vnni"}, {isa::avx512_core, "avx512_core"},
+      {isa::avx2_vnni_2, "avx2_vnni_2"}, {isa::avx2_vnni, "avx2_vnni"}, {isa::avx2, "avx2"}, {isa::avx, "avx"},
+      {isa::sse41, "sse41"}};
+  for (const auto& [i, n] : names)
+    if (has_isa(have, i)) return n;
+  return "default";
+}
+
+bool bf16_supported(std::string* why) {
+  // avx512_core_bf16 (vdpbf16ps) or AMX: oneDNN's native bf16 convolutions. Below that oneDNN 3.2 either refuses bf16
+  // or emulates it (avx512_core), slower than fp32 - not worth offering.
+  const bool ok = has_isa(dnnl::get_effective_cpu_isa(), dnnl::cpu_isa::avx512_core_bf16);
+  if (!ok && why != nullptr)
+    *why = "bf16 needs a CPU with avx512_bf16 or AMX; oneDNN sees " + onednn_cpu_isa() +
+           " on this one (set by the CPU, or capped by ONEDNN_MAX_CPU_ISA)";
+  return ok;
+}
+
 struct Engine::Impl {
   Plan plan;
   int threads = 1;
+  Precision precision = Precision::kFp32;
+  std::vector<char> half;     // per tensor: stored in bf16
+  std::vector<char> op_bf16;  // per op: computes in bf16 (bf16 precision, not one of the fp32 image layers)
+  // bf16: per fused-involution op, its generation weights rounded and packed once (cpu::bf16_pack_pairs).
+  struct PackedGeneration {
+    std::vector<std::uint16_t> reduce, span;
+  };
+  std::map<std::size_t, PackedGeneration> packed;
+  // bf16: per CMAM op, both directions' projection weights rounded and packed once (cpu::cmam_pack_bf16).
+  std::map<std::size_t, std::pair<std::vector<std::uint16_t>, std::vector<std::uint16_t>>> packed_cmam;
+
+  void pack_generation_weights() {
+    if (precision != Precision::kBf16 || !cpu::bf16_kernels_supported()) return;
+    for (std::size_t i = 0; i < plan.ops.size(); ++i) {
+      const Op& op = plan.ops[i];
+      if (!op_bf16[i]) continue;
+      if (op.type == OpType::kCmam) {
+        const int c = plan.tensors[op.inputs[0]].c, dim = op.ints[0];
+        auto& pc = packed_cmam[i];
+        pc.first.resize(cpu::cmam_bf16_weight_elems(c, dim));
+        pc.second.resize(pc.first.size());
+        cpu::cmam_pack_bf16(op.weights[0].data, c, dim, pc.first.data());
+        cpu::cmam_pack_bf16(op.weights[1].data, c, dim, pc.second.data());
+        continue;
+      }
+      if (op.type != OpType::kInvolutionFused) continue;
+      const auto& x = plan.tensors[op.inputs[0]];
+      const int hidden = op.ints[4], gkk = x.c / op.ints[2] * op.ints[0] * op.ints[0];
+      PackedGeneration& pg = packed[i];
+      pg.reduce.resize(cpu::bf16_pack_pairs_size(x.c, hidden));
+      pg.span.resize(cpu::bf16_pack_pairs_size(hidden, gkk));
+      cpu::bf16_pack_pairs(op.weights[0].data, x.c, hidden, pg.reduce.data());
+      cpu::bf16_pack_pairs(op.weights[2].data, hidden, gkk, pg.span.data());
+    }
+  }
+  std::size_t fused_scratch_floats(std::size_t i, int nthreads) const {
+    const Op& op = plan.ops[i];
+    const auto& t = plan.tensors[op.inputs[0]];
+    return packed.count(i) ? cpu::involution_fused_bf16_scratch_floats(t.c, op.ints[4], t.c / op.ints[2], op.ints[0],
+                                                                       nthreads)
+                           : cpu::involution_fused_scratch_floats(t.c, op.ints[4], t.c / op.ints[2], op.ints[0],
+                                                                  nthreads);
+  }
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::vector<std::size_t> offsets;  // per-sample float offset of every tensor in the arena
   std::size_t arena_per_sample = 0;
@@ -144,6 +227,61 @@ struct Engine::Impl {
   std::vector<Region> regions;
   std::vector<int> op_lane;  // per op: 0/1 inside a two-lane region, -1 otherwise
   bool use_lanes = false;
+
+  // Which tensors are stored in bf16 (see the file comment). Fixed point: the two sides of a max pool, and the
+  // residual and output of a conv that sums in place, must share a type.
+  void choose_dtypes() {
+    const std::size_t nt = plan.tensors.size();
+    half.assign(nt, 0);
+    op_bf16.assign(plan.ops.size(), precision == Precision::kBf16 ? 1 : 0);
+    if (precision != Precision::kBf16) return;
+    // The image layers: a conv reading an input image, and an involution reading such a conv's output, run fp32.
+    std::vector<char> image_conv_out(nt, 0);
+    for (std::size_t i = 0; i < plan.ops.size(); ++i) {
+      const Op& op = plan.ops[i];
+      const std::uint32_t in = op.inputs[0];
+      if (op.type == OpType::kConv && (in == plan.art || in == plan.pv)) {
+        op_bf16[i] = 0;
+        for (auto t : op.outputs) image_conv_out[t] = 1;
+      } else if ((op.type == OpType::kInvolutionFused || op.type == OpType::kInvolution) && image_conv_out[in]) {
+        op_bf16[i] = 0;
+      }
+    }
+    auto onednn = [](OpType t) { return t == OpType::kConv || t == OpType::kMaxPool; };
+    for (std::size_t i = 0; i < plan.ops.size(); ++i)
+      for (auto t : plan.ops[i].outputs) half[t] = onednn(plan.ops[i].type) && op_bf16[i] ? 1 : 0;
+    for (const auto& op : plan.ops)
+      if (!onednn(op.type))
+        for (auto t : op.inputs) half[t] = 0;
+    for (auto t : {plan.art, plan.pv, plan.clinical, plan.logit, plan.probability, plan.heatmap})
+      if (t != kNoTensor) half[t] = 0;
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (const auto& op : plan.ops) {
+        std::uint32_t a = kNoTensor, b = kNoTensor;
+        if (op.type == OpType::kMaxPool) {
+          a = op.inputs[0];
+          b = op.outputs[0];
+        } else if (op.type == OpType::kConv && op.inputs.size() == 2) {
+          a = op.inputs[1];
+          b = op.outputs[0];
+        } else {
+          continue;
+        }
+        if (half[a] != half[b]) {
+          half[a] = half[b] = 0;
+          changed = true;
+        }
+      }
+    }
+  }
+  dt dtype(std::uint32_t t) const { return half[t] ? dt::bf16 : dt::f32; }
+  std::size_t elem_bytes(std::uint32_t t) const { return half[t] ? 2 : 4; }
+  // Floats of arena per sample that tensor t takes (a bf16 tensor takes half).
+  std::size_t slot_floats(std::uint32_t t) const {
+    const std::size_t e = plan.tensors[t].elems();
+    return half[t] ? (e + 1) / 2 : e;
+  }
 
   void build_schedule() {
     const std::size_t nt = plan.tensors.size(), n = plan.ops.size();
@@ -214,10 +352,13 @@ struct Engine::Impl {
     dnnl::primitive prim;
     std::unordered_map<int, memory> args;
     bool copy_residual = false;
+    dnnl::primitive convert;  // bf16: fp32 input -> bf16 copy, before prim (empty when not needed)
+    std::unordered_map<int, memory> convert_args;
   };
   struct Context {
     int batch = 0;
-    FloatBuffer arena, scratch, kernel_scratch, scratch2, kernel_scratch2;  // *2: lane 1 of two-lane regions
+    // *2: lane 1 of two-lane regions. converted: bf16 copies of conv inputs made in fp32.
+    FloatBuffer arena, scratch, kernel_scratch, scratch2, kernel_scratch2, converted, converted2;
     dnnl::stream stream, stream2;
     std::vector<Step> steps;  // one per op (prim empty for ops run by our own code)
   };
@@ -290,8 +431,9 @@ struct Engine::Impl {
     for (std::size_t t = 0; t < nt; ++t)
       if (alias[t] == kNoTensor && (root_last[t] >= 0 || t == P.art || t == P.pv || t == P.clinical))
         order.push_back(t);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](std::size_t a, std::size_t b) { return P.tensors[a].elems() > P.tensors[b].elems(); });
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return slot_floats(static_cast<std::uint32_t>(a)) > slot_floats(static_cast<std::uint32_t>(b));
+    });
     offsets.assign(nt, 0);
     struct Placed {
       std::size_t off, size;
@@ -300,7 +442,7 @@ struct Engine::Impl {
     std::vector<Placed> placed;
     arena_per_sample = 0;
     for (auto t : order) {
-      const std::size_t size = round_up(P.tensors[t].elems());
+      const std::size_t size = round_up(slot_floats(static_cast<std::uint32_t>(t)));
       const long f = first[t], l = std::max(root_last[t], first[t]);
       std::vector<std::pair<std::size_t, std::size_t>> busy;
       for (const auto& p : placed)
@@ -327,9 +469,11 @@ struct Engine::Impl {
     const Op& op = plan.ops[i];
     const int k = op.ints[0], s = op.ints[1], p = op.ints[2];
     const auto& out = plan.tensors[op.outputs[0]];
-    memory::desc src_md(nchw(op.inputs[0], batch), dt::f32, tag::nhwc);
-    memory::desc dst_md(nchw(op.outputs[0], batch), dt::f32, tag::nhwc);
-    memory::desc w_any({out.c, plan.tensors[op.inputs[0]].c, k, k}, dt::f32, tag::any);
+    // bf16: the primitive always reads bf16 (an fp32 input is converted first, see make_context).
+    const dt compute = op_bf16[i] ? dt::bf16 : dt::f32;
+    memory::desc src_md(nchw(op.inputs[0], batch), compute, tag::nhwc);
+    memory::desc dst_md(nchw(op.outputs[0], batch), dtype(op.outputs[0]), tag::nhwc);
+    memory::desc w_any({out.c, plan.tensors[op.inputs[0]].c, k, k}, compute, tag::any);
     memory::desc b_md({out.c}, dt::f32, tag::a);
     dnnl::post_ops po;
     if (op.inputs.size() == 2) po.append_sum(1.0f);
@@ -402,8 +546,9 @@ struct Engine::Impl {
     ctx->arena = alloc_floats(arena_floats);
     float* arena = ctx->arena.get();
     auto ptr = [&](std::uint32_t t) { return arena + offsets[t] * static_cast<std::size_t>(batch); };
-    std::size_t scratch_bytes = 0, kernel_scratch = 0;
+    std::size_t scratch_bytes = 0, kernel_scratch = 0, converted_floats = 0;
     std::vector<std::pair<std::size_t, memory::desc>> scratch_users;  // step index, scratchpad desc
+    std::vector<std::size_t> converters;  // ops whose fp32 input is converted to bf16 first
     ctx->steps.resize(plan.ops.size());
     for (std::size_t i = 0; i < plan.ops.size(); ++i) {
       const Op& op = plan.ops[i];
@@ -414,11 +559,15 @@ struct Engine::Impl {
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
       if (op.type == OpType::kConv) {
         auto pd = conv_pd(i, batch);
-        memory::desc src_md(nchw(op.inputs[0], batch), dt::f32, tag::nhwc);
-        memory::desc dst_md(nchw(op.outputs[0], batch), dt::f32, tag::nhwc);
+        memory::desc dst_md(nchw(op.outputs[0], batch), dtype(op.outputs[0]), tag::nhwc);
         memory::desc b_md({plan.tensors[op.outputs[0]].c}, dt::f32, tag::a);
         st.prim = dnnl::convolution_forward(pd);
-        st.args[DNNL_ARG_SRC] = memory(src_md, eng, ptr(op.inputs[0]));
+        if (op_bf16[i] && !half[op.inputs[0]]) {
+          converters.push_back(i);  // the bf16 copy's memory is bound once the buffers exist, below
+          converted_floats = std::max(converted_floats, (plan.tensors[op.inputs[0]].elems() * batch + 1) / 2);
+        } else {
+          st.args[DNNL_ARG_SRC] = memory(pd.src_desc(), eng, ptr(op.inputs[0]));
+        }
         st.args[DNNL_ARG_WEIGHTS] = reordered_weights(i, pd.weights_desc());
         st.args[DNNL_ARG_BIAS] = memory(b_md, eng, const_cast<float*>(op.weights[1].data));
         st.args[DNNL_ARG_DST] = memory(dst_md, eng, ptr(op.outputs[0]));
@@ -427,8 +576,8 @@ struct Engine::Impl {
         scratch_bytes = std::max(scratch_bytes, pd.scratchpad_desc().get_size());
       } else if (op.type == OpType::kMaxPool) {
         const int k = op.ints[0], s = op.ints[1], p = op.ints[2];
-        memory::desc src_md(nchw(op.inputs[0], batch), dt::f32, tag::nhwc);
-        memory::desc dst_md(nchw(op.outputs[0], batch), dt::f32, tag::nhwc);
+        memory::desc src_md(nchw(op.inputs[0], batch), dtype(op.inputs[0]), tag::nhwc);
+        memory::desc dst_md(nchw(op.outputs[0], batch), dtype(op.outputs[0]), tag::nhwc);
         dnnl::pooling_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference,
                                                  dnnl::algorithm::pooling_max, src_md, dst_md, {s, s}, {k, k}, {0, 0},
                                                  {p, p}, {p, p}, attr);
@@ -439,25 +588,39 @@ struct Engine::Impl {
         scratch_bytes = std::max(scratch_bytes, pd.scratchpad_desc().get_size());
       } else if (op.type == OpType::kCmam) {
         const auto& t = plan.tensors[op.inputs[0]];
-        kernel_scratch = std::max(kernel_scratch, cpu::cmam_scratch_floats(batch, t.h * t.w, t.c, op.ints[0],
-                                                                           op.ints[1]));
+        kernel_scratch = std::max(kernel_scratch,
+                                  packed_cmam.count(i)
+                                      ? cpu::cmam_bf16_scratch_floats(batch, t.h * t.w, t.c, op.ints[0], op.ints[1])
+                                      : cpu::cmam_scratch_floats(batch, t.h * t.w, t.c, op.ints[0], op.ints[1]));
       } else if (op.type == OpType::kSpatialAttention) {
         const auto& t = plan.tensors[op.inputs[0]];
         kernel_scratch = std::max(kernel_scratch, cpu::spatial_attention_scratch_floats(batch, t.h, t.w));
       } else if (op.type == OpType::kInvolutionFused) {
         // Per-thread tile buffers, independent of the batch; sized for the most threads the op may run with.
-        const auto& t = plan.tensors[op.inputs[0]];
-        kernel_scratch = std::max(kernel_scratch, cpu::involution_fused_scratch_floats(
-                                                      t.c, op.ints[4], t.c / op.ints[2], op.ints[0], threads));
+        kernel_scratch = std::max(kernel_scratch, fused_scratch_floats(i, threads));
       }
     }
     omp_set_num_threads(threads);
     ctx->scratch = alloc_floats(scratch_bytes / sizeof(float) + 1);
     ctx->kernel_scratch = alloc_floats(kernel_scratch + 1);
+    ctx->converted = alloc_floats(converted_floats + 1);
     if (use_lanes) {
       ctx->scratch2 = alloc_floats(scratch_bytes / sizeof(float) + 1);
       ctx->kernel_scratch2 = alloc_floats(kernel_scratch + 1);
+      ctx->converted2 = alloc_floats(converted_floats + 1);
     }
+    for (auto i : converters) {
+      const Op& op = plan.ops[i];
+      Step& st = ctx->steps[i];
+      omp_set_num_threads(op_lane[i] >= 0 ? 1 : threads);
+      memory f32(memory::desc(nchw(op.inputs[0], batch), dt::f32, tag::nhwc), eng, ptr(op.inputs[0]));
+      memory b16(memory::desc(nchw(op.inputs[0], batch), dt::bf16, tag::nhwc), eng,
+                 op_lane[i] == 1 ? ctx->converted2.get() : ctx->converted.get());
+      st.convert = dnnl::reorder(f32, b16);
+      st.convert_args = {{DNNL_ARG_FROM, f32}, {DNNL_ARG_TO, b16}};
+      st.args[DNNL_ARG_SRC] = b16;
+    }
+    omp_set_num_threads(threads);
     for (const auto& [i, md] : scratch_users)
       if (md.get_size() > 0)
         ctx->steps[i].args[DNNL_ARG_SCRATCHPAD] =
@@ -497,8 +660,9 @@ struct Engine::Impl {
       case OpType::kConv:
       case OpType::kMaxPool: {
         Step& st = ctx.steps[i];
+        if (st.convert) st.convert.execute(stream, st.convert_args);
         if (st.copy_residual)
-          std::memcpy(ptr(op.outputs[0]), ptr(op.inputs[1]), T(op.outputs[0]).elems() * B * sizeof(float));
+          std::memcpy(ptr(op.outputs[0]), ptr(op.inputs[1]), T(op.outputs[0]).elems() * B * elem_bytes(op.outputs[0]));
         st.prim.execute(stream, st.args);
         stream.wait();
         break;
@@ -547,10 +711,17 @@ struct Engine::Impl {
         ep.scale = op.weights[4].data;
         ep.shift = op.weights[5].data;
         ep.relu = op.ints[3] != 0;
-        const std::size_t need =
-            cpu::involution_fused_scratch_floats(x.c, op.ints[4], x.c / op.ints[2], op.ints[0], threads);
-        cpu::involution_fused_nhwc(ptr(op.inputs[0]), gen, ptr(op.outputs[0]), kscratch, need, B, x.h, x.w, x.c,
-                                   op.ints[0], op.ints[1], op.ints[2], ep, threads);
+        const std::size_t need = fused_scratch_floats(i, threads);
+        const auto pg = packed.find(i);
+        if (pg != packed.end()) {
+          const cpu::InvolutionGenerationBf16 gen16{pg->second.reduce.data(), gen.reduce_b, pg->second.span.data(),
+                                                    gen.span_b, gen.hidden};
+          cpu::involution_fused_nhwc_bf16(ptr(op.inputs[0]), gen16, ptr(op.outputs[0]), kscratch, need, B, x.h, x.w,
+                                          x.c, op.ints[0], op.ints[1], op.ints[2], ep, threads);
+        } else {
+          cpu::involution_fused_nhwc(ptr(op.inputs[0]), gen, ptr(op.outputs[0]), kscratch, need, B, x.h, x.w, x.c,
+                                     op.ints[0], op.ints[1], op.ints[2], ep, threads);
+        }
         break;
       }
       case OpType::kAffine: {
@@ -576,9 +747,15 @@ struct Engine::Impl {
       }
       case OpType::kCmam: {
         const auto& x = T(op.inputs[0]);
-        cpu::cmam(ptr(op.inputs[0]), ptr(op.inputs[1]), op.weights[0].data, op.weights[1].data, ptr(op.outputs[0]),
-                  ptr(op.outputs[1]), kscratch, B, x.h * x.w, x.c, op.ints[0], op.ints[1],
-                  op.floats[0], threads);
+        const auto pc = packed_cmam.find(i);
+        if (pc != packed_cmam.end()) {
+          cpu::cmam_bf16(ptr(op.inputs[0]), ptr(op.inputs[1]), op.weights[0].data, op.weights[1].data,
+                         pc->second.first.data(), pc->second.second.data(), ptr(op.outputs[0]), ptr(op.outputs[1]),
+                         kscratch, B, x.h * x.w, x.c, op.ints[0], op.ints[1], op.floats[0], threads);
+        } else {
+          cpu::cmam(ptr(op.inputs[0]), ptr(op.inputs[1]), op.weights[0].data, op.weights[1].data, ptr(op.outputs[0]),
+                    ptr(op.outputs[1]), kscratch, B, x.h * x.w, x.c, op.ints[0], op.ints[1], op.floats[0], threads);
+        }
         break;
       }
       case OpType::kGap: {
@@ -694,10 +871,17 @@ struct Engine::Impl {
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 
-std::unique_ptr<Engine> Engine::from_plan(Plan plan, int threads) {
+std::unique_ptr<Engine> Engine::from_plan(Plan plan, int threads, Precision precision) {
+  if (precision == Precision::kBf16) {
+    std::string why;
+    if (!bf16_supported(&why)) throw std::invalid_argument(why);
+  }
   auto impl = std::make_unique<Impl>();
   impl->plan = std::move(plan);
   impl->threads = threads > 0 ? threads : omp_get_num_procs();
+  impl->precision = precision;
+  impl->choose_dtypes();
+  impl->pack_generation_weights();
   impl->build_schedule();
   impl->plan_memory();
   for (const auto& op : impl->plan.ops) impl->labels.push_back(describe(impl->plan, op));
@@ -710,17 +894,22 @@ std::unique_ptr<Engine> Engine::from_plan(Plan plan, int threads) {
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
-std::unique_ptr<Engine> Engine::load(const std::string& path, int threads) {
-  return from_plan(load_plan_file(path), threads);
+std::unique_ptr<Engine> Engine::load(const std::string& path, int threads, Precision precision) {
+  return from_plan(load_plan_file(path), threads, precision);
 }
 
-std::unique_ptr<Engine> Engine::from_bytes(const unsigned char* data, std::size_t size, int threads) {
-  return from_plan(parse_plan(data, size), threads);
+std::unique_ptr<Engine> Engine::from_bytes(const unsigned char* data, std::size_t size, int threads,
+                                           Precision precision) {
+  return from_plan(parse_plan(data, size), threads, precision);
 }
 
 const InputSpec& Engine::spec() const { return impl_->plan.spec; }
 const std::string& Engine::metadata_json() const { return impl_->plan.metadata_json; }
 int Engine::threads() const { return impl_->threads; }
+Precision Engine::precision() const { return impl_->precision; }
+std::size_t Engine::num_bf16_tensors() const {
+  return static_cast<std::size_t>(std::count(impl_->half.begin(), impl_->half.end(), 1));
+}
 std::size_t Engine::num_ops() const { return impl_->plan.ops.size(); }
 
 void Engine::predict(const float* art, const float* pv, const float* clinical, int batch, float* logit,

@@ -34,9 +34,17 @@ const float* checked(const py::object& obj, const char* name, const std::vector<
 
 class PyEngine {
  public:
-  PyEngine(const std::string& path, int threads) {
+  PyEngine(const std::string& path, int threads, const std::string& precision) {
+    Precision p;
+    if (precision == "fp32") {
+      p = Precision::kFp32;
+    } else if (precision == "bf16") {
+      p = Precision::kBf16;
+    } else {
+      throw py::value_error("the native engine runs precision 'fp32' or 'bf16', got '" + precision + "'");
+    }
     py::gil_scoped_release release;  // loading validates (checksums) the whole file
-    engine_ = Engine::load(path, threads);
+    engine_ = Engine::load(path, threads, p);
   }
 
   py::tuple predict(const py::object& art, const py::object& pv, const py::object& clinical, bool profile) {
@@ -86,6 +94,8 @@ class PyEngine {
   }
   std::string metadata_json() const { return engine_->metadata_json(); }
   int threads() const { return engine_->threads(); }
+  std::string precision() const { return precision_name(engine_->precision()); }
+  std::size_t num_bf16_tensors() const { return engine_->num_bf16_tensors(); }
   std::size_t num_ops() const { return engine_->num_ops(); }
 
  private:
@@ -97,14 +107,23 @@ class PyEngine {
 void register_engine_bindings(py::module_& m) {
   py::register_exception<PlanError>(m, "PlanError", PyExc_ValueError);
   py::class_<PyEngine>(m, "NativeEngine", "A loaded CMIR plan executed by the native CPU engine")
-      .def(py::init<const std::string&, int>(), py::arg("path"), py::arg("threads") = 0)
+      .def(py::init<const std::string&, int, const std::string&>(), py::arg("path"), py::arg("threads") = 0,
+           py::arg("precision") = "fp32")
       .def("predict", &PyEngine::predict, py::arg("art"), py::arg("pv") = py::none(),
            py::arg("clinical") = py::none(), py::arg("profile") = false,
            "(probability, logit, heatmap, profile) from NCHW float32 arrays; releases the GIL")
       .def_property_readonly("spec", &PyEngine::spec)
       .def_property_readonly("metadata_json", &PyEngine::metadata_json)
       .def_property_readonly("threads", &PyEngine::threads)
+      .def_property_readonly("precision", &PyEngine::precision)
+      .def_property_readonly("num_bf16_tensors", &PyEngine::num_bf16_tensors)
       .def_property_readonly("num_ops", &PyEngine::num_ops);
+  m.def("bf16_supported", []() {
+    std::string why;
+    const bool ok = bf16_supported(&why);
+    return py::make_tuple(ok, why);
+  }, "(True, '') when the native engine can run bf16 on this CPU, else (False, reason)");
+  m.def("onednn_cpu_isa", &onednn_cpu_isa, "oneDNN's effective CPU instruction set, e.g. 'avx512_core_bf16'");
   m.def("validate_plan_bytes", [](py::bytes data) {
     std::string s = data;
     Plan p = parse_plan(reinterpret_cast<const unsigned char*>(s.data()), s.size());

@@ -37,7 +37,7 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
         ("involution.cu halo row +1 (load_tile)", "involution.cu", "const int ih = ih0 + r,",
          "const int ih = ih0 + r + 1,"),
         ("involution.cu one staging buffer instead of two (WAR race)", "involution.cu",
-         "float* buf = smem + (st & 1) * buf_elems;", "float* buf = smem;"),
+         "W* buf = smem + (st & 1) * buf_elems;", "W* buf = smem;"),
         ("involution.cu halo origin -1 (fused kernel)", "involution.cu",
          "const int pad = (KS - 1) / 2;", "const int pad = (KS - 1) / 2 + 1;"),
         ("cmam.cu split-K partials of Q/K/V not summed (attention)", "cmam.cu",

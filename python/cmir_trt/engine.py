@@ -1,6 +1,7 @@
 """cmir_trt.Engine: one facade over the backends (native C++ CPU, PyTorch CPU/CUDA, TensorRT).
 
     engine = cmir_trt.Engine("model.plan")                 # native CPU engine, all cores
+    engine = cmir_trt.Engine("model.plan", precision="bf16")  # bf16 convolutions (CPUs with avx512_bf16 / AMX)
     pred = engine.predict(art, pv, clinical)               # numpy in, Prediction(probability, logit, heatmap) out
     engine.metadata["threshold"], engine.metadata["model_id"]
 
@@ -56,12 +57,15 @@ class Engine:
 
     def _load(self, backend: str, device: str, threads: int | None, precision: str) -> Any:
         if device == "cpu":
-            if precision != "fp32":
-                raise ValueError(f"the CPU backends run fp32 only, got precision={precision!r}")
             if backend == "native":
+                if precision not in ("fp32", "bf16"):
+                    raise ValueError(f"the native CPU engine runs precision 'fp32' or 'bf16', got {precision!r}")
                 from .backends.native import NativeBackend
 
-                return NativeBackend(self.path, threads)
+                return NativeBackend(self.path, threads, precision=precision)
+            if precision != "fp32":
+                raise ValueError(f"the {backend} CPU backend runs fp32 only, got precision={precision!r} (bf16 on "
+                                 "the CPU: the native engine, a .plan file)")
             if backend == "torch":
                 from .backends.torch_cpu import TorchCPUBackend
 
@@ -114,4 +118,5 @@ class Engine:
                 "two_phase": cfg.get("variant") != "S1"}
 
     def __repr__(self) -> str:
-        return f"Engine({str(self.path)!r}, device={self.device!r}, backend={self.backend!r})"
+        return (f"Engine({str(self.path)!r}, device={self.device!r}, backend={self.backend!r}, "
+                f"precision={self.precision!r})")

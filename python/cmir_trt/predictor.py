@@ -48,6 +48,7 @@ class CaseResult:
     probabilities: tuple[float, ...] = ()
     logits: tuple[float, ...] = ()
     backend: str = ""
+    precision: str = "fp32"
     clinical_normalised: bool = True
     heatmap_roi: np.ndarray | None = field(default=None, repr=False)  # the S x S map the model produced
     source: dict[str, Any] = field(default_factory=dict)              # e.g. the DICOM series picked for ART/PV
@@ -55,7 +56,8 @@ class CaseResult:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-able result `cmir-trt predict` writes as CASE.json (without the output file names)."""
-        res: dict[str, Any] = {"case_id": self.case_id, "model": self.model_id, "backend": self.backend}
+        res: dict[str, Any] = {"case_id": self.case_id, "model": self.model_id, "backend": self.backend,
+                               "precision": self.precision}
         if len(self.probabilities) <= 1:
             res.update(probability=self.probability, logit=self.logit, threshold=self.threshold,
                        decision=self.decision)
@@ -106,6 +108,22 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, (DataError, ValueError)) else f"{type(exc).__name__}: {text}"
 
 
+def precision_validation(metadata: dict[str, Any], precision: str) -> tuple[bool | None, str | None]:
+    """(validated?, a note for the user) from a plan's "precisions" metadata (written by `cmir-trt export --format
+    plan`): fp32 without a record is the default and needs no note; any other precision without a passed check gets
+    one."""
+    rec = (metadata.get("precisions") or {}).get(precision) if isinstance(metadata.get("precisions"), dict) else None
+    if isinstance(rec, dict) and rec.get("validated") is True:
+        return True, None
+    if isinstance(rec, dict):
+        return False, (f"precision {precision} did not pass this model's export-time parity check "
+                       f"({rec.get('reason', 'no reason recorded')}); check it with `cmir-trt validate`")
+    if precision == "fp32":
+        return None, None
+    return None, (f"this model file records no parity check of precision {precision} (export it again with "
+                  "`cmir-trt export --format plan`, or run `cmir-trt validate`)")
+
+
 class Predictor:
     """A model loaded once with its settings; `predict_*` may be called from several threads at once."""
 
@@ -135,6 +153,8 @@ class Predictor:
         self.engine = Engine(model_path, device=device, backend=backend, threads=threads, **kwargs)
         self.precision = precision
         meta, spec = self.engine.metadata, self.engine.input_spec
+        # Did the plan's export-time parity check pass in this precision? (None: the model file records no check.)
+        self.precision_validated, self.precision_note = precision_validation(meta, precision)
         self.metadata: dict[str, Any] = meta
         self.spec: dict[str, Any] = spec
         self.schema, params, self.clinical_normalised = model_settings(meta, spec)
@@ -255,6 +275,7 @@ class Predictor:
                           model_id=self.model_id, synthetic=self.synthetic, heatmap=heatmap_image(prep, hm),
                           prepared=prep, probabilities=tuple(float(x) for x in probs),
                           logits=tuple(float(x) for x in logits), backend=self.engine.backend,
+                          precision=self.precision,
                           clinical_normalised=bool(self.clinical_normalised or not self.num_clinical),
                           heatmap_roi=hm, source=dict(source or {}), params_dict=self.params.to_dict())
 

@@ -7,6 +7,7 @@
 // the _ref functions (and Isa::kScalar, which runs them) allocate temporaries and are meant for tests.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace cmir::cpu {
 
@@ -71,6 +72,30 @@ void involution_fused_nhwc_ref(const float* x, const InvolutionGeneration& gen, 
                                int width, int channels, int kernel_size, int stride, int group_channels,
                                const Epilogue& epilogue);
 
+// The fused involution with its kernel GENERATION in bf16, for the engine's bf16 precision: the generation input
+// (x, or its average pool) and the hidden activations are rounded to bf16 (nearest even), the two 1x1 weights are
+// given rounded and packed (bf16_pack_pairs), products are summed in fp32 (vdpbf16ps). Pooling, the aggregation
+// with the generated kernels and the epilogue stay fp32, exactly as in involution_fused_nhwc. Needs avx512_bf16
+// (bf16_kernels_supported(); otherwise std::invalid_argument).
+bool bf16_kernels_supported();
+std::uint16_t bf16_round(float v);  // fp32 -> bf16 bits, round to nearest even (NaN stays NaN)
+// Weights [k, n] (the transposed layout of InvolutionGeneration) -> bf16 pairs of k: out[(q*n + j)*2 + r] =
+// bf16(w[(2q + r)*n + j]), zero where 2q + r >= k. bf16_pack_pairs_size: ceil(k/2) * n * 2 elements.
+std::size_t bf16_pack_pairs_size(int k, int n);
+void bf16_pack_pairs(const float* wt, int k, int n, std::uint16_t* out);
+struct InvolutionGenerationBf16 {
+  const std::uint16_t* reduce_w = nullptr;  // bf16_pack_pairs(reduce_wt, C, hidden)
+  const float* reduce_b = nullptr;          // [hidden]
+  const std::uint16_t* span_w = nullptr;    // bf16_pack_pairs(span_wt, hidden, G*K*K)
+  const float* span_b = nullptr;            // [G*K*K]
+  int hidden = 0;
+};
+std::size_t involution_fused_bf16_scratch_floats(int channels, int hidden, int groups, int kernel_size, int threads);
+void involution_fused_nhwc_bf16(const float* x, const InvolutionGenerationBf16& gen, float* y, float* scratch,
+                                std::size_t scratch_floats, int batch, int height, int width, int channels,
+                                int kernel_size, int stride, int group_channels, const Epilogue& epilogue,
+                                int threads);
+
 // ---------------------------------------------------------------- CMAM
 // CMAM, both directions. art/pv [B, N, C] tokens (= NHWC maps with N = H*W); packed weights as in
 // export/plugin_schema.json (Wq[dim,C], bq, Wk, bk, Wv, bv, Wo[C,dim], bo, ln_gamma, ln_beta); outputs [B, N, C].
@@ -85,6 +110,18 @@ void cmam(const float* art, const float* pv, const float* weights_art, const flo
           int threads, Isa isa = Isa::kAuto);
 void cmam_ref(const float* art, const float* pv, const float* weights_art, const float* weights_pv, float* art_out,
               float* pv_out, int batch, int tokens, int channels, int dim, int heads, float eps);
+
+// CMAM with its eight projections in bf16 (the engine's bf16 precision): the Q/K/V and output projection weights of
+// one direction packed once by cmam_pack_bf16 (rounded to bf16, rows zero-padded to a multiple of 32: wq, wk, wv
+// [dim, round32(C)], then wo [C, round32(dim)]), the activations rounded to bf16 before each projection, products
+// summed in fp32 (vdpbf16ps); biases, attention, softmax, residual and LayerNorm stay fp32 and are read from the fp32
+// packed weights as in cmam(). Needs avx512_bf16.
+std::size_t cmam_bf16_weight_elems(int channels, int dim);
+void cmam_pack_bf16(const float* weights, int channels, int dim, std::uint16_t* out);
+std::size_t cmam_bf16_scratch_floats(int batch, int tokens, int channels, int dim, int heads);
+void cmam_bf16(const float* art, const float* pv, const float* weights_art, const float* weights_pv,
+               const std::uint16_t* packed_art, const std::uint16_t* packed_pv, float* art_out, float* pv_out,
+               float* scratch, int batch, int tokens, int channels, int dim, int heads, float eps, int threads);
 
 // ---------------------------------------------------------------- spatial attention (SA)
 // Spatial attention over two phases: stats = [mean_c, max_c] over the C channels of a and the C of p together;

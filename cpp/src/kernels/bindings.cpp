@@ -119,7 +119,10 @@ py::array_t<float> involution(const py::array& x, const py::array& kernel, int k
 py::array_t<float> involution_fused(const py::array& x, const py::array& reduce_wt, const py::array& reduce_b,
                                     const py::array& span_wt, const py::array& span_b, int kernel_size, int stride,
                                     int group_channels, int threads, const std::string& isa, const py::object& scale,
-                                    const py::object& shift, bool relu, bool reference) {
+                                    const py::object& shift, bool relu, bool reference,
+                                    const std::string& precision = "fp32") {
+  if (precision != "fp32" && precision != "bf16") throw py::value_error("precision must be 'fp32' or 'bf16'");
+  const bool bf16 = precision == "bf16" && !reference;
   const float* xp = checked(x, "x", 4);
   const int b = as_int(x.shape(0), "batch"), h = as_int(x.shape(1), "height"), w = as_int(x.shape(2), "width"),
             c = as_int(x.shape(3), "channels");
@@ -159,11 +162,26 @@ py::array_t<float> involution_fused(const py::array& x, const py::array& reduce_
   auto y = empty({b, ho, wo, c});
   float* yp = data(y);
   const std::size_t nscratch =
-      reference ? 0 : cpu::involution_fused_scratch_floats(c, hidden, c / group_channels, kernel_size, threads);
+      reference ? 0
+      : bf16    ? cpu::involution_fused_bf16_scratch_floats(c, hidden, c / group_channels, kernel_size, threads)
+                : cpu::involution_fused_scratch_floats(c, hidden, c / group_channels, kernel_size, threads);
   std::vector<float> scratch(nscratch);
+  std::vector<std::uint16_t> reduce16, span16;
+  cpu::InvolutionGenerationBf16 gen16;
+  if (bf16) {
+    if (!cpu::bf16_kernels_supported()) throw py::value_error("bf16 needs a CPU with avx512_bf16");
+    reduce16.resize(cpu::bf16_pack_pairs_size(c, hidden));
+    span16.resize(cpu::bf16_pack_pairs_size(hidden, static_cast<int>(gkk)));
+    cpu::bf16_pack_pairs(gen.reduce_wt, c, hidden, reduce16.data());
+    cpu::bf16_pack_pairs(gen.span_wt, hidden, static_cast<int>(gkk), span16.data());
+    gen16 = {reduce16.data(), gen.reduce_b, span16.data(), gen.span_b, hidden};
+  }
   {
     py::gil_scoped_release release;
-    if (reference) {
+    if (bf16) {
+      cpu::involution_fused_nhwc_bf16(xp, gen16, yp, scratch.data(), scratch.size(), b, h, w, c, kernel_size, stride,
+                                      group_channels, epi, threads);
+    } else if (reference) {
       cpu::involution_fused_nhwc_ref(xp, gen, yp, b, h, w, c, kernel_size, stride, group_channels, epi);
     } else {
       cpu::involution_fused_nhwc(xp, gen, yp, scratch.data(), scratch.size(), b, h, w, c, kernel_size, stride,
@@ -175,7 +193,11 @@ py::array_t<float> involution_fused(const py::array& x, const py::array& reduce_
 
 // ---------------------------------------------------------------- CMAM
 py::tuple cmam(const py::array& art, const py::array& pv, const py::array& weights_art, const py::array& weights_pv,
-               int dim, int heads, float eps, int threads, const std::string& isa, bool in_place, bool reference) {
+               int dim, int heads, float eps, int threads, const std::string& isa, bool in_place, bool reference,
+               const std::string& precision = "fp32") {
+  if (precision != "fp32" && precision != "bf16") throw py::value_error("precision must be 'fp32' or 'bf16'");
+  const bool bf16 = precision == "bf16" && !reference;
+  if (bf16 && !cpu::bf16_kernels_supported()) throw py::value_error("bf16 needs a CPU with avx512_bf16");
   const float* ap = checked(art, "art", 3);
   const float* pp = checked(pv, "pv", 3);
   const int b = as_int(art.shape(0), "batch"), n = as_int(art.shape(1), "tokens"), c = as_int(art.shape(2), "channels");
@@ -191,7 +213,16 @@ py::tuple cmam(const py::array& art, const py::array& pv, const py::array& weigh
   auto yp = empty({b, n, c});
   float* yap = data(ya);
   float* ypp = data(yp);
-  std::vector<float> scratch(reference ? 0 : cpu::cmam_scratch_floats(b, n, c, dim, heads));
+  std::vector<float> scratch(reference ? 0
+                             : bf16    ? cpu::cmam_bf16_scratch_floats(b, n, c, dim, heads)
+                                       : cpu::cmam_scratch_floats(b, n, c, dim, heads));
+  std::vector<std::uint16_t> pa, pq;
+  if (bf16) {
+    pa.resize(cpu::cmam_bf16_weight_elems(c, dim));
+    pq.resize(pa.size());
+    cpu::cmam_pack_bf16(wa, c, dim, pa.data());
+    cpu::cmam_pack_bf16(wp, c, dim, pq.data());
+  }
   {
     py::gil_scoped_release release;
     if (in_place) {  // outputs start as copies of the inputs and are passed as both (tests the aliasing contract)
@@ -200,7 +231,10 @@ py::tuple cmam(const py::array& art, const py::array& pv, const py::array& weigh
       ap = yap;
       pp = ypp;
     }
-    if (reference) {
+    if (bf16) {
+      cpu::cmam_bf16(ap, pp, wa, wp, pa.data(), pq.data(), yap, ypp, scratch.data(), b, n, c, dim, heads, eps,
+                     threads);
+    } else if (reference) {
       cpu::cmam_ref(ap, pp, wa, wp, yap, ypp, b, n, c, dim, heads, eps);
     } else {
       cpu::cmam(ap, pp, wa, wp, yap, ypp, scratch.data(), b, n, c, dim, heads, eps, threads, which);
@@ -302,15 +336,28 @@ void register_kernel_bindings(py::module_& m) {
       "involution_fused",
       [](const py::array& x, const py::array& reduce_wt, const py::array& reduce_b, const py::array& span_wt,
          const py::array& span_b, int kernel_size, int stride, int group_channels, int threads, const std::string& isa,
-         const py::object& scale, const py::object& shift, bool relu) {
+         const py::object& scale, const py::object& shift, bool relu, const std::string& precision) {
         return involution_fused(x, reduce_wt, reduce_b, span_wt, span_b, kernel_size, stride, group_channels, threads,
-                                isa, scale, shift, relu, false);
+                                isa, scale, shift, relu, false, precision);
       },
       py::arg("x"), py::arg("reduce_wt"), py::arg("reduce_b"), py::arg("span_wt"), py::arg("span_b"),
       py::arg("kernel_size"), py::arg("stride") = 1, py::arg("group_channels") = 16, py::arg("threads") = 1,
       py::arg("isa") = "auto", py::arg("scale") = py::none(), py::arg("shift") = py::none(), py::arg("relu") = false,
+      py::arg("precision") = "fp32",
       "Fused involution (generation + aggregation), NHWC: x [B,H,W,C]; reduce_wt [C,hidden] (BN folded, "
-      "transposed), reduce_b [hidden], span_wt [hidden,G*K*K] (transposed), span_b [G*K*K] -> y [B,Ho,Wo,C].");
+      "transposed), reduce_b [hidden], span_wt [hidden,G*K*K] (transposed), span_b [G*K*K] -> y [B,Ho,Wo,C]. "
+      "precision='bf16': the generation in bf16 (avx512_bf16 CPUs; isa is then ignored).");
+  k.def("bf16_kernels_supported", &cpu::bf16_kernels_supported, "Whether this CPU has avx512_bf16");
+  k.def(
+      "bf16_round",
+      [](const py::array& a) {
+        const float* p = checked(a, "a", 1);
+        py::array_t<std::uint16_t> out(a.size());
+        auto* o = out.mutable_data();
+        for (py::ssize_t i = 0; i < a.size(); ++i) o[i] = cpu::bf16_round(p[i]);
+        return out;
+      },
+      py::arg("a"), "fp32 -> bf16 bits (round to nearest even), flattened");
   k.def(
       "involution_fused_ref",
       [](const py::array& x, const py::array& reduce_wt, const py::array& reduce_b, const py::array& span_wt,
@@ -327,12 +374,14 @@ void register_kernel_bindings(py::module_& m) {
   k.def(
       "cmam",
       [](const py::array& art, const py::array& pv, const py::array& wa, const py::array& wp, int dim, int heads,
-         float eps, int threads, const std::string& isa, bool in_place) {
-        return cmam(art, pv, wa, wp, dim, heads, eps, threads, isa, in_place, false);
+         float eps, int threads, const std::string& isa, bool in_place, const std::string& precision) {
+        return cmam(art, pv, wa, wp, dim, heads, eps, threads, isa, in_place, false, precision);
       },
       py::arg("art"), py::arg("pv"), py::arg("weights_art"), py::arg("weights_pv"), py::arg("dim"), py::arg("heads"),
       py::arg("eps") = 1e-5f, py::arg("threads") = 1, py::arg("isa") = "auto", py::arg("in_place") = false,
-      "CMAM, both directions: art/pv tokens [B,N,C], packed weights (export/plugin_schema.json) -> (art', pv').");
+      py::arg("precision") = "fp32",
+      "CMAM, both directions: art/pv tokens [B,N,C], packed weights (export/plugin_schema.json) -> (art', pv'). "
+      "precision='bf16': the eight projections in bf16 (avx512_bf16 CPUs; isa is then ignored).");
   k.def(
       "cmam_ref",
       [](const py::array& art, const py::array& pv, const py::array& wa, const py::array& wp, int dim, int heads,

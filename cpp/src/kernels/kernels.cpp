@@ -2,6 +2,7 @@
 // vector code lives in kernels_avx512.cpp / kernels_avx2.cpp and only runs after a CPUID check).
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -212,7 +213,44 @@ std::size_t involution_fused_thread_floats(int channels, int hidden, int groups,
          round16(t * static_cast<std::size_t>(groups) * kernel_size * kernel_size);
 }
 
+std::size_t involution_fused_bf16_thread_floats(int channels, int hidden, int groups, int kernel_size) {
+  auto round16 = [](std::size_t n) { return (n + 15) / 16 * 16; };
+  const std::size_t t = kFusedTile, cp = (channels + 1) / 2 * 2, hp = (hidden + 1) / 2 * 2;
+  return involution_fused_thread_floats(channels, hidden, groups, kernel_size) + round16(t * cp / 2) +
+         round16(t * hp / 2);
+}
+
 }  // namespace detail
+
+// ---------------------------------------------------------------- bf16
+bool bf16_kernels_supported() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+
+std::uint16_t bf16_round(float v) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu) != 0)
+    return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);  // NaN: keep it a (quiet) NaN
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+std::size_t bf16_pack_pairs_size(int k, int n) {
+  checked_count("bf16_pack_pairs_size", {k, n});
+  return static_cast<std::size_t>((k + 1) / 2) * static_cast<std::size_t>(n) * 2;
+}
+
+void bf16_pack_pairs(const float* wt, int k, int n, std::uint16_t* out) {
+  require_ptr(wt, "bf16_pack_pairs", "wt");
+  require_ptr(out, "bf16_pack_pairs", "out");
+  const int pairs = (k + 1) / 2;
+  for (int q = 0; q < pairs; ++q)
+    for (int j = 0; j < n; ++j)
+      for (int r = 0; r < 2; ++r) {
+        const int kk = 2 * q + r;
+        out[(static_cast<std::size_t>(q) * n + j) * 2 + r] =
+            kk < k ? bf16_round(wt[static_cast<std::size_t>(kk) * n + j]) : std::uint16_t{0};
+      }
+}
 
 // ---------------------------------------------------------------- involution
 void involution_nhwc_epilogue(const float* x, const float* kernel, float* y, int batch, int height, int width,
@@ -284,6 +322,36 @@ void involution_fused_nhwc(const float* x, const InvolutionGeneration& gen, floa
   }
 }
 
+std::size_t involution_fused_bf16_scratch_floats(int channels, int hidden, int groups, int kernel_size, int threads) {
+  checked_count("involution_fused_bf16_scratch_floats", {channels, hidden, groups, kernel_size, kernel_size});
+  return static_cast<std::size_t>(resolve_threads(threads)) *
+         detail::involution_fused_bf16_thread_floats(channels, hidden, groups, kernel_size);
+}
+
+void involution_fused_nhwc_bf16(const float* x, const InvolutionGenerationBf16& gen, float* y, float* scratch,
+                                std::size_t scratch_floats, int batch, int height, int width, int channels,
+                                int kernel_size, int stride, int group_channels, const Epilogue& epilogue,
+                                int threads) {
+  const char* fn = "involution_fused_nhwc_bf16";
+  if (!bf16_kernels_supported()) fail(std::string(fn) + ": this CPU has no avx512_bf16");
+  check_involution(fn, x, nullptr, y, batch, height, width, channels, kernel_size, stride, group_channels, true);
+  require(gen.hidden >= 1, fn, "hidden must be >= 1");
+  require_ptr(gen.reduce_w, fn, "reduce_w");
+  require_ptr(gen.reduce_b, fn, "reduce_b");
+  require_ptr(gen.span_w, fn, "span_w");
+  require_ptr(gen.span_b, fn, "span_b");
+  require_ptr(scratch, fn, "scratch");
+  const int nt = resolve_threads(threads);
+  const std::size_t need =
+      static_cast<std::size_t>(nt) *
+      detail::involution_fused_bf16_thread_floats(channels, gen.hidden, channels / group_channels, kernel_size);
+  require(scratch_floats >= need, fn,
+          "scratch has " + std::to_string(scratch_floats) + " floats, " + std::to_string(need) + " needed for " +
+              std::to_string(nt) + " threads");
+  detail::avx512::involution_fused_bf16(x, gen, y, scratch, batch, height, width, channels, kernel_size, stride,
+                                        group_channels, epilogue, nt);
+}
+
 // ---------------------------------------------------------------- CMAM
 std::size_t cmam_weight_floats(int channels, int dim) {
   return 4 * static_cast<std::size_t>(dim) * static_cast<std::size_t>(channels) + 3 * static_cast<std::size_t>(dim) +
@@ -314,6 +382,50 @@ void cmam(const float* art, const float* pv, const float* weights_art, const flo
     detail::avx2::cmam(art, pv, weights_art, weights_pv, art_out, pv_out, scratch, batch, tokens, channels, dim,
                        heads, eps, nt);
   }
+}
+
+std::size_t cmam_bf16_weight_elems(int channels, int dim) {
+  checked_count("cmam_bf16_weight_elems", {channels, dim});
+  const std::size_t cp = (channels + 31) / 32 * 32, dp = (dim + 31) / 32 * 32;
+  return 3 * static_cast<std::size_t>(dim) * cp + static_cast<std::size_t>(channels) * dp;
+}
+
+void cmam_pack_bf16(const float* weights, int channels, int dim, std::uint16_t* out) {
+  require_ptr(weights, "cmam_pack_bf16", "weights");
+  require_ptr(out, "cmam_pack_bf16", "out");
+  const std::size_t cp = (channels + 31) / 32 * 32, dp = (dim + 31) / 32 * 32;
+  const std::size_t dc = static_cast<std::size_t>(dim) * channels;
+  std::fill(out, out + cmam_bf16_weight_elems(channels, dim), std::uint16_t{0});
+  for (int m = 0; m < 3; ++m) {  // wq, wk, wv: [dim, C] each, every one followed by its bias (dim floats)
+    const float* w = weights + m * (dc + dim);
+    for (int r = 0; r < dim; ++r)
+      for (int c = 0; c < channels; ++c)
+        out[m * dim * cp + r * cp + c] = bf16_round(w[static_cast<std::size_t>(r) * channels + c]);
+  }
+  const float* wo = weights + 3 * (dc + dim);  // [C, dim]
+  std::uint16_t* o = out + 3 * dim * cp;
+  for (int r = 0; r < channels; ++r)
+    for (int c = 0; c < dim; ++c) o[r * dp + c] = bf16_round(wo[static_cast<std::size_t>(r) * dim + c]);
+}
+
+std::size_t cmam_bf16_scratch_floats(int batch, int tokens, int channels, int dim, int heads) {
+  checked_count("cmam_bf16_scratch_floats", {batch, tokens, channels, dim, heads});
+  const std::size_t m = static_cast<std::size_t>(batch) * tokens;
+  const std::size_t cp = (channels + 31) / 32 * 32, dp = (dim + 31) / 32 * 32;
+  return detail::cmam_scratch_layout(batch, tokens, channels, dim, heads).total + (2 * m * cp + 2 * m * dp) / 2 + 16;
+}
+
+void cmam_bf16(const float* art, const float* pv, const float* weights_art, const float* weights_pv,
+               const std::uint16_t* packed_art, const std::uint16_t* packed_pv, float* art_out, float* pv_out,
+               float* scratch, int batch, int tokens, int channels, int dim, int heads, float eps, int threads) {
+  const char* fn = "cmam_bf16";
+  if (!bf16_kernels_supported()) fail(std::string(fn) + ": this CPU has no avx512_bf16");
+  check_cmam(fn, art, pv, weights_art, weights_pv, art_out, pv_out, batch, tokens, channels, dim, heads, eps);
+  require_ptr(packed_art, fn, "packed_art");
+  require_ptr(packed_pv, fn, "packed_pv");
+  require_ptr(scratch, fn, "scratch");
+  detail::avx512::cmam_bf16(art, pv, weights_art, weights_pv, packed_art, packed_pv, art_out, pv_out, scratch, batch,
+                            tokens, channels, dim, heads, eps, resolve_threads(threads));
 }
 
 // ---------------------------------------------------------------- spatial attention

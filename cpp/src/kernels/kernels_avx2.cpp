@@ -11,6 +11,7 @@ namespace cmir::cpu::detail::avx2 {
 using V = __m256;
 constexpr int kLanes = 8;
 constexpr int kInvBlock = 6;  // 6 accumulators of the 16 ymm registers, the rest for broadcasts and loads
+constexpr int kInvPairBlock = 2;  // two pixels at once: 2x2 accumulators + 2 shared loads + broadcasts
 constexpr int kGemmMR = 4;    // 4x2 tile: 8 accumulators, 2 weight vectors, 1 activation vector
 constexpr int kGemmNR = 2;
 constexpr int kNnNV = 1;     // fused involution GEMMs: 8 accumulators per tile of 8 pixels

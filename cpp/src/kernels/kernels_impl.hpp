@@ -1,7 +1,8 @@
 // NOT an ordinary header (no include guard, on purpose): the body of the fast CPU kernels, written once against a
 // small vector abstraction and compiled once per instruction set. Include it only from kernels_avx512.cpp and
 // kernels_avx2.cpp, inside namespace cmir::cpu::detail::<isa>, after they define:
-//   V (vector of kLanes floats), kLanes, kInvBlock (involution accumulators), kGemmMR/kGemmNR (GEMM tile),
+//   V (vector of kLanes floats), kLanes, kInvBlock (involution accumulators), kInvPairBlock (vectors per block when
+//   two pixels are aggregated together), kGemmMR/kGemmNR (GEMM tile),
 //   kNnNV (vectors per row in the fused involution's per-tile GEMM),
 //   vzero, vset1, vload, vstore, vload_n, vstore_n (first n lanes, rest zero / untouched), vload_n_fill (rest = fill),
 //   vkeep_n (zero lanes >= n), vfmadd, vmul, vadd, vsub, vmax (x86 semantics: 2nd operand on NaN), vhsum, vhmax.
@@ -82,6 +83,13 @@ struct InvPixel {
 // One output pixel, NB consecutive vectors of channels starting at vector v0; every vector lies in one group
 // (group_channels % kLanes == 0). VPG: vectors per group when known at compile time (1: AVX-512 with 16-channel
 // groups, 2: AVX2), 0: read from sh.vpg. Taps outside the image are skipped (zero padding).
+inline void store_epilogue(V r, float* ypix, int c, const Epilogue& epi) {
+  if (epi.scale) r = vmul(r, vload(epi.scale + c));
+  if (epi.shift) r = vadd(r, vload(epi.shift + c));
+  if (epi.relu) r = vmax(vzero(), r);  // operand order keeps NaN (max returns the 2nd on NaN)
+  vstore(ypix + c, r);
+}
+
 template <int NB, int VPG>
 inline void involution_block(const InvPixel& px, const InvShape& sh, int v0, const Epilogue& epi) {
   V acc[NB];
@@ -100,14 +108,7 @@ inline void involution_block(const InvPixel& px, const InvShape& sh, int v0, con
       for (int j = 0; j < NB; ++j) acc[j] = vfmadd(vset1(kg[j][tap]), vload(xp + j * kLanes), acc[j]);
     }
   }
-  for (int j = 0; j < NB; ++j) {
-    V r = acc[j];
-    const int c = c0 + j * kLanes;
-    if (epi.scale) r = vmul(r, vload(epi.scale + c));
-    if (epi.shift) r = vadd(r, vload(epi.shift + c));
-    if (epi.relu) r = vmax(vzero(), r);  // operand order keeps NaN (max returns the 2nd on NaN)
-    vstore(px.ypix + c, r);
-  }
+  for (int j = 0; j < NB; ++j) store_epilogue(acc[j], px.ypix, c0 + j * kLanes, epi);
 }
 
 template <int NB, int VPG>
@@ -129,6 +130,73 @@ inline void involution_pixel(const InvPixel& px, const InvShape& sh, const Epilo
   if (v < nvec) involution_tail<kInvBlock - 1, VPG>(nvec - v, px, sh, v, epi);
 }
 
+// Two horizontally adjacent output pixels a and b (b.wi0 = a.wi0 + d, d = stride, same input rows): the input vectors
+// of one row are loaded once for both (position u serves tap u of a and tap u - d of b; each pixel keeps its own taps
+// inside the image), halving the loads per multiply-add. Each output still sums its taps in the same order
+// with the same instructions as involution_block, so results are bit-identical to aggregating the pixels one by one.
+template <int NB, int VPG>
+inline void involution_pair_block(const InvPixel& a, const InvPixel& b, const InvShape& sh, int v0, int d,
+                                  const Epilogue& epi) {
+  V acc0[NB], acc1[NB];
+  const float* kg0[NB];
+  const float* kg1[NB];
+  for (int j = 0; j < NB; ++j) {
+    acc0[j] = vzero();
+    acc1[j] = vzero();
+    const int g = VPG == 1 ? v0 + j : VPG == 2 ? (v0 + j) >> 1 : (v0 + j) / sh.vpg;
+    kg0[j] = a.kpix + static_cast<long>(g) * sh.kk;
+    kg1[j] = b.kpix + static_cast<long>(g) * sh.kk;
+  }
+  const int c0 = v0 * kLanes, k = sh.ksize;
+  // positions u (relative to a.wi0) that some tap of a or b reads; all inside the image
+  const int u0 = imin(a.kw0, b.kw0 + d), u1 = imax(a.kw1, b.kw1 + d);
+  for (int kh = a.kh0; kh < a.kh1; ++kh) {
+    const float* xrow = a.ximg + (static_cast<long>(a.hi0 + kh) * sh.width + a.wi0) * sh.channels + c0;
+    const int tap0 = kh * k;
+    for (int u = u0; u < u1; ++u) {
+      V x[NB];
+      for (int j = 0; j < NB; ++j) x[j] = vload(xrow + static_cast<long>(u) * sh.channels + j * kLanes);
+      if (u >= a.kw0 && u < a.kw1) {
+        for (int j = 0; j < NB; ++j) acc0[j] = vfmadd(vset1(kg0[j][tap0 + u]), x[j], acc0[j]);
+      }
+      if (u - d >= b.kw0 && u - d < b.kw1) {
+        for (int j = 0; j < NB; ++j) acc1[j] = vfmadd(vset1(kg1[j][tap0 + u - d]), x[j], acc1[j]);
+      }
+    }
+  }
+  for (int j = 0; j < NB; ++j) {
+    store_epilogue(acc0[j], a.ypix, c0 + j * kLanes, epi);
+    store_epilogue(acc1[j], b.ypix, c0 + j * kLanes, epi);
+  }
+}
+
+template <int NB, int VPG>
+inline void involution_pair_tail(int nb, const InvPixel& a, const InvPixel& b, const InvShape& sh, int v0, int d,
+                                 const Epilogue& epi) {
+  if constexpr (NB > 0) {
+    if (nb == NB) {
+      involution_pair_block<NB, VPG>(a, b, sh, v0, d, epi);
+    } else {
+      involution_pair_tail<NB - 1, VPG>(nb, a, b, sh, v0, d, epi);
+    }
+  }
+}
+
+template <int VPG>
+inline void involution_pixel_pair(const InvPixel& a, const InvPixel& b, const InvShape& sh, int d,
+                                  const Epilogue& epi) {
+  const int nvec = sh.channels / kLanes;
+  int v = 0;
+  for (; v + kInvPairBlock <= nvec; v += kInvPairBlock) involution_pair_block<kInvPairBlock, VPG>(a, b, sh, v, d, epi);
+  if (v < nvec) involution_pair_tail<kInvPairBlock - 1, VPG>(nvec - v, a, b, sh, v, d, epi);
+}
+
+// Whether pixel b (the next output pixel after a) can be aggregated together with a: same image and input rows, b one
+// stride to the right (so the positions they read overlap).
+inline bool can_pair(const InvPixel& a, const InvPixel& b, int stride) {
+  return b.ximg == a.ximg && b.hi0 == a.hi0 && b.wi0 == a.wi0 + stride && stride < a.kw1 - a.kw0;
+}
+
 // Group size not a multiple of the vector width: one channel at a time, same tap order.
 inline void involution_pixel_scalar(const InvPixel& px, const InvShape& sh, int group_channels, const Epilogue& epi) {
   for (int c = 0; c < sh.channels; ++c) {
@@ -147,6 +215,40 @@ inline void involution_pixel_scalar(const InvPixel& px, const InvShape& sh, int 
   }
 }
 
+// Aggregates output pixels [0, n) given by make(i) -> InvPixel, in pairs where can_pair allows (vector path only).
+template <class Make>
+inline void aggregate_pixels(long n, const Make& make, const InvShape& sh, bool vec, int group_channels, int stride,
+                             const Epilogue& epi) {
+  for (long i = 0; i < n; ++i) {
+    const InvPixel px = make(i);
+    if (!vec) {
+      involution_pixel_scalar(px, sh, group_channels, epi);
+      continue;
+    }
+    if (i + 1 < n) {
+      const InvPixel nx = make(i + 1);
+      if (can_pair(px, nx, stride)) {
+        if (sh.vpg == 1) {
+          involution_pixel_pair<1>(px, nx, sh, stride, epi);
+        } else if (sh.vpg == 2) {
+          involution_pixel_pair<2>(px, nx, sh, stride, epi);
+        } else {
+          involution_pixel_pair<0>(px, nx, sh, stride, epi);
+        }
+        ++i;
+        continue;
+      }
+    }
+    if (sh.vpg == 1) {
+      involution_pixel<1>(px, sh, epi);
+    } else if (sh.vpg == 2) {
+      involution_pixel<2>(px, sh, epi);
+    } else {
+      involution_pixel<0>(px, sh, epi);
+    }
+  }
+}
+
 void involution(const float* x, const float* kernel, float* y, int batch, int height, int width, int channels,
                 int kernel_size, int stride, int group_channels, const Epilogue& epi, int threads) {
   const int ho_n = (height + stride - 1) / stride;
@@ -159,11 +261,10 @@ void involution(const float* x, const float* kernel, float* y, int batch, int he
   const long pixels = batch * plane;
   const int nt = useful_threads(threads, static_cast<double>(pixels) * channels * sh.kk);
   parallel_ranges(pixels, nt, [&](long lo, long hi) {
-    // (n, ho, wo) of pixel lo, then stepped incrementally (no divisions per pixel)
-    int n = static_cast<int>(lo / plane);
-    int ho = static_cast<int>((lo % plane) / wo_n);
-    int wo = static_cast<int>(lo % wo_n);
-    for (long pix = lo; pix < hi; ++pix) {
+    auto make = [&](long i) {
+      const long pix = lo + i;
+      const int n = static_cast<int>(pix / plane);
+      const int ho = static_cast<int>((pix % plane) / wo_n), wo = static_cast<int>(pix % wo_n);
       InvPixel px;
       px.hi0 = ho * stride - pad;
       px.wi0 = wo * stride - pad;
@@ -174,23 +275,9 @@ void involution(const float* x, const float* kernel, float* y, int batch, int he
       px.ximg = x + static_cast<long>(n) * height * width * channels;
       px.kpix = kernel + pix * groups * sh.kk;
       px.ypix = y + pix * channels;
-      if (!vec) {
-        involution_pixel_scalar(px, sh, group_channels, epi);
-      } else if (sh.vpg == 1) {
-        involution_pixel<1>(px, sh, epi);
-      } else if (sh.vpg == 2) {
-        involution_pixel<2>(px, sh, epi);
-      } else {
-        involution_pixel<0>(px, sh, epi);
-      }
-      if (++wo == wo_n) {
-        wo = 0;
-        if (++ho == ho_n) {
-          ho = 0;
-          ++n;
-        }
-      }
-    }
+      return px;
+    };
+    aggregate_pixels(hi - lo, make, sh, vec, group_channels, stride, epi);
   });
 }
 
@@ -243,25 +330,28 @@ inline void gemm_nn_any(int mr, const float* a, long lda, const float* bt, const
   gemm_nn_rows<MR>(a, lda, bt, bias, out, ldo, n, kdim, relu);
 }
 
-void involution_fused(const float* x, const InvolutionGeneration& gen, float* y, float* scratch, int batch,
-                      int height, int width, int channels, int kernel_size, int stride, int group_channels,
-                      const Epilogue& epi, int threads) {
+// The fused involution's tile loop; `generate(tp, gin, hid, kern, extra)` fills the tile's kernels [tp, G*K*K] from
+// its generation input gin [tp, C] (hid: [tile, hidden] scratch; extra: what the thread's scratch holds past the fp32
+// layout, for generators that need more). per_thread: floats of scratch per thread.
+template <class Generate>
+void involution_fused_tiles(const float* x, int hidden, float* y, float* scratch, std::size_t per_thread, int batch,
+                            int height, int width, int channels, int kernel_size, int stride, int group_channels,
+                            const Epilogue& epi, int threads, const Generate& generate) {
   const int ho_n = (height + stride - 1) / stride;
   const int wo_n = (width + stride - 1) / stride;
   const int pad = (kernel_size - 1) / 2;
   const int groups = channels / group_channels;
   const int gkk = groups * kernel_size * kernel_size;
-  const int hidden = gen.hidden;
   const InvShape sh{width, channels, kernel_size, kernel_size * kernel_size, group_channels / kLanes};
   const bool vec = group_channels % kLanes == 0;
   const long plane = static_cast<long>(ho_n) * wo_n;
   const long pixels = batch * plane;
   const long tiles = (pixels + kFusedTile - 1) / kFusedTile;
-  const std::size_t per_thread = involution_fused_thread_floats(channels, hidden, groups, kernel_size);
-  // per-thread scratch: pooled [tile, C] | hidden [tile, hidden] | kernels [tile, G*K*K] (see kernels.cpp)
+  // per-thread scratch: pooled [tile, C] | hidden [tile, hidden] | kernels [tile, G*K*K] | extra (see kernels.cpp)
   const std::size_t pooled_off = 0;
   const std::size_t hidden_off = pooled_off + (static_cast<std::size_t>(kFusedTile) * channels + 15) / 16 * 16;
   const std::size_t kern_off = hidden_off + (static_cast<std::size_t>(kFusedTile) * hidden + 15) / 16 * 16;
+  const std::size_t extra_off = kern_off + (static_cast<std::size_t>(kFusedTile) * gkk + 15) / 16 * 16;
   const double work = static_cast<double>(pixels) * (static_cast<double>(channels) * (hidden + sh.kk) +
                                                       static_cast<double>(hidden) * gkk);
   const long nt = useful_threads(threads < tiles ? threads : static_cast<int>(tiles), work);
@@ -270,6 +360,7 @@ void involution_fused(const float* x, const InvolutionGeneration& gen, float* y,
     float* pooled = mine + pooled_off;
     float* hid = mine + hidden_off;
     float* kern = mine + kern_off;
+    float* extra = mine + extra_off;
     long tlo, thi;
     split_range(tiles, t, n_threads, tlo, thi);
     for (long tile = tlo; tile < thi; ++tile) {
@@ -299,11 +390,10 @@ void involution_fused(const float* x, const InvolutionGeneration& gen, float* y,
         }
         gin = pooled;
       }
-      // 2) hidden = relu(gin . reduce + b), 3) kernels = hidden . span + b   (per-tile GEMMs, kept in cache)
-      gemm_nn_any<kFusedTile>(tp, gin, channels, gen.reduce_wt, gen.reduce_b, hid, hidden, hidden, channels, true);
-      gemm_nn_any<kFusedTile>(tp, hid, hidden, gen.span_wt, gen.span_b, kern, gkk, gkk, hidden, false);
+      // 2) + 3) the tile's kernels (per-tile GEMMs, kept in cache)
+      generate(tp, gin, hid, kern, extra);
       // 4) aggregation of the tile's pixels with their fresh kernels
-      for (int i = 0; i < tp; ++i) {
+      auto make = [&](long i) {
         const long pix = p0 + i;
         const int nb = static_cast<int>(pix / plane);
         const int ho = static_cast<int>((pix % plane) / wo_n), wo = static_cast<int>(pix % wo_n);
@@ -315,21 +405,134 @@ void involution_fused(const float* x, const InvolutionGeneration& gen, float* y,
         px.kw0 = imax(0, -px.wi0);
         px.kw1 = imin(kernel_size, width - px.wi0);
         px.ximg = x + static_cast<long>(nb) * height * width * channels;
-        px.kpix = kern + static_cast<long>(i) * gkk;
+        px.kpix = kern + i * gkk;
         px.ypix = y + pix * channels;
-        if (!vec) {
-          involution_pixel_scalar(px, sh, group_channels, epi);
-        } else if (sh.vpg == 1) {
-          involution_pixel<1>(px, sh, epi);
-        } else if (sh.vpg == 2) {
-          involution_pixel<2>(px, sh, epi);
-        } else {
-          involution_pixel<0>(px, sh, epi);
-        }
-      }
+        return px;
+      };
+      aggregate_pixels(tp, make, sh, vec, group_channels, stride, epi);
     }
   });
 }
+
+void involution_fused(const float* x, const InvolutionGeneration& gen, float* y, float* scratch, int batch,
+                      int height, int width, int channels, int kernel_size, int stride, int group_channels,
+                      const Epilogue& epi, int threads) {
+  const int hidden = gen.hidden;
+  const int gkk = channels / group_channels * kernel_size * kernel_size;
+  const std::size_t per_thread =
+      involution_fused_thread_floats(channels, hidden, channels / group_channels, kernel_size);
+  involution_fused_tiles(x, hidden, y, scratch, per_thread, batch, height, width, channels, kernel_size, stride,
+                         group_channels, epi, threads,
+                         [&](int tp, const float* gin, float* hid, float* kern, float*) {
+                           // 2) hidden = relu(gin . reduce + b), 3) kernels = hidden . span + b
+                           gemm_nn_any<kFusedTile>(tp, gin, channels, gen.reduce_wt, gen.reduce_b, hid, hidden,
+                                                   hidden, channels, true);
+                           gemm_nn_any<kFusedTile>(tp, hid, hidden, gen.span_wt, gen.span_b, kern, gkk, gkk, hidden,
+                                                   false);
+                         });
+}
+
+#ifdef CMIR_KERNELS_BF16
+// ---------------------------------------------------------------- bf16 generation (avx512_bf16)
+// Rows of fp32 -> bf16 (round to nearest even, vcvtne2ps2bf16), each row padded with zeros to kp (even) elements.
+inline void rows_to_bf16(const float* a, long lda, int rows, int k, int kp, std::uint16_t* out) {
+  for (int i = 0; i < rows; ++i) {
+    const float* src = a + i * lda;
+    std::uint16_t* dst = out + static_cast<long>(i) * kp;
+    for (int c = 0; c < kp; c += 32) {
+      const int n_lo = imax(0, imin(16, k - c)), n_hi = imax(0, imin(16, k - c - 16));
+      const __m512 lo = _mm512_maskz_loadu_ps(lanes_mask(n_lo), src + c);
+      const __m512 hi = _mm512_maskz_loadu_ps(lanes_mask(n_hi), src + c + 16);
+      const __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);  // lanes 0-15 from lo, 16-31 from hi
+      const int n = imin(32, kp - c);
+      const __mmask32 m = n >= 32 ? static_cast<__mmask32>(0xFFFFFFFFu) : static_cast<__mmask32>((1u << n) - 1u);
+      _mm512_mask_storeu_epi16(dst + c, m, reinterpret_cast<const __m512i&>(packed));
+    }
+  }
+}
+
+// out[i*ldo + j] = act(bias[j] + sum_k a[i*kp + k] * w[k][j]) with bf16 a (rows padded to kp, even) and w packed in
+// pairs of k (bf16_pack_pairs: element (q, j, r) = w[2q + r][j]): one vdpbf16ps adds two products per output lane,
+// summed in fp32. The same lane order for every MR, so a value does not depend on the tile size.
+template <int MR>
+inline void gemm_bf16_rows(const std::uint16_t* a, int kp, const std::uint16_t* bt, const float* bias, float* out,
+                           long ldo, int n, bool relu) {
+  const int pairs = kp / 2;
+  auto pair_of = [&](int i, int q) {
+    std::uint32_t v;
+    __builtin_memcpy(&v, a + static_cast<long>(i) * kp + 2 * q, sizeof(v));
+    return _mm512_set1_epi32(static_cast<int>(v));
+  };
+  int j = 0;
+  for (; j + kNnNV * 16 <= n; j += kNnNV * 16) {
+    __m512 acc[MR][kNnNV];
+    for (int v = 0; v < kNnNV; ++v) {
+      const __m512 b0 = _mm512_loadu_ps(bias + j + v * 16);
+      for (int i = 0; i < MR; ++i) acc[i][v] = b0;
+    }
+    for (int q = 0; q < pairs; ++q) {
+      __m512i b[kNnNV];
+      for (int v = 0; v < kNnNV; ++v) b[v] = _mm512_loadu_si512(bt + (static_cast<long>(q) * n + j + v * 16) * 2);
+      for (int i = 0; i < MR; ++i) {
+        const __m512i av = pair_of(i, q);
+        for (int v = 0; v < kNnNV; ++v)
+          acc[i][v] = _mm512_dpbf16_ps(acc[i][v], reinterpret_cast<const __m512bh&>(av),
+                                       reinterpret_cast<const __m512bh&>(b[v]));
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < kNnNV; ++v)
+        _mm512_storeu_ps(out + i * ldo + j + v * 16, relu ? _mm512_max_ps(_mm512_setzero_ps(), acc[i][v]) : acc[i][v]);
+  }
+  for (; j < n; j += 16) {  // remaining columns, one (possibly partial) vector at a time
+    const int w = imin(16, n - j);
+    const __mmask16 m = lanes_mask(w);
+    __m512 acc[MR];
+    const __m512 b0 = _mm512_maskz_loadu_ps(m, bias + j);
+    for (int i = 0; i < MR; ++i) acc[i] = b0;
+    for (int q = 0; q < pairs; ++q) {
+      const __m512i b = _mm512_maskz_loadu_epi32(m, bt + (static_cast<long>(q) * n + j) * 2);
+      for (int i = 0; i < MR; ++i) {
+        const __m512i av = pair_of(i, q);
+        acc[i] = _mm512_dpbf16_ps(acc[i], reinterpret_cast<const __m512bh&>(av), reinterpret_cast<const __m512bh&>(b));
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      _mm512_mask_storeu_ps(out + i * ldo + j, m, relu ? _mm512_max_ps(_mm512_setzero_ps(), acc[i]) : acc[i]);
+  }
+}
+
+template <int MR>
+inline void gemm_bf16_any(int mr, const std::uint16_t* a, int kp, const std::uint16_t* bt, const float* bias,
+                          float* out, long ldo, int n, bool relu) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return gemm_bf16_any<MR - 1>(mr, a, kp, bt, bias, out, ldo, n, relu);
+  }
+  gemm_bf16_rows<MR>(a, kp, bt, bias, out, ldo, n, relu);
+}
+
+void involution_fused_bf16(const float* x, const InvolutionGenerationBf16& gen, float* y, float* scratch, int batch,
+                           int height, int width, int channels, int kernel_size, int stride, int group_channels,
+                           const Epilogue& epi, int threads) {
+  const int hidden = gen.hidden;
+  const int gkk = channels / group_channels * kernel_size * kernel_size;
+  const int cp = (channels + 1) / 2 * 2, hp = (hidden + 1) / 2 * 2;
+  const std::size_t per_thread =
+      involution_fused_bf16_thread_floats(channels, hidden, channels / group_channels, kernel_size);
+  involution_fused_tiles(x, hidden, y, scratch, per_thread, batch, height, width, channels, kernel_size, stride,
+                         group_channels, epi, threads,
+                         [&](int tp, const float* gin, float* hid, float* kern, float* extra) {
+                           // extra: the tile's generation input in bf16 [tile, cp] | hidden in bf16 [tile, hp]
+                           auto* gin16 = reinterpret_cast<std::uint16_t*>(extra);
+                           auto* hid16 = gin16 + static_cast<std::size_t>(kFusedTile) * cp;
+                           rows_to_bf16(gin, channels, tp, channels, cp, gin16);
+                           gemm_bf16_any<kFusedTile>(tp, gin16, cp, gen.reduce_w, gen.reduce_b, hid, hidden, hidden,
+                                                     true);
+                           rows_to_bf16(hid, hidden, tp, hidden, hp, hid16);
+                           gemm_bf16_any<kFusedTile>(tp, hid16, hp, gen.span_w, gen.span_b, kern, gkk, gkk, false);
+                         });
+}
+#endif  // CMIR_KERNELS_BF16
 
 // ---------------------------------------------------------------- GEMM (torch.nn.Linear form)
 // out[i*ldo + j] = bias[j] + sum_k a[i*lda + k] * w[j*ldw + k] for an MR x NR tile. Each element is one vector
@@ -390,33 +593,39 @@ struct GemmJob {
 
 // Thread t of n runs its static share of the weight-row blocks of all jobs together (one split, one barrier for
 // several GEMMs). Splitting the weight rows means each thread streams its share of the weights once and keeps the
-// small activation matrix in cache.
-inline void gemm_jobs(const GemmJob* jobs, int njobs, int t, int nthreads) {
+// small activation matrix in cache. f(job, jb, blocks, j0, nr) handles weight rows [j0, j0 + nr) of one job.
+template <class Job, class F>
+inline void for_weight_blocks(const Job* jobs, int njobs, int t, int nthreads, const F& f) {
   long total = 0;
   for (int q = 0; q < njobs; ++q) total += (jobs[q].n + kGemmNR - 1) / kGemmNR;
   long lo, hi;
   split_range(total, t, nthreads, lo, hi);
   long base = 0;
   for (int q = 0; q < njobs && lo < hi; ++q) {
-    const GemmJob& g = jobs[q];
+    const Job& g = jobs[q];
     const long blocks = (g.n + kGemmNR - 1) / kGemmNR;
     const long b0 = lo > base ? lo - base : 0;
     const long b1 = hi - base < blocks ? hi - base : blocks;
     for (long jb = b0; jb < b1; ++jb) {
       const int j0 = static_cast<int>(jb * kGemmNR);
-      const int nr = imin(kGemmNR, g.n - j0);
-      const float* wblk = g.w + static_cast<long>(j0) * g.k;
-      const float* next = jb + 1 < blocks && j0 + 2 * kGemmNR <= g.n ? wblk + static_cast<long>(kGemmNR) * g.k
-                                                                      : nullptr;
-      for (int i0 = 0; i0 < g.m; i0 += kGemmMR) {
-        const int mr = imin(kGemmMR, g.m - i0);
-        gemm_tile_any<kGemmMR, kGemmNR>(mr, nr, g.a + static_cast<long>(i0) * g.k, g.k, wblk, g.k,
-                                        g.bias ? g.bias + j0 : nullptr, g.out + static_cast<long>(i0) * g.n + j0, g.n,
-                                        g.k, i0 == 0 ? next : nullptr);
-      }
+      f(g, jb, blocks, j0, imin(kGemmNR, g.n - j0));
     }
     base += blocks;
   }
+}
+
+inline void gemm_jobs(const GemmJob* jobs, int njobs, int t, int nthreads) {
+  for_weight_blocks(jobs, njobs, t, nthreads, [](const GemmJob& g, long jb, long blocks, int j0, int nr) {
+    const float* wblk = g.w + static_cast<long>(j0) * g.k;
+    const float* next =
+        jb + 1 < blocks && j0 + 2 * kGemmNR <= g.n ? wblk + static_cast<long>(kGemmNR) * g.k : nullptr;
+    for (int i0 = 0; i0 < g.m; i0 += kGemmMR) {
+      const int mr = imin(kGemmMR, g.m - i0);
+      gemm_tile_any<kGemmMR, kGemmNR>(mr, nr, g.a + static_cast<long>(i0) * g.k, g.k, wblk, g.k,
+                                      g.bias ? g.bias + j0 : nullptr, g.out + static_cast<long>(i0) * g.n + j0, g.n,
+                                      g.k, i0 == 0 ? next : nullptr);
+    }
+  });
 }
 
 inline float vdot(const float* a, const float* b, int n) {
@@ -514,11 +723,15 @@ inline void residual_layernorm_row(const float* xr, const float* yr, const float
   }
 }
 
-// Both directions in one parallel region, four phases separated by barriers: Q/K/V projections (6 GEMMs), attention,
+// Both directions in one parallel region, phases separated by barriers: Q/K/V projections (6 GEMMs), attention,
 // output projections (2 GEMMs), residual + LayerNorm. Scratch holds one direction's Q/K/V/O per direction half.
-void cmam(const float* art, const float* pv, const float* weights_art, const float* weights_pv, float* art_out,
-          float* pv_out, float* scratch, int batch, int tokens, int channels, int dim, int heads, float eps,
-          int threads) {
+// `proj` runs the projections: proj.prepare(t, n) before the Q/K/V GEMMs, proj.qkv(jobs, t, n) and
+// proj.out(jobs, t, n) (an fp32 GemmJob list each; the bf16 projector swaps in its own operands), with
+// proj.between(t, n) after the attention (it may convert O before the output projections; it ends with a barrier).
+template <class Proj>
+void cmam_phases(const float* art, const float* pv, const float* weights_art, const float* weights_pv, float* art_out,
+                 float* pv_out, float* scratch, int batch, int tokens, int channels, int dim, int heads, float eps,
+                 int threads, Proj& proj) {
   const CmamScratch lay = cmam_scratch_layout(batch, tokens, channels, dim, heads);
   const CmamWeights wa = unpack_cmam(weights_art, channels, dim);
   const CmamWeights wp = unpack_cmam(weights_pv, channels, dim);
@@ -541,7 +754,8 @@ void cmam(const float* art, const float* pv, const float* weights_art, const flo
   const float scale = 1.0f / sqrtf(static_cast<float>(dim / heads));
   const long rows_per_dir = static_cast<long>(batch) * heads * tokens;
   parallel_team(threads, [&](int t, int n) {
-    gemm_jobs(qkv, 6, t, n);
+    proj.prepare(t, n);
+    proj.qkv(qkv, t, n);
 #pragma omp barrier
     long lo, hi;
     split_range(2 * rows_per_dir, t, n, lo, hi);
@@ -551,7 +765,8 @@ void cmam(const float* art, const float* pv, const float* weights_art, const flo
       attention_row(q[dir], k[dir], v[dir], o[dir], scratch + lay.probs + r * tokens, idx, tokens, dim, heads, scale);
     }
 #pragma omp barrier
-    gemm_jobs(out_proj, 2, t, n);
+    proj.between(t, n);
+    proj.out(out_proj, t, n);
 #pragma omp barrier
     // Outputs are written only now, after every read of art/pv: art_out may be art, pv_out may be pv.
     split_range(2L * m, t, n, lo, hi);
@@ -567,6 +782,143 @@ void cmam(const float* art, const float* pv, const float* weights_art, const flo
     }
   });
 }
+
+struct Fp32Projector {
+  void prepare(int, int) {}
+  void qkv(const GemmJob* jobs, int t, int n) { gemm_jobs(jobs, 6, t, n); }
+  void between(int, int) {}
+  void out(const GemmJob* jobs, int t, int n) { gemm_jobs(jobs, 2, t, n); }
+};
+
+void cmam(const float* art, const float* pv, const float* weights_art, const float* weights_pv, float* art_out,
+          float* pv_out, float* scratch, int batch, int tokens, int channels, int dim, int heads, float eps,
+          int threads) {
+  Fp32Projector proj;
+  cmam_phases(art, pv, weights_art, weights_pv, art_out, pv_out, scratch, batch, tokens, channels, dim, heads, eps,
+              threads, proj);
+}
+
+#ifdef CMIR_KERNELS_BF16
+// bf16 GEMM in the Linear form: out[i, j] = bias[j] + sum_k a[i, k] w[j, k], a and w bf16 rows zero-padded to kp (a
+// multiple of 32), one vdpbf16ps per 32 k, fp32 accumulation, horizontal sum at the end (as gemm_tile).
+template <int MR, int NR>
+inline void gemm_tile_bf16(const std::uint16_t* a, long lda, const std::uint16_t* w, long ldw, const float* bias,
+                           float* out, long ldo, int kp, const std::uint16_t* pf) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int k = 0; k < kp; k += 32) {
+    if (pf) {  // one 64-byte line per row and step: the next weight block streams in ahead of use
+      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ldw + k), _MM_HINT_T1);
+    }
+    __m512i b[NR];
+    for (int j = 0; j < NR; ++j) b[j] = _mm512_loadu_si512(w + j * ldw + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_loadu_si512(a + i * lda + k);
+      for (int j = 0; j < NR; ++j)
+        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], reinterpret_cast<const __m512bh&>(av),
+                                     reinterpret_cast<const __m512bh&>(b[j]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) out[i * ldo + j] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[j] : 0.0f);
+}
+
+template <int MR, int NR>
+inline void gemm_tile_bf16_any(int mr, int nr, const std::uint16_t* a, long lda, const std::uint16_t* w, long ldw,
+                               const float* bias, float* out, long ldo, int kp, const std::uint16_t* pf) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return gemm_tile_bf16_any<MR - 1, NR>(mr, nr, a, lda, w, ldw, bias, out, ldo, kp, pf);
+  }
+  if constexpr (NR > 1) {
+    if (nr < NR) return gemm_tile_bf16_any<MR, NR - 1>(mr, nr, a, lda, w, ldw, bias, out, ldo, kp, pf);
+  }
+  gemm_tile_bf16<MR, NR>(a, lda, w, ldw, bias, out, ldo, kp, pf);
+}
+
+// A GemmJob's bf16 operands: a [m, kp], w [n, kp] (kp = k rounded up to 32, zero-padded).
+struct GemmJobBf16 {
+  const std::uint16_t* a;
+  const std::uint16_t* w;
+  const float* bias;
+  float* out;
+  int m, n, kp;
+};
+
+// The same static split of weight-row blocks as gemm_jobs.
+inline void gemm_jobs_bf16(const GemmJobBf16* jobs, int njobs, int t, int nthreads) {
+  for_weight_blocks(jobs, njobs, t, nthreads, [](const GemmJobBf16& g, long jb, long blocks, int j0, int nr) {
+    const std::uint16_t* wblk = g.w + static_cast<long>(j0) * g.kp;
+    const std::uint16_t* next =
+        jb + 1 < blocks && j0 + 2 * kGemmNR <= g.n ? wblk + static_cast<long>(kGemmNR) * g.kp : nullptr;
+    for (int i0 = 0; i0 < g.m; i0 += kGemmMR) {
+      const int mr = imin(kGemmMR, g.m - i0);
+      gemm_tile_bf16_any<kGemmMR, kGemmNR>(mr, nr, g.a + static_cast<long>(i0) * g.kp, g.kp, wblk, g.kp,
+                                           g.bias ? g.bias + j0 : nullptr, g.out + static_cast<long>(i0) * g.n + j0,
+                                           g.n, g.kp, i0 == 0 ? next : nullptr);
+    }
+  });
+}
+
+// CMAM with the eight projections in bf16 (weights packed by cmam_pack_bf16; activations rounded once per phase);
+// attention, softmax and LayerNorm stay fp32.
+struct Bf16Projector {
+  const std::uint16_t* packed[2];  // per direction: wq, wk, wv [dim, cp] then wo [C, dp]
+  std::uint16_t *art16, *pv16, *o16;
+  const float* art;
+  const float* pv;
+  const float* o;  // fp32 O of both directions, [2 * m, dim] (contiguous, see cmam_scratch_layout)
+  int m, channels, dim, cp, dp;
+  void prepare(int t, int n) {
+    long lo, hi;
+    split_range(2L * m, t, n, lo, hi);
+    for (long r = lo; r < hi; ++r) {
+      const float* src = r < m ? art + r * channels : pv + (r - m) * channels;
+      std::uint16_t* dst = r < m ? art16 + r * cp : pv16 + (r - m) * cp;
+      rows_to_bf16(src, channels, 1, channels, cp, dst);
+    }
+#pragma omp barrier
+  }
+  void qkv(const GemmJob* jobs, int t, int n) {
+    const long dc = static_cast<long>(dim) * cp;
+    GemmJobBf16 j[6];
+    const std::uint16_t* src[6] = {art16, pv16, pv16, pv16, art16, art16};
+    for (int q = 0; q < 6; ++q) {
+      const std::uint16_t* w = packed[q / 3] + (q % 3) * dc;
+      j[q] = {src[q], w, jobs[q].bias, jobs[q].out, m, dim, cp};
+    }
+    gemm_jobs_bf16(j, 6, t, n);
+  }
+  void between(int t, int n) {
+    long lo, hi;
+    split_range(2L * m, t, n, lo, hi);
+    if (lo < hi) rows_to_bf16(o + lo * dim, dim, static_cast<int>(hi - lo), dim, dp, o16 + lo * dp);
+#pragma omp barrier
+  }
+  void out(const GemmJob* jobs, int t, int n) {
+    const long wo_off = 3L * dim * cp;
+    GemmJobBf16 j[2];
+    for (int q = 0; q < 2; ++q)
+      j[q] = {o16 + static_cast<long>(q) * m * dp, packed[q] + wo_off, jobs[q].bias, jobs[q].out, m, channels, dp};
+    gemm_jobs_bf16(j, 2, t, n);
+  }
+};
+
+void cmam_bf16(const float* art, const float* pv, const float* weights_art, const float* weights_pv,
+               const std::uint16_t* packed_art, const std::uint16_t* packed_pv, float* art_out, float* pv_out,
+               float* scratch, int batch, int tokens, int channels, int dim, int heads, float eps, int threads) {
+  const CmamScratch lay = cmam_scratch_layout(batch, tokens, channels, dim, heads);
+  const int m = batch * tokens;
+  const int cp = (channels + 31) / 32 * 32, dp = (dim + 31) / 32 * 32;
+  // past the fp32 layout: art and pv rows in bf16 [m, cp] each, then O of both directions in bf16 [2m, dp]
+  auto* art16 = reinterpret_cast<std::uint16_t*>(scratch + lay.total);
+  std::uint16_t* pv16 = art16 + static_cast<std::size_t>(m) * cp;
+  std::uint16_t* o16 = pv16 + static_cast<std::size_t>(m) * cp;
+  Bf16Projector proj{{packed_art, packed_pv}, art16, pv16, o16, art, pv, scratch + lay.o, m, channels, dim, cp, dp};
+  cmam_phases(art, pv, weights_art, weights_pv, art_out, pv_out, scratch, batch, tokens, channels, dim, heads, eps,
+              threads, proj);
+}
+#endif  // CMIR_KERNELS_BF16
 
 // ---------------------------------------------------------------- spatial attention
 inline void channel_stats(const float* m, int channels, V& sum, V& mx) {

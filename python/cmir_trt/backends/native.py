@@ -22,7 +22,7 @@ class NativeBackend:
 
     name = "native"
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, precision: str = "fp32") -> None:
         from .._native import load_core
 
         core = load_core()
@@ -34,7 +34,14 @@ class NativeBackend:
             raise FileNotFoundError(f"plan not found: {path}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 (or None for all cores), got {threads}")
-        self._engine = core.NativeEngine(str(path), int(threads or 0))
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"the native engine runs precision 'fp32' or 'bf16', got {precision!r}")
+        if precision == "bf16":
+            ok, why = core.bf16_supported()
+            if not ok:  # before the plan is read: the CPU, not the file, is the problem
+                raise ValueError(f"precision='bf16' refused: {why}")
+        self._engine = core.NativeEngine(str(path), int(threads or 0), precision)
+        self.precision: str = str(self._engine.precision)
         self.path = path
         self.spec: dict[str, Any] = dict(self._engine.spec)
         self.metadata: dict[str, Any] = json.loads(self._engine.metadata_json)

@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "native", "torch"), default="auto",
                    help="auto: native for .plan, torch for .pt")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="engine precision (default fp32)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="engine precision (default fp32); bf16: the native engine's bf16 convolutions (a .plan on a "
+                        "CPU with avx512_bf16 or AMX; refused elsewhere)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's, else 0.5)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -140,9 +142,12 @@ def run(args: argparse.Namespace) -> int:
     pred.clinical_table(src, args.clinical)  # an explicit CSV that cannot be read stops the run before any case
     prepare_output(out, [c.case_id for c in cases], Path(args.dicom_out) if args.dicom_out else None)
     thr_src = "--threshold" if args.threshold is not None else pred.threshold_source
-    print(f"model {pred.model_id} ({pred.engine.backend} backend, {pred.engine.threads or '?'} threads), "
+    print(f"model {pred.model_id} ({pred.engine.backend} backend, {pred.precision}, "
+          f"{pred.engine.threads or '?'} threads), "
           f"{len(cases)} case(s), threshold {pred.threshold:g} ({thr_src})"
           + ("; trained on SYNTHETIC data" if pred.synthetic else ""))
+    if pred.precision_note:
+        print(f"warning: {pred.precision_note}", file=sys.stderr)
     if pred.num_clinical and not pred.clinical_normalised:
         print("warning: the model has no fitted clinical statistics; raw clinical values are used", file=sys.stderr)
     items: Any = pred.predict_folder(src, args.clinical, args.masks, cases=cases)

@@ -245,6 +245,8 @@ def _export_delegated(ckpt: Path, fmt: str, out: Path, batch: int | str, precisi
         raise ValueError(f"--format {fmt} does not take --precision {precision} (the {fmt} writer is fp32 only)")
     if "batch" in params:
         kwargs["batch"] = batch
+    if "validate_precisions" in params:  # a plan records which engine precisions passed a parity check
+        kwargs["validate_precisions"] = ("fp32", "bf16")
     else:
         batch = "dynamic"  # the writer takes no batch: its artefact serves any batch size
     result = fn(ckpt, out, **kwargs)

@@ -383,14 +383,17 @@ def plan_metadata(model: Any, metadata: dict[str, Any] | None = None, checkpoint
 
 
 def plan_bytes(model: Any, metadata: dict[str, Any] | None = None, checkpoint_sha256: str | None = None,
-               model_id: str | None = None, fuse_involution: bool = True) -> bytes:
-    """The complete plan file for `model` (a CMIR module) as bytes."""
+               model_id: str | None = None, fuse_involution: bool = True,
+               extra_metadata: dict[str, Any] | None = None) -> bytes:
+    """The complete plan file for `model` (a CMIR module) as bytes; `extra_metadata`: top-level keys added to the
+    metadata (e.g. "precisions", the export-time parity check)."""
     model = model.eval()
     cfg = model.config
     gb, io = build_graph(model, fuse_involution)
     graph = _graph_bytes(gb, io, cfg)
     weights = b"".join(b.tobytes() for b in gb.blobs)
     meta = plan_metadata(model, metadata, checkpoint_sha256, model_id, hashlib.sha256(weights).hexdigest())
+    meta.update(_jsonable(extra_metadata or {}))
     meta_b = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")
 
     meta_off = HEADER_SIZE
@@ -415,15 +418,93 @@ def plan_bytes(model: Any, metadata: dict[str, Any] | None = None, checkpoint_sh
 
 
 def export_plan(model_or_ckpt: Any, out_path: str | os.PathLike[str], metadata: dict[str, Any] | None = None,
-                model_id: str | None = None, fuse_involution: bool = True) -> Path:
-    """Write the plan of a CMIR module or checkpoint path to `out_path` (atomically); returns the path."""
+                model_id: str | None = None, fuse_involution: bool = True,
+                validate_precisions: tuple[str, ...] = ()) -> Path:
+    """Write the plan of a CMIR module or checkpoint path to `out_path` (atomically); returns the path.
+
+    validate_precisions (e.g. ("fp32", "bf16"), what `cmir-trt export --format plan` asks for): the native engine runs
+    the plan in each precision on seeded random inputs against the PyTorch model before the file is written, and the
+    plan's metadata key "precisions" records, per precision, whether it was validated (errors, tolerance, CPU) or why
+    not (e.g. bf16 on a CPU without avx512_bf16). A failed check is recorded, not raised: the plan still runs in the
+    precisions that passed.
+    """
     from ..model.checkpoint import load_checkpoint
 
     model = model_or_ckpt
     if isinstance(model_or_ckpt, (str, os.PathLike)):
         model = load_checkpoint(model_or_ckpt)
     data = plan_bytes(model, metadata=metadata, model_id=model_id, fuse_involution=fuse_involution)
+    if validate_precisions:
+        checks = check_plan_precisions(model, data, validate_precisions)
+        data = plan_bytes(model, metadata=metadata, model_id=model_id, fuse_involution=fuse_involution,
+                          extra_metadata={"precisions": checks})
     return atomic_write_bytes(out_path, data)
+
+
+# Tolerances of the export-time check, per precision (the same as `cmir-trt validate`'s native rows).
+PRECISION_TOLERANCE = {"fp32": {"probability": 1e-5, "heatmap": 1e-4},
+                       "bf16": {"probability": 1e-2, "heatmap": 5e-2}}
+
+
+def check_plan_precisions(model: Any, data: bytes, precisions: tuple[str, ...], seed: int = 0) -> dict[str, Any]:
+    """Run the plan bytes in the native engine in each precision on seeded random (synthetic) inputs and compare with
+    the PyTorch model in fp32: {precision: {"validated": bool, ...}}."""
+    import tempfile
+    import time
+
+    from .._machine import cpu_name
+    from .validation import decisions, random_inputs, reference_outputs
+
+    unknown = [p for p in precisions if p not in PRECISION_TOLERANCE]
+    if unknown:
+        raise ValueError(f"cannot validate precision(s) {unknown}; the native engine runs {list(PRECISION_TOLERANCE)}")
+    try:
+        from .._native import load_core
+
+        core = load_core()
+        if not hasattr(core, "NativeEngine"):
+            raise ImportError("this build has no native engine")
+    except ImportError as exc:
+        return {p: {"validated": False, "reason": f"the native engine is not available here ({exc})"}
+                for p in precisions}
+    cfg = model.config.to_dict()
+    inputs = random_inputs(cfg, seed, batch_sizes=(1, 3))
+    refs = reference_outputs(model, inputs.batches)
+    thr = (getattr(model, "metadata", None) or {}).get("threshold")
+    threshold = float(thr) if isinstance(thr, (int, float)) and math.isfinite(thr) else 0.5
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="cmir-plan-check-") as tmp:
+        path = Path(tmp) / "model.plan"
+        path.write_bytes(data)
+        for prec in precisions:
+            if prec == "bf16":
+                ok, why = core.bf16_supported()
+                if not ok:
+                    out[prec] = {"validated": False, "reason": why, "cpu": cpu_name()}
+                    continue
+            try:
+                eng = core.NativeEngine(str(path), 0, prec)
+            except (RuntimeError, ValueError) as exc:
+                out[prec] = {"validated": False, "reason": f"the engine refused the plan: {exc}", "cpu": cpu_name()}
+                continue
+            err = {"probability": 0.0, "heatmap": 0.0, "logit": 0.0}
+            flips = 0
+            for (art, pv, clin), (r_logit, r_prob, r_heat) in zip(inputs.batches, refs, strict=True):
+                prob, logit, heat, _ = eng.predict(art, pv, clin)
+                for name, got, ref in (("probability", prob, r_prob), ("heatmap", heat, r_heat),
+                                       ("logit", logit, r_logit)):
+                    diff = np.abs(np.asarray(got, np.float64) - ref)
+                    err[name] = max(err[name], float(np.nan_to_num(diff, nan=np.inf).max()))
+                flips += int((decisions(prob, threshold) != decisions(r_prob, threshold)).sum())
+            tol = PRECISION_TOLERANCE[prec]
+            passed = all(err[k] <= b for k, b in tol.items())
+            out[prec] = {"validated": passed, "max_abs": err, "tolerance_abs": tol, "decision_flips": flips,
+                         "inputs": f"{inputs.count} seeded N(0,1) cases (synthetic), seed {seed}",
+                         "reference": "the PyTorch model, fp32, CPU", "cpu": cpu_name(),
+                         "date": time.strftime("%Y-%m-%d", time.gmtime())}
+            if not passed:
+                out[prec]["reason"] = "errors above the tolerance"
+    return out
 
 
 def read_plan_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
