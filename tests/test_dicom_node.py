@@ -380,3 +380,36 @@ def test_orthanc_stores_sr_and_sc(env, tmp_path):
             orthanc.kill()
             orthanc.wait(10)
         log.close()
+
+
+def test_node_precision_bf16(env, tmp_path):
+    """`--precision bf16` (CPUs with avx512_bf16/AMX): the node logs the precision it loaded, warns that this plan
+    records no bf16 parity check, and its SR probability is within the bf16 bound (1e-2) of the fp32 node's on the
+    same study; fp16 on the CPU is refused in one line before anything listens."""
+    from cmir_trt._native import load_core
+
+    bad = subprocess.run([sys.executable, "-m", "cmir_trt", "dicom-node", "--model", str(env["plan"]), "--store",
+                          str(tmp_path / "refused"), "--precision", "fp16"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "'fp32' or 'bf16'" in bad.stderr and bad.stderr.strip().count("\n") == 0
+    ok, why = load_core().bf16_supported()
+    if not ok:
+        pytest.skip(f"no bf16 on this CPU: {why}")
+    study = env["studies"][3]
+    probs = {}
+    for prec in ("fp32", "bf16"):
+        (tmp_path / prec).mkdir()
+        dest = Recorder().start()
+        node = _node(env, tmp_path / prec, dest.destination, extra=["--precision", prec])
+        try:
+            port = node.start()
+            assert node.wait_event("model_loaded")["precision"] == prec
+            notes = [w.get("message", "") for w in node.events("warning")]
+            assert any("no parity check of precision bf16" in n for n in notes) == (prec == "bf16"), notes
+            send(port, study.files)
+            dest.wait_for(2, timeout=120)
+            probs[prec] = _sr_probability(dest.by_class(SR)[0])
+        finally:
+            node.stop()
+            dest.stop()
+    assert abs(probs["bf16"] - probs["fp32"]) <= 1e-2, probs

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--backend", default="auto", help="engine backend (auto, native, torch, tensorrt)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="engine precision (default fp32); bf16: the native engine on a CPU with avx512_bf16 or AMX; "
+                        "fp16/bf16 with --device cuda")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
     p.add_argument("--status", action="store_true", help="print the job table of --store and exit")
 
@@ -65,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     log = EventLog()
     route_library_logs(log)  # stderr stays one JSON object per line
     predictor = Predictor(args.model, device=args.device, threads=args.threads, backend=args.backend,
-                          threshold=args.threshold)
-    log("model_loaded", model=predictor.model_id, threshold=predictor.threshold, synthetic=predictor.synthetic)
+                          threshold=args.threshold, precision=args.precision)
+    log("model_loaded", model=predictor.model_id, threshold=predictor.threshold, synthetic=predictor.synthetic,
+        precision=predictor.precision)
+    if predictor.precision_note:
+        log("warning", message=predictor.precision_note)
     segment = int(args.segment) if args.segment and args.segment.isdigit() else args.segment
     cfg = NodeConfig(store=Path(args.store), ae_title=args.ae_title, host=args.host, port=args.port,
                      destination=dest, idle_s=args.idle, send_attempts=args.send_attempts, backoff_s=args.backoff,
