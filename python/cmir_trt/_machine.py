@@ -21,8 +21,8 @@ def cpu_name() -> str:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    except OSError:  # not Linux, or /proc hidden: what the platform module knows
+        return platform.processor() or platform.machine() or "unknown CPU"
     return platform.processor() or platform.machine() or "unknown CPU"
 
 

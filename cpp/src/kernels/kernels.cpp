@@ -68,6 +68,15 @@ void require_ptr(const void* p, const char* fn, const char* name) {
 }
 
 // Element count of a product of positive ints, with an overflow check (sizes come from untrusted plans).
+// Caller-owned scratch of `per_thread` floats for each of `threads` threads.
+void require_scratch(const char* fn, const float* scratch, std::size_t have, std::size_t per_thread, int threads) {
+  require_ptr(scratch, fn, "scratch");
+  const std::size_t need = static_cast<std::size_t>(threads) * per_thread;
+  require(have >= need, fn,
+          "scratch has " + std::to_string(have) + " floats, " + std::to_string(need) + " needed for " +
+              std::to_string(threads) + " threads");
+}
+
 std::size_t checked_count(const char* fn, std::initializer_list<long long> dims) {
   constexpr long long kMax = std::numeric_limits<std::int32_t>::max();  // kernels index with long; keep slack
   long long n = 1;
@@ -305,14 +314,10 @@ void involution_fused_nhwc(const float* x, const InvolutionGeneration& gen, floa
                               epilogue);
     return;
   }
-  require_ptr(scratch, fn, "scratch");
   const int nt = resolve_threads(threads);
-  const std::size_t need =
-      static_cast<std::size_t>(nt) *
-      detail::involution_fused_thread_floats(channels, gen.hidden, channels / group_channels, kernel_size);
-  require(scratch_floats >= need, fn,
-          "scratch has " + std::to_string(scratch_floats) + " floats, " + std::to_string(need) + " needed for " +
-              std::to_string(nt) + " threads");
+  require_scratch(fn, scratch, scratch_floats,
+                  detail::involution_fused_thread_floats(channels, gen.hidden, channels / group_channels, kernel_size),
+                  nt);
   if (use == Isa::kAvx512) {
     detail::avx512::involution_fused(x, gen, y, scratch, batch, height, width, channels, kernel_size, stride,
                                      group_channels, epilogue, nt);
@@ -340,14 +345,11 @@ void involution_fused_nhwc_bf16(const float* x, const InvolutionGenerationBf16& 
   require_ptr(gen.reduce_b, fn, "reduce_b");
   require_ptr(gen.span_w, fn, "span_w");
   require_ptr(gen.span_b, fn, "span_b");
-  require_ptr(scratch, fn, "scratch");
   const int nt = resolve_threads(threads);
-  const std::size_t need =
-      static_cast<std::size_t>(nt) *
-      detail::involution_fused_bf16_thread_floats(channels, gen.hidden, channels / group_channels, kernel_size);
-  require(scratch_floats >= need, fn,
-          "scratch has " + std::to_string(scratch_floats) + " floats, " + std::to_string(need) + " needed for " +
-              std::to_string(nt) + " threads");
+  require_scratch(fn, scratch, scratch_floats,
+                  detail::involution_fused_bf16_thread_floats(channels, gen.hidden, channels / group_channels,
+                                                              kernel_size),
+                  nt);
   detail::avx512::involution_fused_bf16(x, gen, y, scratch, batch, height, width, channels, kernel_size, stride,
                                         group_channels, epilogue, nt);
 }
