@@ -6,296 +6,23 @@
 //      zeroes the sums of kernel 3 when it splits K
 //   3. the two output projections with bias and residual (batched GEMM, split-K by fp32 atomics)
 //   4. LayerNorm over channels, written back to NCHW through shared-memory transposes (coalesced along tokens).
-// The GEMMs run on tensor cores (WMMA) for fp16/bf16 on sm_80+, on CUDA cores in fp32.
+// The GEMMs (gemm.cuh) run on tensor cores in every dtype: fp16/bf16 MMAs, fp32 as 3xTF32.
 // Intermediates are fp32 in the caller's workspace; inputs/weights/outputs in the op's dtype; accumulation fp32.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
-
-#include <cuda_pipeline.h>
-#include <mma.h>
 
 #include "cmam.cuh"
 #include "dtype.cuh"
+#include "gemm.cuh"
 
 namespace {
 
 using cmir_cuda::ceil_div;
 using cmir_cuda::from_f32;
 using cmir_cuda::ldg_f32;
-
-// ---------------------------------------------------------------- batched GEMM: out = A . W^T + bias (+ residual)
-constexpr int kBM = 64, kBN = 64, kBK = 16, kGemmThreads = 256;
-constexpr int kMaxProblems = 6;
-
-struct GemmProblem {
-  const void* a;                  // A(m, k) at a[b*a_bs + r*a_rs + k*a_ks], m = b*rows + r
-  int64_t a_bs, a_rs, a_ks;
-  const void* w;                  // W [n_out, K] row-major (torch Linear layout)
-  const void* bias;               // [n_out]
-  const void* res;                // nullable, W's dtype: res(b, r, n) at res[b*r_bs + r*r_rs + n*r_ns]
-  int64_t r_bs, r_rs, r_ns;
-  float* out;                     // [M, n_out] row-major fp32
-};
-
-// How split-K blocks combine (no memset, no extra launch in either case):
-enum SplitMode : int {
-  kSplitPartials = 0,  // split s stores its partial sum to out + s * M * n_out; the consumer kernel adds them
-  kSplitAtomic = 1,    // fp32 atomics into out, zeroed beforehand by the previous kernel of the sequence
-};
-
-struct GemmBatch {
-  GemmProblem p[kMaxProblems];
-  int M, n_out, K, rows;          // rows: rows (tokens) per batch item
-  int splits, k_per_split;
-  int split_mode;                 // SplitMode, when splits > 1
-  int bm;                         // rows per block tile (the tensor-core kernel: 16 or 64)
-  int a_m_contig;                 // 1: consecutive m are adjacent in memory (NCHW tokens) -> load A m-fastest
-  int w_async;                    // tensor-core kernel: W rows staged by 16-byte cp.async (K % 8 == 0, W aligned)
-};
-
-// One output element of a GEMM problem: bias and residual once (by the first K split), then a plain store, a store
-// of this split's partial sum, or an atomic add (SplitMode).
-template <typename TW>
-__device__ __forceinline__ void gemm_store(const GemmBatch& gb, const GemmProblem& p, int split, int m, int n,
-                                           float v) {
-  if (split == 0) {
-    v += ldg_f32(static_cast<const TW*>(p.bias) + n);
-    const TW* res = static_cast<const TW*>(p.res);  // residual has the op's dtype (= the weights')
-    if (res != nullptr) {
-      const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
-      v += ldg_f32(res + b * p.r_bs + r * p.r_rs + n * p.r_ns);
-    }
-  }
-  float* o = p.out + static_cast<int64_t>(m) * gb.n_out + n;
-  if (gb.splits > 1 && gb.split_mode == kSplitAtomic) {
-    atomicAdd(o, v);
-  } else {
-    o[gb.splits > 1 ? static_cast<int64_t>(split) * gb.M * gb.n_out : 0] = v;
-  }
-}
-
-template <typename TA, typename TW>
-__global__ void __launch_bounds__(kGemmThreads) gemm_bias_kernel(GemmBatch gb) {
-  __shared__ float As[kBK][kBM + 1];
-  __shared__ float Ws[kBK][kBN + 1];
-  const int prob = blockIdx.z / gb.splits;
-  const int split = blockIdx.z - prob * gb.splits;
-  const GemmProblem& p = gb.p[prob];
-  const TA* a = static_cast<const TA*>(p.a);
-  const TW* w = static_cast<const TW*>(p.w);
-  const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
-  const int k_begin = split * gb.k_per_split;
-  const int k_end = min(gb.K, k_begin + gb.k_per_split);
-  const int tid = threadIdx.x;
-  const int tx = tid % 16, ty = tid / 16;
-
-  float acc[4][4] = {};
-  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
-#pragma unroll
-    for (int i = 0; i < (kBM * kBK) / kGemmThreads; ++i) {
-      const int e = tid + i * kGemmThreads;
-      const int mm = gb.a_m_contig ? e % kBM : e / kBK;
-      const int kk = gb.a_m_contig ? e / kBM : e % kBK;
-      const int m = m0 + mm, k = k0 + kk;
-      float v = 0.f;
-      if (m < gb.M && k < k_end) {
-        const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
-        v = ldg_f32(a + b * p.a_bs + r * p.a_rs + k * p.a_ks);
-      }
-      As[kk][mm] = v;
-    }
-#pragma unroll
-    for (int i = 0; i < (kBN * kBK) / kGemmThreads; ++i) {
-      const int e = tid + i * kGemmThreads;
-      const int nn = e / kBK, kk = e % kBK;
-      const int n = n0 + nn, k = k0 + kk;
-      Ws[kk][nn] = (n < gb.n_out && k < k_end) ? ldg_f32(w + static_cast<int64_t>(n) * gb.K + k) : 0.f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      float av[4], wv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) wv[j] = Ws[kk][tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], wv[j], acc[i][j]);
-      }
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int m = m0 + ty + 16 * i;
-    if (m >= gb.M) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int n = n0 + tx + 16 * j;
-      if (n < gb.n_out) gemm_store<TW>(gb, p, split, m, n, acc[i][j]);
-    }
-  }
-}
-
-// ---------------------------------------------------------------- tensor-core GEMM (fp16/bf16 projections)
-// Block tile 16·MF (tokens) x 128 (outputs) x 32 (k). MF = 1 at small batch: the 16-row WMMA tile matches the 16
-// tokens per image of the model (a 64-row SIMT tile is 3/4 padding there); MF = 4 when 64-row tiles still fill the
-// GPU (batch >= ~48), so W is re-read from L2 once per 64 tokens instead of per 16. Each of the 8 warps owns MF
-// 16x16 fp32 accumulators (one 16-column slice of the tile). A and W
-// are staged in the op's dtype T (T x T products are exact in fp32; accumulation fp32, as the SIMT kernel); an fp32
-// A (the attention output, TA = float) is rounded to T once when staged, as PyTorch's fp16 module rounds it.
-// A(m, k) at As[k][m] (loaded along m for NCHW tokens, along k for row-major A), W(n, k) at Ws[n][k] (rows of W
-// contiguous), both read as column-major fragments. Pitches are multiples of 16 bytes and fragment origins 32-byte
-// aligned, as WMMA requires.
-constexpr int kWM = 16, kWN = 128, kWK = 32, kWmmaThreads = 256;
-constexpr int kLdW = kWK + 8, kLdC = kWN + 4;
-static_assert(kWN == 16 * (kWmmaThreads / 32), "one 16-column fragment per warp");
-
-// Dynamic shared memory of gemm_wmma_kernel<., T, MF>: max(two stages of A and W, the fp32 C tile) + 32 bytes of
-// alignment slack: 23,584 bytes at MF = 1, 33,824 at MF = 4 (C), within the 48 KiB default.
-template <typename T, int MF>
-constexpr size_t wmma_smem_bytes() {
-  constexpr size_t stages =
-      2 * sizeof(T) * (static_cast<size_t>(kWK) * (kWM * MF + 8) + static_cast<size_t>(kWN) * kLdW);
-  constexpr size_t c = sizeof(float) * static_cast<size_t>(kWM * MF) * kLdC;
-  return (stages > c ? stages : c) + 32;
-}
-
-template <typename TA, typename T, int MF>
-__global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kernel(GemmBatch gb) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  // fp16/bf16 WMMA and cp.async need sm_80+; the launcher never picks this kernel on older devices.
-#else
-  using namespace nvcuda;
-  constexpr int BM = kWM * MF, kLdA = BM + 8;
-  constexpr int kAPerThread = (BM * kWK) / kWmmaThreads;  // A elements a thread stages per k-step (2 or 8)
-  constexpr int kWChunk = 16 / static_cast<int>(sizeof(T));  // W elements per 16-byte cp.async (8)
-  constexpr int kWChunks = (kWN * kWK) / (kWChunk * kWmmaThreads);  // 16-byte chunks a thread copies per k-step (2)
-  // Two stages of A and W (the k-step being multiplied and the next one in flight), aliased by the fp32 C tile
-  // after the k loop: wmma_smem_bytes<T, MF>() of dynamic shared memory (cp.async needs a destination the emulator
-  // knows as shared memory; static arrays of a template kernel are not in its section), 32-byte aligned here.
-  constexpr size_t kABytes = sizeof(T) * kWK * kLdA;
-  CMIR_DYNAMIC_SHARED(unsigned char, smem_raw);
-  unsigned char* const smem = smem_raw + ((32 - reinterpret_cast<uintptr_t>(smem_raw) % 32) % 32);
-  auto As = reinterpret_cast<T(*)[kWK][kLdA]>(smem);                // [2][kWK][kLdA]
-  auto Ws = reinterpret_cast<T(*)[kWN][kLdW]>(smem + 2 * kABytes);  // [2][kWN][kLdW]
-  auto Cs = reinterpret_cast<float(*)[kLdC]>(smem);                 // [BM][kLdC], after the k loop
-  const int prob = blockIdx.z / gb.splits;
-  const int split = blockIdx.z - prob * gb.splits;
-  const GemmProblem& p = gb.p[prob];
-  const TA* a = static_cast<const TA*>(p.a);
-  const T* w = static_cast<const T*>(p.w);
-  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * kWN;
-  const int k_begin = split * gb.k_per_split;
-  const int k_end = min(gb.K, k_begin + gb.k_per_split);
-  const int tid = threadIdx.x, warp = tid / 32;
-  const T zero = from_f32<T>(0.f);
-
-  // A: loaded into registers one k-step ahead, stored into the other stage after this step's MMAs.
-  TA areg[kAPerThread];  // an fp32 A (the attention output) is rounded to T when stored
-  auto load_a = [&](int k0) {
-#pragma unroll
-    for (int i = 0; i < kAPerThread; ++i) {
-      const int e = tid + i * kWmmaThreads;
-      const int mm = gb.a_m_contig ? e % BM : e / kWK;
-      const int kk = gb.a_m_contig ? e / BM : e % kWK;
-      const int m = m0 + mm, k = k0 + kk;
-      TA v = static_cast<TA>(zero);
-      if (m < gb.M && k < k_end) {
-        const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
-        v = __ldg(a + b * p.a_bs + r * p.a_rs + k * p.a_ks);
-      }
-      areg[i] = v;
-    }
-  };
-  auto store_a = [&](int stage) {
-#pragma unroll
-    for (int i = 0; i < kAPerThread; ++i) {
-      const int e = tid + i * kWmmaThreads;
-      const int mm = gb.a_m_contig ? e % BM : e / kWK;
-      const int kk = gb.a_m_contig ? e / BM : e % kWK;
-      if constexpr (std::is_same<TA, T>::value) {
-        As[stage][kk][mm] = areg[i];
-      } else {
-        As[stage][kk][mm] = from_f32<T>(areg[i]);
-      }
-    }
-  };
-  // W: rows contiguous along k. cp.async of 16-byte chunks straight into the stage (no registers) when every row
-  // and chunk is 16-byte aligned (gb.w_async: K % 8 == 0 and W 16-byte aligned; a chunk is then wholly inside or
-  // wholly outside [k, k_end)); else plain loads and stores.
-  auto stage_w = [&](int stage, int k0) {
-    if (gb.w_async) {
-#pragma unroll
-      for (int i = 0; i < kWChunks; ++i) {
-        const int c = tid + i * kWmmaThreads;
-        const int nn = c / (kWK / kWChunk), kk = (c % (kWK / kWChunk)) * kWChunk;
-        const int n = n0 + nn, k = k0 + kk;
-        T* dst = &Ws[stage][nn][kk];
-        if (n < gb.n_out && k < k_end) {
-          __pipeline_memcpy_async(dst, w + static_cast<int64_t>(n) * gb.K + k, 16);
-        } else {
-#pragma unroll
-          for (int j = 0; j < kWChunk; ++j) dst[j] = zero;
-        }
-      }
-      __pipeline_commit();
-    } else {
-#pragma unroll
-      for (int i = 0; i < (kWN * kWK) / kWmmaThreads; ++i) {
-        const int e = tid + i * kWmmaThreads;
-        const int kk = e % kWK, nn = e / kWK;
-        const int n = n0 + nn, k = k0 + kk;
-        Ws[stage][nn][kk] = (n < gb.n_out && k < k_end) ? __ldg(w + static_cast<int64_t>(n) * gb.K + k) : zero;
-      }
-    }
-  };
-
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MF];
-#pragma unroll
-  for (int i = 0; i < MF; ++i) wmma::fill_fragment(acc[i], 0.f);
-  load_a(k_begin);
-  stage_w(0, k_begin);
-  store_a(0);
-  int stage = 0;
-  for (int k0 = k_begin; k0 < k_end; k0 += kWK, stage ^= 1) {
-    const bool next = k0 + kWK < k_end;
-    if (gb.w_async) __pipeline_wait_prior(0);  // this thread's W copies of this k-step have landed
-    __syncthreads();  // stage `stage` complete everywhere; the other stage's last reader (the step before) is done
-    if (next) {       // the next k-step's loads fly while this one multiplies
-      stage_w(stage ^ 1, k0 + kWK);
-      load_a(k0 + kWK);
-    }
-#pragma unroll
-    for (int kk = 0; kk < kWK; kk += 16) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
-      wmma::load_matrix_sync(fb, &Ws[stage][warp * 16][kk], kLdW);
-#pragma unroll
-      for (int i = 0; i < MF; ++i) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa;
-        wmma::load_matrix_sync(fa, &As[stage][kk][16 * i], kLdA);
-        wmma::mma_sync(acc[i], fa, fb, acc[i]);
-      }
-    }
-    if (next) store_a(stage ^ 1);
-  }
-  __syncthreads();  // every warp's last MMAs have read the stages that Cs overwrites
-#pragma unroll
-  for (int i = 0; i < MF; ++i) wmma::store_matrix_sync(&Cs[16 * i][warp * 16], acc[i], kLdC, wmma::mem_row_major);
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < (BM * kWN) / kWmmaThreads; ++i) {
-    const int e = tid + i * kWmmaThreads;
-    const int nn = e % kWN, mm = e / kWN;  // consecutive threads: consecutive outputs of one row (coalesced)
-    const int m = m0 + mm, n = n0 + nn;
-    if (m < gb.M && n < gb.n_out) gemm_store<T>(gb, p, split, m, n, Cs[mm][nn]);
-  }
-#endif
-}
+using cmir_gemm::GemmBatch;
+using cmir_gemm::GemmProblem;
 
 // ---------------------------------------------------------------- attention
 constexpr int kAttWarps = 4;      // queries per block (one warp each)
@@ -522,54 +249,17 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float*
 constexpr size_t kAlign = 256;
 size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
-// Split K over blocks when the tiles alone cannot fill the GPU (about two blocks per SM; at least 4 k-steps per
-// split). The SM count is capped at kPlanSms so that cmam_workspace_size (no device query) bounds every plan: more
-// SMs never give fewer splits.
-constexpr int kPlanSms = 160;  // >= H100/H200 (132) and B200 (148)
-
-struct GemmTile {
-  int bm, bn, bk;
-};
-constexpr GemmTile kSimtTile{kBM, kBN, kBK};
-constexpr GemmTile kWmmaTile{kWM, kWN, kWK};
-constexpr GemmTile kWmmaTile4{4 * kWM, kWN, kWK};
-
-void plan_splits(GemmBatch& gb, int problems, int sms, GemmTile t) {
-  sms = std::min(sms, kPlanSms);
-  const int64_t tiles = static_cast<int64_t>(ceil_div(gb.M, t.bm)) * ceil_div(gb.n_out, t.bn) * problems;
-  int splits = 1;
-  const int max_splits = std::max(1, gb.K / (4 * t.bk));
-  while (splits < max_splits && tiles * splits < 2 * static_cast<int64_t>(sms)) splits *= 2;
-  splits = std::min(splits, max_splits);
-  gb.k_per_split = ceil_div(ceil_div(gb.K, splits), t.bk) * t.bk;
-  gb.splits = ceil_div(gb.K, gb.k_per_split);
-  gb.bm = t.bm;
-}
-
-// Tensor-core tile: 64 rows when those tiles alone fill the GPU, else 16.
-GemmTile wmma_tile(const GemmBatch& gb, int problems, int sms) {
-  const int64_t tiles64 = static_cast<int64_t>(ceil_div(gb.M, 4 * kWM)) * ceil_div(gb.n_out, kWN) * problems;
-  return tiles64 >= std::min(sms, kPlanSms) ? kWmmaTile4 : kWmmaTile;
-}
-
-// fp16/bf16 projections (all eight) on tensor cores (sm_80+), fp32 on CUDA cores: TF32 operands would exceed the
-// fp32 tolerance (normwise 1.0e-4 to 1.7e-4 vs 1e-4; benchmarks/RESULTS.md).
-bool proj_on_tensor_cores(CmirDType dtype, int cc_major) { return dtype != CmirDType::kFloat32 && cc_major >= 8; }
-
-// Split-K partial sums of the Q/K/V projections held at most (any device: kPlanSms bounds the plan; the tensor-core
-// plan with its smaller tiles splits at least as much as the SIMT one).
-int max_proj_splits(CmirDType dtype, int batch, int tokens, int channels, int dim) {
+// Split-K partial sums of the Q/K/V projections held at most (any device: kPlanSms bounds the plan; the 16-row tile
+// splits at least as much as the 64-row one).
+int max_proj_splits(int batch, int tokens, int channels, int dim) {
   GemmBatch gb{};
   gb.M = batch * tokens;
   gb.n_out = dim;
   gb.K = channels;
-  plan_splits(gb, 6, kPlanSms, kSimtTile);
-  int splits = gb.splits;
-  if (proj_on_tensor_cores(dtype, 8)) {
-    for (const GemmTile t : {kWmmaTile, kWmmaTile4}) {
-      plan_splits(gb, 6, kPlanSms, t);
-      splits = std::max(splits, gb.splits);
-    }
+  int splits = 1;
+  for (const cmir_gemm::GemmTile t : {cmir_gemm::kWmmaTile, cmir_gemm::kWmmaTile4}) {
+    cmir_gemm::plan_splits(gb, 6, cmir_gemm::kPlanSms, t, INT32_MAX);
+    splits = std::max(splits, gb.splits);
   }
   return splits;
 }
@@ -580,9 +270,9 @@ struct Workspace {
 
 // qkv: [6][proj splits][M][dim] (split-K partials, summed by the attention kernel), att: [2][M][dim],
 // pre: [2][M][C] (output projections + residual; split-K accumulates atomically after the attention kernel zeroed it).
-Workspace workspace_layout(CmirDType dtype, int batch, int tokens, int channels, int dim) {
+Workspace workspace_layout(int batch, int tokens, int channels, int dim) {
   const size_t M = static_cast<size_t>(batch) * tokens;
-  const size_t splits = static_cast<size_t>(max_proj_splits(dtype, batch, tokens, channels, dim));
+  const size_t splits = static_cast<size_t>(max_proj_splits(batch, tokens, channels, dim));
   Workspace w{};
   w.qkv = 0;
   w.att = align_up(w.qkv + 6 * splits * M * dim * sizeof(float));
@@ -597,39 +287,9 @@ bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
 }
 
 template <typename T>
-cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_is_float, bool wmma) {
-  if constexpr (!std::is_same<T, float>::value) {
-    if (wmma) {
-      gb.w_async = gb.K % 8 == 0 ? 1 : 0;
-      for (int i = 0; i < problems; ++i) {
-        if (reinterpret_cast<uintptr_t>(gb.p[i].w) % 16 != 0) gb.w_async = 0;
-      }
-      const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, gb.bm)), static_cast<unsigned>(ceil_div(gb.n_out, kWN)),
-                      static_cast<unsigned>(problems * gb.splits));
-      const dim3 block(kWmmaThreads);
-      if (gb.bm == 4 * kWM) {
-        constexpr size_t smem = wmma_smem_bytes<T, 4>();
-        if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 4>, grid, block, smem, stream, gb);
-        return cmir_cuda::launch(gemm_wmma_kernel<T, T, 4>, grid, block, smem, stream, gb);
-      }
-      constexpr size_t smem = wmma_smem_bytes<T, 1>();
-      if (a_is_float) return cmir_cuda::launch(gemm_wmma_kernel<float, T, 1>, grid, block, smem, stream, gb);
-      return cmir_cuda::launch(gemm_wmma_kernel<T, T, 1>, grid, block, smem, stream, gb);
-    }
-  }
-  const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, kBM)), static_cast<unsigned>(ceil_div(gb.n_out, kBN)),
-                  static_cast<unsigned>(problems * gb.splits));
-  if (a_is_float) return cmir_cuda::launch(gemm_bias_kernel<float, T>, grid, dim3(kGemmThreads), 0, stream, gb);
-  return cmir_cuda::launch(gemm_bias_kernel<T, T>, grid, dim3(kGemmThreads), 0, stream, gb);
-}
-
-template <typename T>
 cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T* wa, const T* wp, T* art_out,
                          T* pv_out, char* ws, int B, int C, int N, int dim, int heads, float eps) {
-  const CmirDType dtype = std::is_same<T, float>::value      ? CmirDType::kFloat32
-                         : std::is_same<T, __half>::value ? CmirDType::kFloat16
-                                                          : CmirDType::kBFloat16;
-  const Workspace layout = workspace_layout(dtype, B, N, C, dim);
+  const Workspace layout = workspace_layout(B, N, C, dim);
   float* qkv = reinterpret_cast<float*>(ws + layout.qkv);
   float* att = reinterpret_cast<float*>(ws + layout.att);
   float* pre = reinterpret_cast<float*>(ws + layout.pre);
@@ -639,11 +299,8 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   const int64_t o_wq = 0, o_bq = dC, o_wk = dC + dim, o_bk = 2 * dC + dim, o_wv = 2 * dC + 2 * dim,
                 o_bv = 3 * dC + 2 * dim, o_wo = 3 * dC + 3 * dim, o_bo = 4 * dC + 3 * dim, o_g = o_bo + C,
                 o_b = o_bo + 2 * C;
-  int sms = 0, dev = 0, cc_major = 0;
+  int sms = 0;
   CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
-  CMIR_CUDA_TRY(cudaGetDevice(&dev));
-  CMIR_CUDA_TRY(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
-  const bool wmma = proj_on_tensor_cores(dtype, cc_major);
 
   // 1) projections. dir 0 (art output, weights_art): Q from art, K/V from pv; dir 1 symmetric.
   GemmBatch proj{};
@@ -668,10 +325,10 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
       p.res = nullptr;
     }
   }
-  plan_splits(proj, 6, sms, wmma ? wmma_tile(proj, 6, sms) : kSimtTile);
-  proj.split_mode = kSplitPartials;
+  cmir_gemm::plan_gemm(proj, 6, sms, INT32_MAX);
+  proj.split_mode = cmir_gemm::kSplitPartials;
   for (int i = 0; i < 6; ++i) proj.p[i].out = qkv + static_cast<int64_t>(i) * proj.splits * M * dim;
-  CMIR_CUDA_TRY(launch_gemm<T>(stream, proj, 6, false, wmma));
+  CMIR_CUDA_TRY(cmir_gemm::launch_gemm<T>(stream, proj, 6, false));
 
   // 3) output projections + bias + residual (the query modality's tokens); planned before the attention launch,
   // which zeroes their split-K sums.
@@ -696,8 +353,8 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
     p.r_ns = N;
     p.out = pre + static_cast<int64_t>(dir) * M * C;
   }
-  plan_splits(outp, 2, sms, wmma ? wmma_tile(outp, 2, sms) : kSimtTile);
-  outp.split_mode = kSplitAtomic;
+  cmir_gemm::plan_gemm(outp, 2, sms, INT32_MAX);
+  outp.split_mode = cmir_gemm::kSplitAtomic;
 
   // 2) attention, both directions.
   AttArgs aa{};
@@ -726,7 +383,7 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   CMIR_CUDA_TRY(cmir_cuda::launch(att_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
                                   dim3(kAttWarps * 32), att_smem, stream, aa));
 
-  CMIR_CUDA_TRY(launch_gemm<T>(stream, outp, 2, true, wmma));  // A: the fp32 attention output
+  CMIR_CUDA_TRY(cmir_gemm::launch_gemm<T>(stream, outp, 2, true));  // A: the fp32 attention output
 
   // 4) LayerNorm, NCHW out. C slices only when the token tiles leave most SMs idle.
   const int tok_tiles = ceil_div(N, kLnTokens);
@@ -747,9 +404,10 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
 }  // namespace
 
 size_t cmam_workspace_size(CmirDType dtype, int batch, int channels, int height, int width, int dim, int heads) {
+  (void)dtype;  // the plan (and so the workspace) is the same in every dtype
   (void)heads;
   if (batch < 1 || channels < 1 || height < 1 || width < 1 || dim < 1) return 0;
-  return workspace_layout(dtype, batch, height * width, channels, dim).total;
+  return workspace_layout(batch, height * width, channels, dim).total;
 }
 
 cudaError_t launch_cmam(cudaStream_t stream, CmirDType dtype, const void* art, const void* pv,
@@ -765,7 +423,7 @@ cudaError_t launch_cmam(cudaStream_t stream, CmirDType dtype, const void* art, c
   if (!(eps >= 0.f) || !std::isfinite(eps)) return cudaErrorInvalidValue;
   const int64_t tokens = static_cast<int64_t>(height) * width;
   const int64_t rows = tokens * batch;
-  if (workspace_bytes < workspace_layout(dtype, batch, static_cast<int>(tokens), channels, dim).total) {
+  if (workspace_bytes < workspace_layout(batch, static_cast<int>(tokens), channels, dim).total) {
     return cudaErrorInvalidValue;
   }
   const size_t act_bytes = static_cast<size_t>(rows) * channels * cmir_cuda::dtype_size(dtype);

@@ -29,6 +29,7 @@ from _cuda_emu_helpers import ORDERS, failure_text, run_op
 from _gpu_helpers import LOW_PRECISION, SEED, assert_low_precision_bound, assert_no_nan, generator, max_err, rel_err
 
 from cmir_trt import ops
+from cmir_trt.gpu import bench
 from cmir_trt.model.cmam import CMAM
 from cmir_trt.model.involution import Involution2d, involution_aggregate
 from cmir_trt.ops import reference as R
@@ -221,7 +222,7 @@ CMAM_CASES = [
     (1, 48, 3, 3, MAX_HEAD_DIM, 1),
     (2, 16, 2, 3, 512, 2),       # two heads of 256
     (1, 256, 2, 3, 64, 4),       # C = 256: the Q/K/V projections split K over blocks (atomics) on 132 SMs
-    (1, 2080, 2, 2, 32, 2),      # C = 65 x 32: on 132 SMs 26 (fp32) / 13 (bf16) split-K partials, summed 8 at a time
+    (1, 2080, 2, 2, 32, 2),      # C = 65 x 32: on 132 SMs 13 split-K partials (every dtype), summed 8 at a time
                                  # (several chunks, the last partial); LayerNorm rows of 65 per lane, 16 at a time
     (1, 20, 3, 3, 12, 3),        # K = C = 20 and K = d = 12 (not multiples of 8): the tensor-core GEMM stages W
                                  # with plain loads instead of cp.async
@@ -305,6 +306,36 @@ def test_cmam_is_four_launches_without_memset(prec: str, sms: int) -> None:
             ta, _ = mh.to(dtype).eval()(art, pv)
         assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam {prec} {case}",
                                    _floor(dtype, ra))
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+def test_cmam_64_row_tiles_with_split_k(prec: str) -> None:
+    """Batch 4 of 16 tokens on 16 SMs: both GEMMs take 64-row tiles *and* split K (the planner's choice from batch 4
+    on an H100 too: taller tiles stage W once per 64 tokens), the projections storing partial sums, the output
+    projections adding atomically; the 3xTF32 (fp32) and fp16/bf16 MMAs of the 64-row kernel against float64."""
+    case = (4, 256, 4, 4, 256, 4)
+    for n_out, k, problems in ((256, 256, 6), (256, 256, 2)):  # d = C = 256: (6 projections, 2 output projections)
+        plan = bench.cmam_gemm_plan(64, n_out, k, problems, prec, 16)
+        assert (plan["bm"], plan["splits"]) == (64, 2), plan
+    dtype = DTYPES[prec]
+    b, c, h, w, d, heads = case
+    m, art, pv, wa, wp = _cmam_setup(case, dtype, 33)
+    res = run_op("cmam", [CODES[prec], b, c, h, w, d, heads, "1e-05"],
+                 {"art": _bits(art), "pv": _bits(pv), "wa": _bits(wa), "wp": _bits(wp)}, ["art_out", "pv_out"],
+                 order="random", sms=16)
+    assert res.returncode == 0, failure_text(res)
+    out_a = _tensor(res.outputs["art_out"], dtype, tuple(art.shape))
+    out_p = _tensor(res.outputs["pv_out"], dtype, tuple(pv.shape))
+    with torch.no_grad():
+        ra, rp = R.cmam_ref(art, pv, wa, wp, heads, d, 1e-5)
+        if prec == "fp32":
+            assert rel_err(out_a, ra) <= 1e-4 and rel_err(out_p, rp) <= 1e-4
+        else:
+            mh = CMAM(c, heads, d)
+            mh.load_state_dict(m.state_dict())
+            ta, tp = mh.to(dtype).eval()(art, pv)
+            assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam {prec} {case}", _floor(dtype, ra))
+            assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), f"cmam {prec} {case}", _floor(dtype, rp))
 
 
 def test_cmam_head_dim_above_the_limit_is_refused() -> None:

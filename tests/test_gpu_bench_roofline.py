@@ -155,6 +155,7 @@ def test_predicted_table_is_consistent(predicted: Any) -> None:
 # ---- the model's launch plans against the kernels' sources: a kernel change that moves a constant fails here
 INV_CU = (ROOT / "cuda" / "involution.cu").read_text(encoding="utf-8")
 CMAM_CU = (ROOT / "cuda" / "cmam.cu").read_text(encoding="utf-8")
+GEMM_CUH = (ROOT / "cuda" / "gemm.cuh").read_text(encoding="utf-8")  # the GEMMs cmam.cu launches
 
 
 def _const(src: str, name: str) -> int:
@@ -224,14 +225,28 @@ def test_involution_plan_matches_the_launcher(predicted: Any) -> None:
     assert p["prefetch"] == 0
 
 
-def test_cmam_model_matches_the_launcher() -> None:
-    assert (_const(CMAM_CU, "kBM"), _const(CMAM_CU, "kBN"), _const(CMAM_CU, "kBK")) == bench.CMAM_SIMT_TILE
-    assert (_const(CMAM_CU, "kWM"), _const(CMAM_CU, "kWN"), _const(CMAM_CU, "kWK")) == bench.CMAM_WMMA_TILE
-    assert _const(CMAM_CU, "kPlanSms") == bench.CMAM_PLAN_SMS
-    assert f"gb.K / ({bench.CMAM_MIN_KSTEPS} * t.bk)" in CMAM_CU
-    assert f"kWmmaTile4{{{bench.CMAM_WMMA_MF_BIG} * kWM" in CMAM_CU
-    # fp32 on CUDA cores, fp16/bf16 on tensor cores
-    assert "return dtype != CmirDType::kFloat32 && cc_major >= 8;" in CMAM_CU
+def test_cmam_model_matches_the_launcher(predicted: Any) -> None:
+    assert (_const(GEMM_CUH, "kWM"), _const(GEMM_CUH, "kWN"), _const(GEMM_CUH, "kWK")) == bench.CMAM_WMMA_TILE
+    assert _const(GEMM_CUH, "kPlanSms") == bench.CMAM_PLAN_SMS
+    assert f"gb.K / ({bench.CMAM_MIN_KSTEPS} * t.bk)" in GEMM_CUH
+    assert f"kWmmaTile4{{{bench.CMAM_WMMA_MF_BIG} * kWM" in GEMM_CUH
+    assert "return little_padding && 2 * tiles64 * cap >= sms ? kWmmaTile4 : kWmmaTile;" in GEMM_CUH
+    assert "8 * padded <= 9 * static_cast<int64_t>(gb.M)" in GEMM_CUH
+    assert "if (tiles64 >= sms) return kWmmaTile4;" in GEMM_CUH
+    assert _const(GEMM_CUH, "kStages") == bench.CMAM_STAGES == predicted.CMAM_STAGES
+    # every dtype on tensor cores: one kernel template (no CUDA-core GEMM left), planned the same way for all dtypes
+    assert "gemm_bias_kernel" not in GEMM_CUH + CMAM_CU and "__global__" not in GEMM_CUH.replace(
+        "__global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kernel", "")
+    assert "cmir_gemm::plan_gemm(proj, 6, sms" in CMAM_CU and "cmir_gemm::plan_gemm(outp, 2, sms" in CMAM_CU
+    assert {bench.cmam_gemm_plan(1024, 256, 2048, 6, p)["splits"] for p in ("fp32", "fp16", "bf16")} == {2}
+    # fp32 as 3xTF32: tf32 m16n16k8 operands, three MMAs per product (the model's third of the TF32 rate)
+    assert "using type = nvcuda::wmma::precision::tf32;\n  static constexpr int kK = 8;" in GEMM_CUH
+    fp32 = GEMM_CUH[GEMM_CUH.index("if constexpr (std::is_same<T, float>::value) {\n        wmma::fragment<"):]
+    fp32 = fp32[:fp32.index("} else {")]
+    assert fp32.count("wmma::mma_sync(") == bench.CMAM_FP32_MMA_PASSES == 3 and fp32.count("split_tf32(") == 2
+    spec = bench.CARD_SPECS[-1][1]
+    assert bench.cmam_tflops(spec, "fp32") == spec.tf32_tflops / 3
+    assert bench.cmam_tflops(spec, "bf16") == spec.fp16_tflops
 
 
 def test_cmam_latency_chain_constants_are_the_kernels(predicted: Any) -> None:
@@ -241,27 +256,44 @@ def test_cmam_latency_chain_constants_are_the_kernels(predicted: Any) -> None:
     assert "strided_sum<kLoadUnroll>(row + lane, 32, cnt)" in CMAM_CU
     assert "aa.splits > 2 ? attention_kernel<kSplitUnroll> : attention_kernel<1>" in CMAM_CU
     assert sorted(predicted.CMAM_ATT_REGS) == [1, predicted.CMAM_SPLIT_UNROLL]
-    # the tensor-core GEMM's two stages (the model's pipelined k-loop): W by cp.async, one barrier per k-step
-    body = _function(CMAM_CU, "gemm_wmma_kernel(GemmBatch gb) {")
-    assert "__pipeline_memcpy_async(dst" in body and "__pipeline_wait_prior(0)" in body
-    loop = body[body.index("for (int k0 = k_begin"):body.index("__syncthreads();  // every warp's last MMAs")]
-    assert loop.count("__syncthreads()") == 1 and "stage_w(stage ^ 1" in loop and "store_a(stage ^ 1)" in loop
+    # the tensor-core GEMM's kStages stages (the model's pipelined k-loop): W and NCHW A by cp.async issued
+    # kStages - 1 k-steps ahead (a wait for all but the newest kStages - 2 groups), one barrier per k-step; A through
+    # registers one step ahead (stored after the step's MMAs)
+    body = _function(GEMM_CUH, "gemm_wmma_kernel(GemmBatch gb) {")
+    assert body.count("__pipeline_memcpy_async(dst") == 2 and "__pipeline_wait_prior(0)" in body
+    loop = body[body.index("for (int k0 = k_begin"):body.index("__pipeline_wait_prior(0);  // only empty groups")]
+    assert loop.count("__syncthreads()") == 1 and "__pipeline_wait_prior(kStages - 2)" in loop
+    assert "const int k_ahead = k0 + (kStages - 1) * kWK;" in loop and "issue(ahead, k_ahead)" in loop
+    assert "if (k_ahead < k_end && !gb.a_async) store_a(ahead);" in loop
+    # the occupancy the model assumes: __launch_bounds__ minimum blocks, and shared memory that allows them
+    assert "__launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2)" in GEMM_CUH
+    assert (predicted.CMAM_OCC["wmma1"], predicted.CMAM_OCC["wmma4"]) == (3, 2)
+    tile_m, tile_n, tile_k = bench.CMAM_WMMA_TILE
+    for e in (2, 4):
+        for mf, occ in ((1, 3), (4, 2)):
+            stages = bench.CMAM_STAGES * e * (tile_k * (tile_m * mf + 8) + tile_n * (tile_k + 8))
+            c_tile = 4 * max(tile_m * mf * (tile_n + 4), tile_n * (tile_m * mf + 4))
+            assert occ * (max(stages, c_tile) + 32 + 1024) <= predicted.SMEM_PER_SM, (e, mf)
 
 
 def test_cmam_launch_count(predicted: Any) -> None:
     body = _function(CMAM_CU, "cudaError_t launch_typed(cudaStream_t stream, const T* art")
-    launches = body.count("cmir_cuda::launch(") + body.count("launch_gemm<T>(stream")
+    launches = body.count("cmir_cuda::launch(") + body.count("cmir_gemm::launch_gemm<T>(stream")
     assert launches == predicted.CMAM_LAUNCHES == 4
     assert "cudaMemsetAsync" not in CMAM_CU and "cudaMemset(" not in CMAM_CU
 
 
 @pytest.mark.parametrize(("n", "prec", "qkv", "out"),
-                         [(1, "fp32", 16, 4), (1, "fp16", 16, 2), (8, "fp32", 8, 4), (8, "fp16", 4, 2),
-                          (64, "fp32", 1, 1), (64, "fp16", 2, 1)])
+                         [(1, "fp32", 16, 2), (1, "fp16", 16, 2), (8, "fp32", 16, 2), (8, "fp16", 16, 2),
+                          (64, "fp32", 2, 1), (64, "fp16", 2, 1)])
 def test_cmam_split_k_plan_and_partial_bytes(n: int, prec: str, qkv: int, out: int) -> None:
     """The model's shape (16 tokens x 2048 channels, d 256) on 132 SMs: split-K counts of the two GEMM launches and the
-    fp32 workspace traffic they imply."""
+    fp32 workspace traffic they imply. 16-row tiles at batch 1 (a 64-row tile would be 3/4 padding), 64-row tiles from
+    batch 4 (split over K they give >= 1 block per 2 SMs) — the same plan in every dtype."""
     m, c, d = 16 * n, 2048, 256
+    assert bench.cmam_gemm_plan(m, d, c, 6, prec)["bm"] == (16 if n == 1 else 64)
+    assert bench.cmam_gemm_plan(m, c, d, 2, prec)["bm"] == (16 if n == 1 else 64)
+    assert bench.cmam_gemm_plan(64, d, c, 6, prec)["bm"] == 64 and bench.cmam_gemm_plan(64, c, d, 2, prec)["bm"] == 16
     assert bench.cmam_gemm_plan(m, d, c, 6, prec)["splits"] == qkv
     assert bench.cmam_gemm_plan(m, c, d, 2, prec)["splits"] == out
     cost = bench.cmam_cost(n, c, 16, d, 8, prec)
@@ -285,9 +317,14 @@ def _reference_ops(monkeypatch: pytest.MonkeyPatch, broken: bool = False) -> Non
         a, p = R.cmam_ref(art.double(), pv.double(), wa.double(), wp.double(), heads)
         return a.to(art.dtype), p.to(pv.dtype)
 
+    def pointwise(x: Any, w: Any, b: Any, res: Any = None, relu: bool = False) -> Any:
+        return R.pointwise_conv_ref(x.double(), w.double(), b.double(), None if res is None else res.double(),
+                                    relu).to(x.dtype)
+
     monkeypatch.setattr(ops, "involution", inv)
     monkeypatch.setattr(ops, "involution_fused", fused)
     monkeypatch.setattr(ops, "cmam", cmam)
+    monkeypatch.setattr(ops, "pointwise_conv", pointwise)
 
 
 @pytest.mark.parametrize("broken", [False, True])
@@ -299,7 +336,7 @@ def test_sanitizer_workload_checks_every_op(broken: bool, monkeypatch: pytest.Mo
     _reference_ops(monkeypatch, broken)
     checks = mod.run()
     names = {r["check"].split()[0] for r in checks}
-    assert names == {"involution", "involution+bn+relu", "involution_fused", "cmam"}
+    assert names == {"involution", "involution+bn+relu", "involution_fused", "cmam", "pointwise_conv"}
     assert {r["check"].split()[-1] for r in checks} == {"fp32", "fp16", "bf16"}
     bad = {r["check"].split()[0] for r in checks if not r["ok"]}
     assert bad == ({"involution", "involution+bn+relu"} if broken else set())

@@ -225,6 +225,43 @@ def test_cmam(case: tuple[int, ...], prec: str) -> None:
     assert rel_err(oa, out_a) <= tol and rel_err(op, out_p) <= tol
 
 
+# ---------------------------------------------------------------- pointwise (1x1) convolution
+POINTWISE_CASES = [  # B, Cin, Cout, H, W, residual, relu
+    (1, 64, 256, 32, 32, False, True),    # a model conv1x1 + BN + ReLU at batch 1
+    (2, 20, 36, 5, 7, True, True),        # odd Cin/Cout (W not 16-byte aligned), H*W = 35, residual + ReLU
+    (3, 17, 130, 3, 3, True, False),      # Cout beyond one 128-wide tile, 27 rows over three images
+    (1, 512, 2048, 4, 4, True, True),     # the last stage's conv3 + identity + ReLU (16 tokens, K = 512)
+]
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=_ids(POINTWISE_CASES))
+def test_pointwise_conv(case: tuple[int, ...], prec: str) -> None:
+    """The fused 1x1 convolution (bias, residual, ReLU in one kernel) vs float64; fp16/bf16 within 2x the error of
+    PyTorch's own conv2d + add + relu in that dtype (+ one ulp of the output scale)."""
+    import torch.nn.functional as F
+
+    dtype = DTYPES[prec]
+    b, cin, cout, h, w, res, relu = case
+    g = generator(40 + POINTWISE_CASES.index(case))
+    x = torch.randn(b, cin, h, w, generator=g).to(DEV, dtype)
+    wt = (torch.randn(cout, cin, generator=g) / cin ** 0.5).to(DEV, dtype)
+    bias = torch.randn(cout, generator=g).to(DEV, dtype)
+    r = torch.randn(b, cout, h, w, generator=g).to(DEV, dtype) if res else None
+    y = ops.pointwise_conv(x, wt, bias, r, relu)
+    torch.cuda.synchronize()
+    assert_no_nan(y, f"pointwise {case}")
+    ref = R.pointwise_conv_ref(x.double(), wt.double(), bias.double(), None if r is None else r.double(), relu)
+    if prec == "fp32":
+        assert rel_err(y, ref) <= 1e-5, (case, SEED)
+    else:
+        t = F.conv2d(x, wt[:, :, None, None], bias)
+        t = t + r if r is not None else t
+        t = torch.relu(t) if relu else t
+        floor = _scale(dtype) * float(ref.abs().max())
+        assert_low_precision_bound(max_err(y, ref), max_err(t, ref), f"pointwise {prec} {case}", floor)
+
+
 # ---------------------------------------------------------------- streams, graphs, cupy, torch.compile
 def test_ops_run_on_the_callers_stream_and_in_cuda_graphs() -> None:
     case = (2, 48, 13, 13, 7, 2, 16)

@@ -10,6 +10,7 @@ the reference float32 model: 1e-4 absolute on probabilities/logits/heatmaps (fol
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import struct
@@ -48,7 +49,7 @@ def test_build_reports_cuda_archs() -> None:
         pytest.skip("built without nvcc")
     assert {"sm_80", "sm_90"} <= set(info["cuda_archs"])
     m = _cuda_module()
-    assert set(m.KERNELS) == {"involution", "involution_fused", "cmam"}
+    assert set(m.KERNELS) == {"involution", "involution_fused", "cmam", "pointwise_conv"}
 
 
 def test_cuda_module_embeds_sm80_and_sm90_kernels() -> None:
@@ -63,7 +64,7 @@ def test_cuda_module_embeds_sm80_and_sm90_kernels() -> None:
     if not archs:
         pytest.skip("the fatbin is compressed: its cubins cannot be inspected without cuobjdump")
     assert {80, 90} <= archs
-    for name in (b"involution_fwd", b"involution_fused_fwd", b"attention_kernel", b"gemm_bias_kernel",
+    for name in (b"involution_fwd", b"involution_fused_fwd", b"attention_kernel", b"gemm_wmma_kernel",
                  b"layernorm_nchw_kernel"):
         assert name in data, name
 
@@ -100,6 +101,15 @@ def test_launchers_reject_bad_arguments() -> None:
         m.cmam(f32, fake, fake, fake, fake, fake, fake, fake, 0, 1, 64, 2, 2, 32, 4, 1e-5)  # workspace too small
     with pytest.raises(ValueError):
         m.cmam(f32, fake, fake, fake, fake, fake, fake, fake, 1 << 30, 1, 64, 2, 2, 30, 4, 1e-5)  # dim % heads
+    far = 1 << 40  # pointwise: distinct fake buffers far apart, so only the overridden argument is wrong
+    for override in (dict(bias=0), dict(cin=0), dict(dtype=7), dict(y=fake), dict(residual=far + 64)):
+        args = dict(dtype=f32, x=fake, w=2 * far, bias=3 * far, residual=0, y=far, batch=1, cin=8, cout=8, height=4,
+                    width=4)
+        args.update(override)
+        with pytest.raises(ValueError, match="cudaErrorInvalidValue"):
+            m.pointwise_conv(**args)
+    assert m.pointwise_conv_unsupported(1, 8, 8, 4, 4) is None
+    assert "2^30" in m.pointwise_conv_unsupported(2, 8, 8, 2**15, 2**14 + 1)
 
 
 def test_cmam_workspace_and_packed_sizes() -> None:
@@ -188,6 +198,43 @@ def test_fused_and_cmam_argument_checks() -> None:
         ops.cmam(art, art.clone(), wa.half(), wp, 4)
 
 
+def test_pointwise_argument_checks() -> None:
+    x = torch.randn(2, 24, 5, 7)
+    w, b = torch.randn(40, 24), torch.randn(40)
+    r = torch.randn(2, 40, 5, 7)
+    with pytest.raises(ValueError, match="CUDA device"):
+        ops.pointwise_conv(x, w, b, r, True)
+    with pytest.raises(ValueError, match="CUDA device"):
+        ops.pointwise_conv(x, w[:, :, None, None], b)  # a 1x1 conv weight is taken as is
+    with pytest.raises(ValueError, match=r"weight must be \[Cout, Cin=24\]"):
+        ops.pointwise_conv(x, w[:, :23], b)
+    with pytest.raises(ValueError, match="1x1 kernel"):
+        ops.pointwise_conv(x, torch.randn(40, 24, 3, 3), b)
+    with pytest.raises(ValueError, match=r"bias must have shape \(40,\)"):
+        ops.pointwise_conv(x, w, b[:-1])
+    with pytest.raises(ValueError, match="residual must have the output's shape"):
+        ops.pointwise_conv(x, w, b, r[:, :-1])
+    with pytest.raises(TypeError, match="one dtype"):
+        ops.pointwise_conv(x, w.half(), b)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.pointwise_conv(x.transpose(2, 3), w[:, :], b)
+    with pytest.raises(TypeError, match="residual must be a torch.Tensor"):
+        ops.pointwise_conv(x, w, b, r.numpy())
+    with pytest.raises(TypeError, match="CUDA tensor"):
+        ops.pointwise_conv(x.numpy(), w.numpy(), b.numpy())
+
+
+def test_pointwise_reference_matches_conv2d() -> None:
+    g = generator(6)
+    x = torch.randn(3, 24, 5, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(40, 24, 1, 1, generator=g, dtype=torch.float64)
+    b = torch.randn(40, generator=g, dtype=torch.float64)
+    r = torch.randn(3, 40, 5, 7, generator=g, dtype=torch.float64)
+    want = torch.relu(torch.nn.functional.conv2d(x, w, b) + r)
+    assert rel_err(R.pointwise_conv_ref(x, w, b, r, True), want) < 1e-12
+    assert rel_err(R.pointwise_conv_ref(x, w[:, :, 0, 0], b), torch.nn.functional.conv2d(x, w, b)) < 1e-12
+
+
 def test_fake_impls_give_output_shapes() -> None:
     ops.register_torch_ops()
     x = torch.empty(2, 48, 13, 13, device="meta")
@@ -202,6 +249,10 @@ def test_fake_impls_give_output_shapes() -> None:
     w = torch.empty(ops.packed_weights_size(64, 32), device="meta", dtype=torch.float16)
     oa, op = torch.ops.cmir_trt.cmam(a, a, w, w, 4, 32, 1e-5)
     assert oa.shape == op.shape == a.shape and oa.dtype == torch.float16
+    pw, pb = torch.empty(40, 64, device="meta", dtype=torch.float16), torch.empty(40, device="meta",
+                                                                                  dtype=torch.float16)
+    y = torch.ops.cmir_trt.pointwise_conv(a, pw, pb, None, True)
+    assert y.shape == (1, 40, 3, 5) and y.dtype == torch.float16
 
 
 # ---------------------------------------------------------------- the float64 references used by the GPU tests
@@ -288,6 +339,35 @@ def test_gpu_model_rewrite_matches_reference_on_cpu(fused: bool) -> None:
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.parametrize("variant", ["S1", "M1", "M2", "full"])
+def test_gpu_model_rewrite_is_the_same_function_in_float64(variant: str) -> None:
+    """Issue 13, third round: every stride-1 1x1 conv on pointwise_conv (its ReLU fused), each bottleneck's conv3 with
+    the residual add and the final ReLU in that one call, the involution generation's two 1x1 convs too; strided 1x1
+    and 3x3 convs stay on cuDNN. Checked in float64 against the untouched model (the only difference left is the
+    float32 rounding of the folded weights), for plain (S1/M1) and involution (M2/full) backbones, with and without
+    the fused involution (M2)."""
+    from cmir_trt.gpu.backend import prepare_model
+
+    torch.manual_seed(SEED + 7)
+    model = build_model(CMIRConfig(variant=variant, width=0.25, image_size=32, cmam_dim=32, cmam_heads=4)).eval()
+    _random_bn(model, generator(8))
+    g = generator(9)
+    art, pv = (torch.randn(3, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(2))
+    clin = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    for fused in (False, True) if variant == "M2" else (False,):
+        with torch.no_grad():
+            rewritten = prepare_model(model, "fp32", "cpu", fused_involution=fused, impl="reference").double()
+            got = rewritten(art, pv, clin)
+            want = copy.deepcopy(model).double()(art, pv, clin)
+        kinds = [type(m).__name__ for m in rewritten.modules()]
+        assert kinds.count("CudaBottleneck") == 8 * (2 if variant != "S1" else 1) and "BatchNorm2d" not in kinds
+        for m in rewritten.modules():  # no pointwise conv left to cuDNN
+            if isinstance(m, torch.nn.Conv2d):
+                assert m.kernel_size != (1, 1) or m.stride != (1, 1), m
+        for name, a, b in zip(("logit", "probability", "heatmap"), got, want, strict=True):
+            assert float((a - b).abs().max()) <= 1e-6 * max(1.0, float(b.abs().max())), (variant, fused, name, SEED)
+
+
 def test_backend_without_gpu_is_a_clear_runtime_error(tmp_path: os.PathLike) -> None:
     from cmir_trt._native import cuda_device_count
 
@@ -317,7 +397,7 @@ def test_cupy_free_paths_are_type_errors() -> None:
 
 def test_torch_ops_registered_names() -> None:
     ops.register_torch_ops()
-    for name in ("involution", "involution_fused", "cmam"):
+    for name in ("involution", "involution_fused", "cmam", "pointwise_conv"):
         assert hasattr(torch.ops.cmir_trt, name)
     assert glob.glob(os.path.join(os.path.dirname(cmir_trt.__file__), "*")), "package files"
 

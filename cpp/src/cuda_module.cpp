@@ -57,7 +57,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.attr("DTYPE_FLOAT32") = static_cast<int>(CmirDType::kFloat32);
   m.attr("DTYPE_FLOAT16") = static_cast<int>(CmirDType::kFloat16);
   m.attr("DTYPE_BFLOAT16") = static_cast<int>(CmirDType::kBFloat16);
-  m.attr("KERNELS") = py::make_tuple("involution", "involution_fused", "cmam");
+  m.attr("KERNELS") = py::make_tuple("involution", "involution_fused", "cmam", "pointwise_conv");
   cmir_bindings::register_involution(m);
   cmir_bindings::register_cmam(m);
+  cmir_bindings::register_pointwise(m);
 }

@@ -3,11 +3,12 @@
 //   cmir_cuda_emu_driver involution DIR dtype B C H W K stride gc relu   (x, kernel[, scale, shift] -> y)
 //   cmir_cuda_emu_driver fused DIR dtype B C H W K stride gc hidden relu (x, w1, b1, w2, b2[, scale, shift] -> y)
 //   cmir_cuda_emu_driver cmam DIR dtype B C H W dim heads eps            (art, pv, wa, wp -> art_out, pv_out)
+//   cmir_cuda_emu_driver pointwise DIR dtype B Cin Cout H W relu         (x, w, bias[, residual] -> y)
 //   cmir_cuda_emu_driver convert DIR f2h|h2f|f2bf|bf2f                   (in -> out)
 //   cmir_cuda_emu_driver selftest NAME                                   (emulator semantics, see selftest())
 //
 // Arrays are raw little-endian files DIR/<name>.bin (fp32, or fp16/bf16 bits for dtype 1/2; scale/shift/w1/b1/w2/b2
-// always fp32), copied into exactly-sized "device" buffers; outputs and the CMAM workspace start as 0xff bytes
+// always fp32; the pointwise op's w/bias/residual in its dtype), copied into exactly-sized "device" buffers; outputs and the CMAM workspace start as 0xff bytes
 // (NaN), so an element a kernel fails to write is caught. Exit status: 0 done, 3 the launcher returned an error
 // (its name on stdout), 2 usage or I/O error; emulator-detected misuse aborts (cmir_emu: ... on stderr).
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include "cmam.cuh"
 #include "dtype.cuh"
 #include "involution.cuh"
+#include "pointwise.cuh"
 
 namespace {
 
@@ -135,6 +137,42 @@ int run_cmam(const std::string& dir, char** a) {
   return 0;
 }
 
+// What a launcher enqueued (one graph-capturable sequence): the tests check the counts.
+void print_counts(uint64_t launches, uint64_t memsets) {
+  std::printf("launches=%llu memsets=%llu\n", static_cast<unsigned long long>(cmir_emu::launch_count() - launches),
+              static_cast<unsigned long long>(cmir_emu::memset_count() - memsets));
+}
+
+int run_pointwise(const std::string& dir, char** a) {
+  const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
+  const int b = arg_int(a, 1), cin = arg_int(a, 2), cout = arg_int(a, 3), h = arg_int(a, 4), w = arg_int(a, 5),
+            relu = arg_int(a, 6);
+  if (pointwise_conv_unsupported(b, cin, cout, h, w) != nullptr) {
+    // Sizes the launcher must refuse: small distinct non-null buffers (never read), so that only the sizes can be
+    // the reason for the refusal.
+    Dev x(16), wt(16), bias(16), y(16);
+    const uint64_t launches = cmir_emu::launch_count();
+    const cudaError_t e = launch_pointwise_conv(nullptr, dtype, x.p, wt.p, bias.p, nullptr, y.p, b, cin, cout, h, w,
+                                                relu);
+    if (cmir_emu::launch_count() != launches) die("a refused launch ran a kernel");
+    return e == cudaSuccess ? 0 : report(e);
+  }
+  const size_t es = cmir_cuda::dtype_size(dtype);
+  const size_t pix = static_cast<size_t>(b) * h * w;
+  Dev x(dir + "/x.bin", pix * cin * es), wt(dir + "/w.bin", static_cast<size_t>(cout) * cin * es),
+      bias(dir + "/bias.bin", static_cast<size_t>(cout) * es);
+  const bool has_res = exists(dir + "/residual.bin");
+  Dev res(has_res ? dir + "/residual.bin" : "/dev/null", has_res ? pix * cout * es : 0);
+  Dev y(pix * cout * es, 0xff);
+  const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
+  const cudaError_t e = launch_pointwise_conv(nullptr, dtype, x.p, wt.p, bias.p, has_res ? res.p : nullptr, y.p, b,
+                                              cin, cout, h, w, relu);
+  if (e != cudaSuccess) return report(e);
+  print_counts(launches, memsets);
+  y.save(dir + "/y.bin");
+  return 0;
+}
+
 int run_convert(const std::string& dir, const std::string& mode) {
   std::FILE* f = std::fopen((dir + "/in.bin").c_str(), "rb");
   if (f == nullptr) die("cannot open in.bin");
@@ -174,13 +212,14 @@ int run_convert(const std::string& dir, const std::string& mode) {
 int selftest(const std::string& name);  // emu_selftest.cpp
 
 int main(int argc, char** argv) {
-  if (argc < 3) die("usage: cmir_cuda_emu_driver involution|fused|cmam|convert DIR ... | selftest NAME");
+  if (argc < 3) die("usage: cmir_cuda_emu_driver involution|fused|cmam|pointwise|convert DIR ... | selftest NAME");
   const std::string op = argv[1];
   if (op == "selftest") return selftest(argv[2]);
   const std::string dir = argv[2];
   if (op == "involution" && argc == 12) return run_involution(dir, argv + 3, false);
   if (op == "fused" && argc == 13) return run_involution(dir, argv + 3, true);
   if (op == "cmam" && argc == 11) return run_cmam(dir, argv + 3);
+  if (op == "pointwise" && argc == 10) return run_pointwise(dir, argv + 3);
   if (op == "convert" && argc == 4) return run_convert(dir, argv[3]);
   die("bad arguments for " + op);
 }

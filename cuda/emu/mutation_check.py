@@ -3,10 +3,10 @@
     .venv/bin/python cuda/emu/mutation_check.py [--only SUBSTRING]
 
 Each mutant is a copy of cuda/ (in a temporary folder, the tree is never touched) with one change: one
-__syncthreads() or __syncwarp() of cuda/involution.cu or cuda/cmam.cu removed, a halo index shifted by one, or the
-attention kernel's shared-memory opt-in dropped. tests/test_cuda_emu.py then runs on it (CMIR_EMU_CUDA_DIR) and must
-fail; the first failing test is reported. Exit status 1 if any mutant survives. Takes a few minutes (one emulator
-build per mutant); not part of `make test`.
+__syncthreads() or __syncwarp() of cuda/involution.cu, cuda/cmam.cu or cuda/gemm.cuh removed, a halo index shifted by
+one, the attention kernel's shared-memory opt-in dropped, or the GEMM's pipeline or 3xTF32 broken.
+tests/test_cuda_emu.py then runs on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is reported. Exit
+status 1 if any mutant survives. Takes a few minutes (one emulator build per mutant); not part of `make test`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
     """(name, file, original text or "@offset:text", replacement) for the kernels in `cuda`."""
     out = []
-    for fname in ("involution.cu", "cmam.cu"):
+    for fname in ("involution.cu", "cmam.cu", "gemm.cuh"):
         src = (cuda / fname).read_text(encoding="utf-8")
         for call in ("__syncthreads()", "__syncwarp()"):
             for i, m in enumerate(re.finditer(re.escape(call), src)):
@@ -50,6 +50,12 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "    const int ih = ih0 + r + 1;\n"),
         ("cmam.cu no shared-memory opt-in for head_dim > 177", "cmam.cu", "if (att_smem > kDefaultSmem) {",
          "if (false) {"),
+        ("gemm.cuh plain TF32 (3xTF32's small terms dropped)", "gemm.cuh",
+         "wmma::mma_sync(acc[i], fa_small, fb, acc[i]);", "(void)0;"),
+        ("gemm.cuh cp.async wait one k-step too lax", "gemm.cuh", "__pipeline_wait_prior(kStages - 2);",
+         "__pipeline_wait_prior(kStages - 1);"),
+        ("gemm.cuh refill the stage being multiplied (WAR race)", "gemm.cuh",
+         "const int ahead = stage == 0 ? kStages - 1 : stage - 1;", "const int ahead = stage;"),
     ]
     # Text patterns follow the kernels as they are written; one that no longer occurs is left out (and listed).
     kept = []

@@ -25,26 +25,45 @@ def _torch_dtype(precision: str) -> Any:
 
 class _ReferenceOps:
     """cmir_trt.ops' signatures over the float64 references (cast back to the input dtype): lets the model rewrite
-    be checked end to end on a machine without a GPU."""
+    be checked end to end on a machine without a GPU. Each call is one profiler range ``cmir_trt::<op>`` (what
+    benchmarks/gpu/predict.py counts as the op's kernels; the reference's own aten calls are nested under it)."""
 
     @staticmethod
     def involution(x: Any, kernel: Any, *args: Any) -> Any:
+        from torch.profiler import record_function
+
         from ..ops.reference import involution_ref
 
-        return involution_ref(x, kernel, *args).to(x.dtype)
+        with record_function("cmir_trt::involution"):
+            return involution_ref(x, kernel, *args).to(x.dtype)
 
     @staticmethod
     def involution_fused(x: Any, *args: Any) -> Any:
+        from torch.profiler import record_function
+
         from ..ops.reference import involution_fused_ref
 
-        return involution_fused_ref(x, *args).to(x.dtype)
+        with record_function("cmir_trt::involution_fused"):
+            return involution_fused_ref(x, *args).to(x.dtype)
 
     @staticmethod
     def cmam(art: Any, pv: Any, *args: Any) -> tuple[Any, Any]:
+        from torch.profiler import record_function
+
         from ..ops.reference import cmam_ref
 
-        a, p = cmam_ref(art, pv, *args)
-        return a.to(art.dtype), p.to(pv.dtype)
+        with record_function("cmir_trt::cmam"):
+            a, p = cmam_ref(art, pv, *args)
+            return a.to(art.dtype), p.to(pv.dtype)
+
+    @staticmethod
+    def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False) -> Any:
+        from torch.profiler import record_function
+
+        from ..ops.reference import pointwise_conv_ref
+
+        with record_function("cmir_trt::pointwise_conv"):
+            return pointwise_conv_ref(x, weight, bias, residual, relu).to(x.dtype)
 
 
 def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
@@ -65,7 +84,7 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
         attributes (not buffers) so that model.to(dtype) leaves the fp32 ones fp32."""
 
         def __init__(self, inv: nn.Module, bn: nn.Module | None, relu: bool, fused: bool, device: Any,
-                     dtype: Any) -> None:
+                     dtype: Any, pointwise: bool = True) -> None:
             super().__init__()
             gen = fold_generator(inv)
             self.k = gen["kernel_size"]
@@ -74,16 +93,16 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             self.groups = inv.groups
             self.fused = fused
             self.relu = relu
+            self.pointwise = pointwise
             f32 = {"device": device, "dtype": torch.float32}
             self.w1_f32 = gen["w1"].to(**f32)
             self.b1_f32 = gen["b1"].to(**f32)
             self.w2_f32 = gen["w2"].to(**f32)
             self.b2_f32 = gen["b2"].to(**f32)
-            # The separate generation runs in the model's dtype through cuDNN/cuBLAS.
-            self.w1 = gen["w1"][:, :, None, None].to(device=device, dtype=dtype)
-            self.b1 = gen["b1"].to(device=device, dtype=dtype)
-            self.w2 = gen["w2"][:, :, None, None].to(device=device, dtype=dtype)
-            self.b2 = gen["b2"].to(device=device, dtype=dtype)
+            # The separate generation: two pointwise_conv launches in the model's dtype (bias and the hidden ReLU
+            # in their epilogues). Buffers, so that model.to(dtype) casts them with the activations.
+            for n in ("w1", "b1", "w2", "b2"):
+                self.register_buffer(n, gen[n].to(device=device, dtype=dtype).contiguous())
             self.scale = self.shift = None
             if bn is not None:
                 with torch.no_grad():
@@ -98,7 +117,11 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
                 return ops.involution_fused(x, self.w1_f32, self.b1_f32, self.w2_f32, self.b2_f32, self.k,
                                             self.stride, self.gc, self.scale, self.shift, self.relu)
             t = x if self.stride == 1 else F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
-            wgt = F.conv2d(F.relu(F.conv2d(t, self.w1, self.b1)), self.w2, self.b2)
+            if self.pointwise:
+                wgt = ops.pointwise_conv(ops.pointwise_conv(t, self.w1, self.b1, None, True), self.w2, self.b2)
+            else:  # cuDNN (each convolution + its bias add) and a ReLU: the backend before issue 13's third round
+                wgt = F.conv2d(F.relu(F.conv2d(t, self.w1[:, :, None, None], self.b1)), self.w2[:, :, None, None],
+                               self.b2)
             b, _, h, w = wgt.shape
             kernel = wgt.view(b, self.groups, self.k, self.k, h, w)
             return ops.involution(x, kernel, self.k, self.stride, self.scale, self.shift, self.relu)
@@ -119,42 +142,119 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
         def forward(self, art: torch.Tensor, pv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return ops.cmam(art.contiguous(), pv.contiguous(), self.wa, self.wp, self.heads, self.dim, self.eps)
 
-    return {"CudaInvolution": CudaInvolution, "CudaCMAM": CudaCMAM}
+    class CudaPointwise(nn.Module):
+        """A stride-1 1x1 Conv2d (BN folded in) [+ ReLU] as one pointwise_conv launch; forward(x, residual) also adds
+        a residual before the ReLU (a bottleneck's conv3 + identity + ReLU)."""
+
+        def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
+            super().__init__()
+            self.register_buffer("weight", weight.detach().reshape(weight.shape[0], -1).contiguous())
+            self.register_buffer("bias", bias.detach().contiguous())
+            self.relu = relu
+
+        def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+            r = None if residual is None else residual.contiguous()
+            return ops.pointwise_conv(x.contiguous(), self.weight, self.bias, r, self.relu)
+
+        def extra_repr(self) -> str:
+            return f"{self.weight.shape[1]}, {self.weight.shape[0]}, relu={self.relu}"
+
+    class CudaBottleneck(nn.Module):
+        """Bottleneck with conv3 + identity + ReLU in one pointwise_conv launch (conv3's residual epilogue)."""
+
+        def __init__(self, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, downsample: nn.Module | None) -> None:
+            super().__init__()
+            self.conv1, self.conv2, self.conv3, self.downsample = conv1, conv2, conv3, downsample
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            return self.conv3(self.conv2(self.conv1(x)), identity)
+
+    return {"CudaInvolution": CudaInvolution, "CudaCMAM": CudaCMAM, "CudaPointwise": CudaPointwise,
+            "CudaBottleneck": CudaBottleneck}
+
+
+def _is_pointwise(conv: Any) -> bool:
+    """A Conv2d the pointwise op computes: 1x1 kernel, stride 1, no padding, dilation 1, one group.
+    Strided 1x1 convolutions stay on cuDNN: subsampling into a dense tensor first would cost the same two kernels
+    (a copy + the op) as cuDNN's convolution + its separate bias add."""
+    return (tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (0, 0)
+            and tuple(conv.dilation) == (1, 1) and conv.groups == 1)
 
 
 def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fused_involution: bool = False,
-                  impl: str = "cuda") -> Any:
-    """A copy of a CMIR model for the GPU: conv+BN folded, involution blocks and CMAM on cmir_trt's kernels, moved
-    to `device` in `precision`. The input model is not modified. impl="reference" puts the float64 reference ops in
-    place of the CUDA kernels (any device; for checking the rewrite without a GPU)."""
+                  impl: str = "cuda", pointwise_conv: bool = True) -> Any:
+    """A copy of a CMIR model for the GPU: conv+BN folded, involution blocks and CMAM on cmir_trt's kernels, every
+    stride-1 1x1 convolution (with its ReLU, and a bottleneck's conv3 with the residual add and the block's ReLU) on
+    the pointwise_conv kernel, moved to `device` in `precision`. The input model is not modified.
+    impl="reference" puts the float64 reference ops in place of the CUDA kernels (any device; for checking the
+    rewrite without a GPU). pointwise_conv=False keeps every convolution on cuDNN (the backend before the pointwise
+    op; for launch counts and A/B timing)."""
     import torch
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     from ..model.cmam import CMAM
     from ..model.involution import Involution2d
+    from ..model.resnet import Bottleneck
 
     dtype = _torch_dtype(precision)
     wrappers = _build_wrappers(impl)
     m = copy.deepcopy(model).eval().float().cpu()
 
+    def conv_seq(seq: nn.Sequential, relu_after: bool | None = None) -> nn.Module:
+        """Sequential(Conv2d, BatchNorm2d, [ReLU], ...) with the BN folded: one CudaPointwise (the ReLU fused) for a
+        pointwise conv, else the folded Conv2d (cuDNN). relu_after overrides the ReLU (a bottleneck's conv3 takes
+        the block's final ReLU, applied after its residual)."""
+        kids = list(seq.children())
+        fused = fuse_conv_bn_eval(kids[0], kids[1])
+        if not pointwise_conv or not _is_pointwise(fused):
+            return nn.Sequential(fused, *kids[2:])
+        has_relu = len(kids) > 2 and isinstance(kids[2], nn.ReLU)
+        relu = has_relu if relu_after is None else relu_after
+        new = wrappers["CudaPointwise"](fused.weight, fused.bias, relu)
+        rest = kids[2 + has_relu:]
+        return nn.Sequential(new, *rest) if rest else new
+
+    def is_conv_bn(mod: Any) -> bool:
+        kids = list(mod.children()) if isinstance(mod, nn.Sequential) else []
+        return len(kids) > 1 and isinstance(kids[0], nn.Conv2d) and isinstance(kids[1], nn.BatchNorm2d)
+
+    def bottleneck(block: Bottleneck) -> nn.Module | None:
+        """The CudaBottleneck of a block whose conv3 is Sequential(1x1 conv, BN) (None: keep the generic rewrite)."""
+        if (not pointwise_conv or not is_conv_bn(block.conv3) or len(block.conv3) != 2
+                or not _is_pointwise(block.conv3[0])):
+            return None
+        if not isinstance(block.relu, nn.ReLU):
+            return None
+        holder = nn.Module()
+        holder.conv1, holder.conv2 = block.conv1, block.conv2
+        if block.downsample is not None:
+            holder.downsample = block.downsample
+        rewrite(holder)
+        ds = getattr(holder, "downsample", None)
+        return wrappers["CudaBottleneck"](holder.conv1, holder.conv2, conv_seq(block.conv3, relu_after=True), ds)
+
     def rewrite(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
             kids = list(child.children()) if isinstance(child, nn.Sequential) else []
-            if kids and isinstance(kids[0], Involution2d):
+            new_block = bottleneck(child) if isinstance(child, Bottleneck) else None
+            if new_block is not None:
+                setattr(parent, name, new_block)
+            elif kids and isinstance(kids[0], Involution2d):
                 bn = kids[1] if len(kids) > 1 and isinstance(kids[1], nn.BatchNorm2d) else None
                 relu = bn is not None and len(kids) > 2 and isinstance(kids[2], nn.ReLU)
                 used = 1 + (bn is not None) + relu
-                new = wrappers["CudaInvolution"](kids[0], bn, relu, fused_involution, device, dtype)
+                new = wrappers["CudaInvolution"](kids[0], bn, relu, fused_involution, device, dtype,
+                                                 pointwise_conv)
                 setattr(parent, name, nn.Sequential(new, *kids[used:]) if used < len(kids) else new)
             elif isinstance(child, Involution2d):
-                setattr(parent, name, wrappers["CudaInvolution"](child, None, False, fused_involution, device, dtype))
+                setattr(parent, name, wrappers["CudaInvolution"](child, None, False, fused_involution, device,
+                                                                  dtype, pointwise_conv))
             elif isinstance(child, CMAM):
                 setattr(parent, name, wrappers["CudaCMAM"](child, device, dtype))
-            elif (kids and isinstance(kids[0], nn.Conv2d) and len(kids) > 1
-                  and isinstance(kids[1], nn.BatchNorm2d)):
-                fused = fuse_conv_bn_eval(kids[0], kids[1])
-                setattr(parent, name, nn.Sequential(fused, *kids[2:]))
+            elif is_conv_bn(child):
+                setattr(parent, name, conv_seq(child))
             else:
                 rewrite(child)
 
@@ -169,14 +269,17 @@ class TorchCudaBackend:
     path_or_model: a checkpoint path (``load_checkpoint``) or a CMIR module (copied, not modified).
     precision: fp32 | fp16 | bf16 (activations and weights; kernels accumulate in fp32; outputs are float32).
     cuda_graph: capture one CUDA graph per batch size on first use and replay it (static shapes).
-    fused_involution: use the single-kernel generation+aggregation instead of cuDNN generation + our aggregation.
+    fused_involution: use the single-kernel generation+aggregation instead of the pointwise-op generation + our
+        aggregation.
+    pointwise_conv: run stride-1 1x1 convolutions (with their bias, ReLU and a bottleneck's residual add) on
+        cmir_trt's pointwise_conv kernel (default); False keeps them on cuDNN (A/B timing of the launch count).
     allow_tf32: let cuDNN run fp32 convolutions in TF32 (PyTorch's default, faster, ~1e-3 relative error per conv).
         Off by default so that fp32 reproduces the CPU reference; the setting is applied around this backend's own
         runs (and graph captures) only and restored afterwards.
     """
 
     def __init__(self, path_or_model: Any, precision: str = "fp32", cuda_graph: bool = True, device: int = 0,
-                 fused_involution: bool = False, allow_tf32: bool = False) -> None:
+                 fused_involution: bool = False, allow_tf32: bool = False, pointwise_conv: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not isinstance(device, int) or isinstance(device, bool) or device < 0:
@@ -199,15 +302,18 @@ class TorchCudaBackend:
         self.cuda_graph = bool(cuda_graph)
         self.fused_involution = bool(fused_involution)
         self.allow_tf32 = bool(allow_tf32)
+        self.pointwise_conv = bool(pointwise_conv)
         self.device = torch.device("cuda", device)
         self.dtype = _torch_dtype(precision)
-        self.model = prepare_model(model, precision, self.device, self.fused_involution)
+        self.model = prepare_model(model, precision, self.device, self.fused_involution,
+                                   pointwise_conv=self.pointwise_conv)
         self._graphs: dict[int, tuple[Any, tuple[Any, Any, Any], Any]] = {}
         props = torch.cuda.get_device_properties(self.device)
         self.metadata: dict[str, Any] = dict(getattr(model, "metadata", {}) or {})
         self.metadata.update({
             "backend": "torch-cuda", "precision": precision, "cuda_graph": self.cuda_graph,
-            "fused_involution": self.fused_involution, "allow_tf32": self.allow_tf32, "device_name": props.name,
+            "fused_involution": self.fused_involution, "allow_tf32": self.allow_tf32,
+            "pointwise_conv": self.pointwise_conv, "device_name": props.name,
             "source": source,
             "checkpoint_sha256": getattr(model, "checkpoint_sha256", None), "config": self.config.to_dict(),
         })

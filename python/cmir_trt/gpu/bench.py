@@ -52,8 +52,8 @@ class CardSpec:
 
     label: str
     bw_gbs: float
-    fp32_tflops: float  # CUDA cores (what our kernels use today)
-    tf32_tflops: float  # tensor cores
+    fp32_tflops: float  # CUDA cores (the involution kernels)
+    tf32_tflops: float  # tensor cores (fp32 CMAM GEMMs: 3xTF32, a third of it)
     fp16_tflops: float  # tensor cores, fp16/bf16 with fp32 accumulation
     smem_tbs: float  # shared-memory bandwidth, all SMs: SMs x 128 B/clk x boost clock
 
@@ -126,29 +126,36 @@ def involution_unfused_bytes(n: int, c: int, h: int, w: int, k: int, stride: int
     return float(gen + agg)
 
 
-# The launch plan of cuda/cmam.cu (plan_splits, wmma_tile), mirrored for the byte count and benchmarks/gpu/predict.py;
-# tests/test_gpu_bench_roofline.py reads these constants back from the .cu source.
-CMAM_SIMT_TILE = (64, 64, 16)   # kBM, kBN, kBK: fp32 GEMMs on CUDA cores
-CMAM_WMMA_TILE = (16, 128, 32)  # kWM, kWN, kWK: fp16/bf16 GEMMs on tensor cores (rows x4 when those tiles fill the GPU)
+# The launch plan of cuda/gemm.cuh (plan_splits, wmma_tile) as cuda/cmam.cu calls it, mirrored for the byte count and
+# benchmarks/gpu/predict.py; tests/test_gpu_bench_roofline.py reads these constants back from the sources.
+CMAM_WMMA_TILE = (16, 128, 32)  # kWM, kWN, kWK: tensor-core GEMM tile (rows x4 when those tiles fill the GPU)
 CMAM_WMMA_MF_BIG = 4            # the 64-row tensor-core tile (MF = 4)
+CMAM_STAGES = 3                 # kStages: k-steps staged at once (the MMAs of one, the copies of the next two)
+CMAM_FP32_MMA_PASSES = 3        # fp32 as 3xTF32: three tf32 MMAs per product (big·big, big·small, small·big)
 CMAM_PLAN_SMS = 160             # kPlanSms: the SM count the plans are capped at
 CMAM_MIN_KSTEPS = 4             # at least 4 k-steps per split: max_splits = K / (4 * bk)
 
 
+def cmam_tflops(spec: CardSpec, precision: str) -> float:
+    """Tensor-core rate of the CMAM GEMMs as built: fp16/bf16 MMAs, fp32 as 3xTF32 (a third of the TF32 rate)."""
+    return spec.tf32_tflops / CMAM_FP32_MMA_PASSES if precision == "fp32" else spec.fp16_tflops
+
+
 def cmam_gemm_plan(m: int, n_out: int, k: int, problems: int, precision: str, sms: int = 132) -> dict[str, int]:
-    """One batched GEMM launch of cuda/cmam.cu: tile rows/cols/k (bm, bn, bk), tensor cores or not, split-K count and
-    k per split, blocks. Split K (doubling) while there are fewer than 2 blocks per SM and >= 4 k-steps per split."""
+    """One batched GEMM launch of cuda/cmam.cu (cuda/gemm.cuh's plan_gemm): tile rows/cols/k (bm, bn, bk), split-K
+    count and k per split, blocks. Every dtype on tensor cores (`precision` kept for the callers: the plan is the
+    same). 64-row tiles when those alone give >= 1 block per SM, or when they pad M by at most 1/8 and, split over
+    K, give >= 1 block per 2 SMs; split K (doubling) while there are fewer than 2 blocks per SM and >= 4 k-steps per
+    split."""
+    del precision  # the same plan in every dtype
     sms_p = min(sms, CMAM_PLAN_SMS)
-    wmma = precision != "fp32"
-    if wmma:
-        bm, bn, bk = CMAM_WMMA_TILE
-        tiles_big = -(-m // (CMAM_WMMA_MF_BIG * bm)) * -(-n_out // bn) * problems
-        if tiles_big >= sms_p:
-            bm *= CMAM_WMMA_MF_BIG
-    else:
-        bm, bn, bk = CMAM_SIMT_TILE
-    tiles = -(-m // bm) * -(-n_out // bn) * problems
+    bm, bn, bk = CMAM_WMMA_TILE
     max_splits = max(1, k // (CMAM_MIN_KSTEPS * bk))
+    big = CMAM_WMMA_MF_BIG * bm
+    tiles_big = -(-m // big) * -(-n_out // bn) * problems
+    if tiles_big >= sms_p or (8 * -(-m // big) * big <= 9 * m and 2 * tiles_big * max_splits >= sms_p):
+        bm = big
+    tiles = -(-m // bm) * -(-n_out // bn) * problems
     splits = 1
     while splits < max_splits and tiles * splits < 2 * sms_p:
         splits *= 2
@@ -156,7 +163,7 @@ def cmam_gemm_plan(m: int, n_out: int, k: int, problems: int, precision: str, sm
     k_split = -(-k // splits)
     k_per = -(-k_split // bk) * bk
     splits = -(-k // k_per)
-    return {"bm": bm, "bn": bn, "bk": bk, "wmma": int(wmma), "splits": splits, "k_per_split": k_per,
+    return {"bm": bm, "bn": bn, "bk": bk, "wmma": 1, "splits": splits, "k_per_split": k_per,
             "tiles": tiles, "blocks": tiles * splits}
 
 
@@ -689,7 +696,8 @@ def _cmam_row(row: dict[str, Any], timing: Timing, spec: CardSpec | None) -> Non
 
 def _cmam_derived(row: dict[str, Any], spec: CardSpec | None, sms: int = 132) -> None:
     """Bytes (the split-K partial-sum traffic of the launch plan on `sms` SMs included), FLOPs, the roofline at the
-    rate the kernels use (CUDA cores for fp32, tensor cores for fp16/bf16) and our bandwidth from the graph time."""
+    rate the kernels use (tensor cores: fp16/bf16 MMAs, fp32 as 3xTF32 at a third of the TF32 rate) and our
+    bandwidth from the graph time."""
     prec = row["precision"]
     cost = cmam_cost(row["N"], row["C"], row["size"] * row["size"], row["dim"], row["heads"], prec, sms)
     row["mbytes"], row["gflop"] = cost["bytes"] / 1e6, cost["flops"] / 1e9
@@ -700,7 +708,7 @@ def _cmam_derived(row: dict[str, Any], spec: CardSpec | None, sms: int = 132) ->
         if spec is not None:
             row["pct_of_spec_bw"] = 100.0 * row["ours_gbs"] / spec.bw_gbs
     if spec is not None:
-        row["roofline_ms"] = roofline_us(cost, spec, None if prec == "fp32" else spec.fp16_tflops) / 1e3
+        row["roofline_ms"] = roofline_us(cost, spec, cmam_tflops(spec, prec)) / 1e3
 
 
 def bench_cmam(batches: Sequence[int] = (1, 8, 64), channels: int = 2048, size: int = 4, dim: int = 256,
@@ -775,7 +783,12 @@ def bench_e2e(checkpoint: str | os.PathLike[str] | None = None, batches: Sequenc
         for key, make in (("eager_ms", lambda p=prec: _copy_to(base, _dtype(p))),
                           ("ours_ms", lambda p=prec: TorchCudaBackend(base, p, cuda_graph=False, allow_tf32=tf32)),
                           ("ours_graph_ms", lambda p=prec: TorchCudaBackend(base, p, cuda_graph=True,
-                                                                           allow_tf32=tf32))):
+                                                                           allow_tf32=tf32)),
+                          # the same graph with cuDNN 1x1 convolutions (bias and ReLU as separate kernels): what
+                          # the fused pointwise op saves, i.e. the launch model of RESULTS.md checked on the card
+                          ("ours_cudnn_graph_ms", lambda p=prec: TorchCudaBackend(base, p, cuda_graph=True,
+                                                                                 allow_tf32=tf32,
+                                                                                 pointwise_conv=False))):
             try:
                 built[key] = make()
             except Exception as exc:
@@ -796,11 +809,12 @@ def bench_e2e(checkpoint: str | os.PathLike[str] | None = None, batches: Sequenc
             with torch.inference_mode():
                 if "eager_ms" in built:
                     _measure(row, "eager_ms", lambda: lambda: built["eager_ms"](art, pv, clin), timing)
-                for key in ("ours_ms", "ours_graph_ms"):
+                for key in ("ours_ms", "ours_graph_ms", "ours_cudnn_graph_ms"):
                     if key in built:
                         _measure(row, key, lambda k=key: lambda: built[k].forward_device(art, pv, clin,
                                                                                          check_finite=False), timing)
             _ratio(row, "graph_vs_eager", "ours_graph_ms", "eager_ms")
+            _ratio(row, "pointwise_speedup", "ours_cudnn_graph_ms", "ours_graph_ms")
 
         done = list(rows)
         try:
@@ -909,7 +923,8 @@ INVOLUTION_COLUMNS = ("N", "C", "H", "precision", "ours_ms", "ours_graph_ms", "o
 CMAM_COLUMNS = ("N", "C", "tokens", "dim", "heads", "precision", "ours_graph_ms", "sdpa_graph_ms",
                 "reference_graph_ms", "roofline_ms", "ours_gbs", "pct_of_spec_bw", "qkv_splits", "speedup_vs_sdpa",
                 "ours_ms", "sdpa_ms", "reference_ms", "speedup_vs_sdpa_stream")
-E2E_COLUMNS = ("batch", "precision", "eager_ms", "compile_ms", "ours_ms", "ours_graph_ms", "graph_vs_eager")
+E2E_COLUMNS = ("batch", "precision", "eager_ms", "compile_ms", "ours_ms", "ours_graph_ms", "graph_vs_eager",
+               "ours_cudnn_graph_ms", "pointwise_speedup")
 
 
 def to_markdown(results: dict[str, Any]) -> str:
@@ -923,8 +938,9 @@ def to_markdown(results: dict[str, Any]) -> str:
              "CUDA-event pair (ms per call = sample / reps), after warm-up; `*_graph_ms`: the same with the calls "
              "captured in one CUDA graph and replayed (device time, no Python dispatch). Involution GB/s, % of "
              "bandwidth and the speed-up vs the official kernel use the graph (device) times; speed-ups vs PyTorch "
-             "use the Python-launched times of both. `roofline_ms`: max(bytes / spec bandwidth, FLOPs / fp32 "
-             "CUDA-core peak) with the compulsory bytes of benchmarks/RESULTS.md.", "",
+             "use the Python-launched times of both. `roofline_ms`: max(bytes / spec bandwidth, FLOPs / peak) with "
+             "the compulsory bytes of benchmarks/RESULTS.md (involution: the fp32 CUDA-core peak; CMAM: the "
+             "tensor-core rate its GEMMs use, fp32 as 3xTF32 at a third of the TF32 peak).", "",
              f"Measured device-to-device copy bandwidth: {_fmt(results.get('copy_bandwidth_gbs'))} GB/s ({spec}).",
              ""]
     if results.get("targets"):

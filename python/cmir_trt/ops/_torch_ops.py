@@ -1,4 +1,5 @@
-"""torch custom ops over the CUDA launchers: ``torch.ops.cmir_trt.involution``, ``.involution_fused``, ``.cmam``.
+"""torch custom ops over the CUDA launchers: ``torch.ops.cmir_trt.involution``, ``.involution_fused``, ``.cmam``,
+``.pointwise_conv``.
 
 Registered with torch.library (CUDA implementation + fake implementation), so eager code, torch.compile (the fake
 impl gives output shapes) and CUDA graph capture (no host sync, outputs from the caching allocator) all see one op.
@@ -17,6 +18,7 @@ from torch import Tensor
 from ._arrays import DTYPE_CODES, describe
 from .cmam import check_cmam_args
 from .involution import check_fused_args, check_involution_args, output_size
+from .pointwise import check_pointwise_args
 
 _mod = None
 
@@ -106,6 +108,23 @@ def _cmam_fake(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor,
     return torch.empty_like(art), torch.empty_like(pv)
 
 
+@torch.library.custom_op("cmir_trt::pointwise_conv", mutates_args=(), device_types="cuda")
+def _pointwise_conv_op(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+    b, cin, h, w = x.shape
+    cout = weight.shape[0]
+    y = torch.empty((b, cout, h, w), dtype=x.dtype, device=x.device)
+    with torch.cuda.device(x.device):
+        _cuda_module().pointwise_conv(_dtype_code(x), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), _ptr(residual),
+                                      y.data_ptr(), b, cin, cout, h, w, relu, stream=_stream(x))
+    return y
+
+
+@_pointwise_conv_op.register_fake
+def _pointwise_conv_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+    b, _, h, w = x.shape
+    return x.new_empty((b, weight.shape[0], h, w))
+
+
 def _info(t: Optional[Tensor], name: str):  # noqa: ANN202
     return None if t is None else describe(t, name)
 
@@ -142,3 +161,13 @@ def torch_cmam(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor,
     *_, dim = check_cmam_args(describe(art, "art"), describe(pv, "pv"), describe(weights_art, "weights_art"),
                               describe(weights_pv, "weights_pv"), heads, dim, eps)
     return torch.ops.cmir_trt.cmam(art, pv, weights_art, weights_pv, heads, dim, float(eps))
+
+
+def torch_pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor] = None,
+                         relu: bool = False) -> Tensor:
+    for n, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+        if not isinstance(t, Tensor) and not (n == "residual" and t is None):
+            raise TypeError(f"{n} must be a torch.Tensor like x, got {type(t).__name__}")
+    check_pointwise_args(describe(x, "x"), describe(weight, "weight"), describe(bias, "bias"),
+                         _info(residual, "residual"))
+    return torch.ops.cmir_trt.pointwise_conv(x, weight, bias, residual, bool(relu))

@@ -114,3 +114,17 @@ def cmam_ref(art: Any, pv: Any, weights_art: Any, weights_pv: Any, heads: int, d
         return out.transpose(1, 2).reshape(b, c, h, w)
 
     return direction(ta, tp, weights_art), direction(tp, ta, weights_pv)
+
+
+def pointwise_conv_ref(x: Any, weight: Any, bias: Any = None, residual: Any = None, relu: bool = False) -> Any:
+    """1x1 convolution y[b,n,p] = relu?(sum_k weight[n,k] x[b,k,p] + bias[n] + residual[b,n,p]) in float64 (NCHW;
+    weight [Cout, Cin] or [Cout, Cin, 1, 1])."""
+    import torch
+
+    w = weight.double().reshape(weight.shape[0], -1)
+    y = torch.einsum("nk,bkhw->bnhw", w, x.double())
+    if bias is not None:
+        y = y + bias.double()[None, :, None, None]
+    if residual is not None:
+        y = y + residual.double()
+    return y.clamp_min(0.0) if relu else y

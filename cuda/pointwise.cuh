@@ -1,0 +1,27 @@
+// Pointwise (1x1) convolution with a fused epilogue (plain launcher: no torch, no TensorRT types).
+#pragma once
+#include <cuda_runtime.h>
+
+#include "common.cuh"
+
+// Largest batch * H * W (GEMM rows, int indices with a 64-row tile's slack) and Cout (grid y of 128-wide tiles).
+constexpr long long kPointwiseMaxRows = 1LL << 30;
+constexpr long long kPointwiseMaxCout = 65535LL * 128;
+
+// nullptr when launch_pointwise_conv supports these sizes, else why not (one line, for error messages). A size < 1
+// is reported as such. Element offsets are 64-bit; the limits are the GEMM's int row and channel indices.
+inline const char* pointwise_conv_unsupported(int batch, int cin, int cout, int height, int width) {
+  if (batch < 1 || cin < 1 || cout < 1 || height < 1 || width < 1) return "sizes must be positive";
+  if (static_cast<long long>(height) * width * batch > kPointwiseMaxRows) return "batch * H * W exceeds 2^30";
+  if (cout > kPointwiseMaxCout) return "Cout exceeds 65535 * 128 (grid y)";
+  return nullptr;
+}
+
+// y[b, n, p] = [ReLU](sum_k w[n, k] * x[b, k, p] + bias[n] + residual[b, n, p]), p = h * W + w (NCHW).
+// x [B, Cin, H, W], w [Cout, Cin] (= a [Cout, Cin, 1, 1] conv weight), bias [Cout], residual [B, Cout, H, W]
+// (nullable), y [B, Cout, H, W]; all in `dtype`, fp32 accumulation, one rounding at the store (fp32: 3xTF32 tensor
+// cores, fp32-level accuracy). y must not overlap any input (checked). One kernel launch (no memset, no split-K
+// partials); never allocates; runs on `stream`. relu: 0 or 1.
+cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const void* x, const void* w,
+                                  const void* bias, const void* residual, void* y, int batch, int cin, int cout,
+                                  int height, int width, int relu);

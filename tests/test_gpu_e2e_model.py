@@ -1,0 +1,124 @@
+"""The end-to-end launch count of benchmarks/gpu/predict.py (issue 13's "≤ 0.2x eager" estimate) checked on models
+whose kernels are known by hand: ``count_kernels`` counts the outermost kernel-launching aten op of each call, one
+cuDNN bias add per biased convolution (PyTorch adds a convolution's bias in a second kernel), and a cmir_trt op
+(``torch.ops.cmir_trt.*``, or the profiler range of the reference op standing in for it on the CPU) as its own
+kernels, nothing nested under it. The GPU backend's count comes from the rewritten model itself
+(``prepare_model(impl="reference")``), so these tests also pin which convolutions the rewrite moves to the pointwise
+op. No timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from cmir_trt.gpu.backend import _ReferenceOps, prepare_model
+from cmir_trt.model.resnet import Bottleneck
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def predict() -> Any:
+    spec = importlib.util.spec_from_file_location("cmir_predict_e2e", ROOT / "benchmarks" / "gpu" / "predict.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["cmir_predict_e2e"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Known(nn.Module):
+    """conv 3x3 with bias (2 kernels on cuDNN), BN, ReLU, bias-free 1x1 conv, add, mean (one reduction on the GPU,
+    aten::sum + aten::div_ on the CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.a(x)))
+        return (self.b(y) + y).mean(dim=(2, 3))
+
+
+def test_count_kernels_of_a_known_model(predict: Any) -> None:
+    got = predict.count_kernels(_Known().eval(), torch.randn(1, 3, 6, 6))
+    assert got == {"aten::convolution": 2, predict.CONV_BIAS_ADD: 1, "aten::batch_norm": 1, "aten::relu": 1,
+                   "aten::add": 1, "aten::mean": 1}
+
+
+class _Custom(nn.Module):
+    """A pointwise conv (its reference runs einsum/add/clamp underneath: not kernels) and a CMAM (CMAM_LAUNCHES)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _ReferenceOps.pointwise_conv(x, torch.randn(16, 16), torch.randn(16), x, True)
+        c, w = 16, 8  # channels, CMAM width
+        packed = torch.randn(4 * w * c + 3 * w + 3 * c)
+        a, _ = _ReferenceOps.cmam(y, x, packed, packed, 2, w, 1e-5)
+        return a
+
+
+def test_custom_ops_count_as_their_own_launches(predict: Any) -> None:
+    got = predict.count_kernels(_Custom(), torch.randn(1, 16, 2, 2))
+    assert got == {"cmir_trt::pointwise_conv": 1, "cmir_trt::cmam": predict.CMAM_LAUNCHES}
+
+
+# (cin, mid, stride, involution) -> kernels of the rewritten block: ours now / ours before the pointwise op / eager
+BLOCKS = {
+    # conv1, 2 generation convs, conv3 (+ identity + ReLU) on the pointwise op; the aggregation (+ BN + ReLU)
+    (64, 16, 1, True): ({"cmir_trt::pointwise_conv": 4, "cmir_trt::involution": 1},
+                        # conv1 + bias + ReLU, 2 x (conv + bias) + ReLU, aggregation, conv3 + bias, add, ReLU
+                        13,
+                        # conv1 + BN + ReLU, reduce + BN + ReLU, span + bias, im2col, mul, sum, BN, ReLU, conv3 + BN,
+                        # add, ReLU
+                        17),
+    # stride 2: pooled generation input, strided downsample on cuDNN (conv + its bias add)
+    (32, 16, 2, True): ({"cmir_trt::pointwise_conv": 4, "cmir_trt::involution": 1, "aten::avg_pool2d": 1,
+                         "aten::convolution": 1, "cudnn bias add": 1}, 16, 20),
+    # plain bottleneck: 3x3 conv on cuDNN (+ bias add + ReLU), stride-1 downsample (cin != cout) on the op
+    (32, 16, 1, False): ({"cmir_trt::pointwise_conv": 3, "aten::convolution": 1, "cudnn bias add": 1,
+                          "aten::relu_": 1},
+                         # before: conv1 / conv2 (conv + bias + ReLU), conv3 / downsample (conv + bias), add, ReLU;
+                         # eager: the same with BN in place of each bias add
+                         12, 12),
+}
+
+
+@pytest.mark.parametrize("key", list(BLOCKS), ids=["inv_s1", "inv_s2_downsample", "plain_downsample"])
+def test_rewritten_bottleneck_launches(predict: Any, key: tuple[int, int, int, bool]) -> None:
+    cin, mid, stride, inv = key
+    ours, before, eager = BLOCKS[key]
+    block = nn.Sequential(Bottleneck(cin, mid, stride, inv)).eval()
+    x = torch.randn(1, cin, 9, 9)
+    assert predict.count_kernels(prepare_model(block, "fp32", "cpu", impl="reference"), x) == ours
+    assert sum(predict.count_kernels(prepare_model(block, "fp32", "cpu", impl="reference", pointwise_conv=False),
+                                     x).values()) == before
+    assert sum(predict.count_kernels(block, x).values()) == eager
+
+
+def test_e2e_estimate_counts_the_rewritten_model(predict: Any) -> None:
+    from cmir_trt.model.cmir import CMIRConfig
+
+    cfg = CMIRConfig(width=0.25, image_size=64, cmam_dim=32, cmam_heads=4)
+    e = predict.e2e_estimate("fp16", cfg)
+    ours = e["ours_by_kind"]
+    for kinds, total in ((e["eager_by_kind"], e["eager_ops"]), (e["ours_before_by_kind"], e["ours_kernels_before"]),
+                         (ours, e["ours_kernels"])):
+        assert sum(kinds.values()) == total
+    # Per phase: 8 blocks x (conv1, 2 generation convs, conv3) + the stage-1 downsample (stride 1) + the stem
+    # involution's 2 generation convs; cuDNN keeps the 2 stem 3x3 convs and the 3 strided downsamples per phase and
+    # the 2 SA convs, each with its bias add; no BN and no residual add is left.
+    assert ours["cmir_trt::pointwise_conv"] == 2 * (8 * 4 + 1 + 2)
+    assert ours["aten::convolution"] == ours[predict.CONV_BIAS_ADD] == 2 * (2 + 3) + 2
+    assert ours["cmir_trt::involution"] == 18 and ours["cmir_trt::cmam"] == predict.CMAM_LAUNCHES
+    assert "aten::batch_norm" not in ours and "aten::add_" not in ours
+    assert e["eager_by_kind"][predict.CONV_BIAS_ADD] == 2 * 9 + 2  # the involutions' span convs and the SA convs
+    assert e["ours_kernels"] < e["ours_kernels_before"] < e["eager_ops"]
+    assert e["ours_graph_us"] == pytest.approx(e["ours_kernels"] * predict.GRAPH_KERNEL_US)
