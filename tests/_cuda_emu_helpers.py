@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,3 +185,23 @@ def harness(trt_include: Path) -> tuple[Path, Path]:
     exe = build("cmir_trt_plugin_harness_emu", [HARNESS / "harness.cpp", EMU / "emu_runtime.cpp"], common,
                 link=["-rdynamic", "-ldl"], extra_hash=[header])
     return exe, lib
+
+
+# The launchers' dtype codes (CmirDType) and the tensors' raw bytes, for the op tests.
+CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
+
+
+def tensor_bits(t: Any) -> np.ndarray:
+    """Raw bytes the kernels read from a torch tensor: fp32 as is, fp16/bf16 as their 16-bit patterns."""
+    import torch
+
+    t = t.contiguous()
+    return t.numpy() if t.dtype == torch.float32 else t.view(torch.int16).numpy()
+
+
+def bits_tensor(raw: np.ndarray, dtype: Any, shape: tuple[int, ...]) -> Any:
+    """The torch tensor of `dtype` and `shape` whose raw bytes a kernel wrote (tensor_bits reversed)."""
+    import torch
+
+    base = torch.from_numpy(raw.copy().view(np.float32 if dtype == torch.float32 else np.int16))
+    return (base if dtype == torch.float32 else base.view(dtype)).reshape(shape)

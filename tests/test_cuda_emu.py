@@ -22,10 +22,11 @@ also far too slow to emulate).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from _cuda_emu_helpers import ORDERS, failure_text, run_op
+from _cuda_emu_helpers import CODES, ORDERS, failure_text, run_op
+from _cuda_emu_helpers import bits_tensor as _tensor
+from _cuda_emu_helpers import tensor_bits as _bits
 from _gpu_helpers import LOW_PRECISION, SEED, assert_low_precision_bound, assert_no_nan, generator, max_err, rel_err
 
 from cmir_trt import ops
@@ -38,7 +39,6 @@ from cmir_trt.ops.cmam import MAX_HEAD_DIM
 pytestmark = pytest.mark.cuda_emu
 
 DTYPES = {"fp32": torch.float32, **LOW_PRECISION}
-CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
 
 # (B, C, H, W, K, stride, group_channels)
 INV_CASES = [
@@ -72,17 +72,6 @@ def _variant(i: int) -> tuple[str, int]:
     one-SM GPU, so the launchers also plan whole channel groups per block (several channels through one block's
     shared memory: the write-after-read barriers matter) and GEMMs without split-K."""
     return ORDERS[i % 3], (132, 1)[i % 2]
-
-
-def _bits(t: torch.Tensor) -> np.ndarray:
-    """Raw bytes the kernels read: fp32 as is, fp16/bf16 as their 16-bit patterns."""
-    t = t.contiguous()
-    return t.numpy() if t.dtype == torch.float32 else t.view(torch.int16).numpy()
-
-
-def _tensor(raw: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    base = torch.from_numpy(raw.copy().view(np.float32 if dtype == torch.float32 else np.int16))
-    return (base if dtype == torch.float32 else base.view(dtype)).reshape(shape)
 
 
 def _floor(dtype: torch.dtype, ref: torch.Tensor) -> float:

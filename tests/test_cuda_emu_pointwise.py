@@ -14,11 +14,12 @@ and 3; each run takes one of the emulator's thread orders and 132 SMs or one SM 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _cuda_emu_helpers import ORDERS, failure_text, run_op
+from _cuda_emu_helpers import CODES, ORDERS, failure_text, run_op
+from _cuda_emu_helpers import bits_tensor as _tensor
+from _cuda_emu_helpers import tensor_bits as _bits
 from _gpu_helpers import LOW_PRECISION, SEED, assert_low_precision_bound, assert_no_nan, generator, max_err, rel_err
 
 from cmir_trt.ops import reference as R
@@ -27,7 +28,6 @@ from cmir_trt.ops.pointwise import MAX_COUT, MAX_ROWS
 pytestmark = pytest.mark.cuda_emu
 
 DTYPES = {"fp32": torch.float32, **LOW_PRECISION}
-CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
 FP32_TOL = 1e-5
 
 # (B, Cin, Cout, H, W, residual, relu)
@@ -44,16 +44,6 @@ CASES = [
 
 def _ids(cases: list[tuple[object, ...]]) -> list[str]:
     return ["x".join(str(int(v)) for v in c) for c in cases]
-
-
-def _bits(t: torch.Tensor) -> np.ndarray:
-    t = t.contiguous()
-    return t.numpy() if t.dtype == torch.float32 else t.view(torch.int16).numpy()
-
-
-def _tensor(raw: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    base = torch.from_numpy(raw.copy().view(np.float32 if dtype == torch.float32 else np.int16))
-    return (base if dtype == torch.float32 else base.view(dtype)).reshape(shape)
 
 
 def _inputs(case: tuple[int, ...], dtype: torch.dtype, offset: int) -> dict[str, torch.Tensor]:
