@@ -737,6 +737,32 @@ def _e2e_inputs(n: int, prec: str, cfg: Any) -> tuple[Any, Any, Any]:
     return art, torch.randn_like(art), torch.randn(n, cfg.num_clinical, device=_DEVICE, dtype=dt)
 
 
+def _count_kernels(row: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
+    """row[key] = the CUDA kernels one call of fn launches (torch profiler, CUDA activity; copies and memsets not
+    counted), to check the launch model of benchmarks/gpu/predict.py (count_kernels) on the card; a profiler that
+    records no kernel (no CUPTI, no GPU) or fails leaves a reason instead."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device: kernels not counted")
+        fn()  # lazy initialisation (cuDNN plans, allocator) outside the profile
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        n = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                and not e.name.startswith(("Memcpy", "Memset")))
+        if n == 0:
+            raise RuntimeError("the profiler recorded no CUDA kernel (no CUPTI on this machine?)")
+        row[key] = n
+    except StickyCudaError:
+        raise
+    except Exception as exc:
+        _fail(row, key, exc)
+
+
 def _copy_to(model: Any, dtype: Any) -> Any:
     import copy
 
@@ -815,6 +841,13 @@ def bench_e2e(checkpoint: str | os.PathLike[str] | None = None, batches: Sequenc
                                                                                          check_finite=False), timing)
             _ratio(row, "graph_vs_eager", "ours_graph_ms", "eager_ms")
             _ratio(row, "pointwise_speedup", "ours_cudnn_graph_ms", "ours_graph_ms")
+            if case[0] == 1:  # kernels per forward (as many in the graph): predict.count_kernels checked
+                with torch.inference_mode():
+                    if "eager_ms" in built:
+                        _count_kernels(row, "eager_kernels", lambda: built["eager_ms"](art, pv, clin))
+                    if "ours_ms" in built:
+                        _count_kernels(row, "ours_kernels", lambda: built["ours_ms"].forward_device(
+                            art, pv, clin, check_finite=False))
 
         done = list(rows)
         try:
@@ -924,7 +957,7 @@ CMAM_COLUMNS = ("N", "C", "tokens", "dim", "heads", "precision", "ours_graph_ms"
                 "reference_graph_ms", "roofline_ms", "ours_gbs", "pct_of_spec_bw", "qkv_splits", "speedup_vs_sdpa",
                 "ours_ms", "sdpa_ms", "reference_ms", "speedup_vs_sdpa_stream")
 E2E_COLUMNS = ("batch", "precision", "eager_ms", "compile_ms", "ours_ms", "ours_graph_ms", "graph_vs_eager",
-               "ours_cudnn_graph_ms", "pointwise_speedup")
+               "ours_cudnn_graph_ms", "pointwise_speedup", "eager_kernels", "ours_kernels")
 
 
 def to_markdown(results: dict[str, Any]) -> str:
