@@ -16,6 +16,8 @@
 #include "dtype.cuh"
 #include "gemm.cuh"
 
+using cmir_cuda::overlaps;
+
 namespace {
 
 using cmir_cuda::ceil_div;
@@ -279,11 +281,6 @@ Workspace workspace_layout(int batch, int tokens, int channels, int dim) {
   w.pre = align_up(w.att + 2 * M * dim * sizeof(float));
   w.total = align_up(w.pre + 2 * M * channels * sizeof(float));
   return w;
-}
-
-bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
-  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return pa < pb + bn && pb < pa + an;
 }
 
 template <typename T>

@@ -2,6 +2,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <utility>
 
 // Return the first error of a CUDA call from a function that returns cudaError_t.
@@ -23,6 +25,12 @@
 namespace cmir_cuda {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Whether the byte ranges [a, a + an) and [b, b + bn) share memory (launchers refuse outputs aliasing inputs).
+inline bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
+  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + bn && pb < pa + an;
+}
 
 // Every kernel launch goes through here: `<<<...>>>` under nvcc, the CPU emulator under the host compiler
 // (cuda/emu, tests only). Arguments convert to the kernel's parameter types as in a direct launch. Returns

@@ -8,12 +8,9 @@
 #include "dtype.cuh"
 #include "gemm.cuh"
 
-namespace {
+using cmir_cuda::overlaps;
 
-bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
-  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return pa < pb + bn && pb < pa + an;
-}
+namespace {
 
 template <typename T>
 cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, const void* bias, const void* residual,
