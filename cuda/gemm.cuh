@@ -187,12 +187,17 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
   // A through registers (row-major A, fp32 A with a 16-bit T, unaligned tokens): loaded when its stage is issued,
   // stored after that step's MMAs.
   TA areg[kAPerThread];
+  // Tile position (row mm, k index kk) of a thread's i-th A element: along m for NCHW tokens, along k otherwise.
+  auto a_pos = [&](int i, int& mm, int& kk) {
+    const int e = tid + i * kWmmaThreads;
+    mm = gb.a_m_contig ? e % BM : e / kWK;
+    kk = gb.a_m_contig ? e / BM : e % kWK;
+  };
   auto load_a = [&](int k0) {
 #pragma unroll
     for (int i = 0; i < kAPerThread; ++i) {
-      const int e = tid + i * kWmmaThreads;
-      const int mm = gb.a_m_contig ? e % BM : e / kWK;
-      const int kk = gb.a_m_contig ? e / BM : e % kWK;
+      int mm, kk;
+      a_pos(i, mm, kk);
       const int m = m0 + mm, k = k0 + kk;
       TA v = static_cast<TA>(zero);
       if (m < gb.M && k < k_end) {
@@ -205,9 +210,8 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
   auto store_a = [&](int stage) {
 #pragma unroll
     for (int i = 0; i < kAPerThread; ++i) {
-      const int e = tid + i * kWmmaThreads;
-      const int mm = gb.a_m_contig ? e % BM : e / kWK;
-      const int kk = gb.a_m_contig ? e / BM : e % kWK;
+      int mm, kk;
+      a_pos(i, mm, kk);
       if constexpr (std::is_same<TA, T>::value) {
         As[stage][kk][mm] = areg[i];
       } else {
