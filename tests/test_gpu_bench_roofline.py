@@ -115,7 +115,16 @@ def test_predicted_table_is_consistent(predicted: Any) -> None:
 
     small = CMIRConfig(width=0.25, image_size=64, cmam_dim=64, cmam_heads=4)  # the target rows do not depend on it
     table = predicted.rows(small)
-    assert {r["kernel"] for r in table} == {"involution", "cmam"}
+    assert {r["kernel"] for r in table} == {"involution", "cmam", "pointwise"}
+    # the pointwise rows are exactly the convolutions the GPU backend runs through the op (count by count)
+    from cmir_trt.gpu.backend import prepare_model
+    from cmir_trt.model.cmir import build_model
+
+    model = build_model(small).eval()
+    args = (torch.zeros(1, small.in_channels, 64, 64), torch.zeros(1, small.in_channels, 64, 64),
+            torch.zeros(1, small.num_clinical))
+    launched = predicted.count_kernels(prepare_model(model, "fp32", "cpu", impl="reference"), *args)
+    assert sum(sh["count"] for sh in predicted.pointwise_shapes(small)) == launched["cmir_trt::pointwise_conv"]
     for r in table:
         for card in ("H100", "H200"):
             keys = [k for k in r if k.startswith(card) and k.endswith("_us") and "roofline" not in k
@@ -133,9 +142,11 @@ def test_predicted_table_is_consistent(predicted: Any) -> None:
                 assert r[f"{card}_built_us"] >= max(r[f"{card}_dram_us"], r[f"{card}_mio_us"],
                                                      r[f"{card}_issue_us"], r[f"{card}_chain_us"])
                 assert r[f"{card}_bound"] in ("DRAM", "L1/shared pipe", "issue", "load chain")
-            else:
+            elif r["kernel"] == "cmam":
                 parts = sum(r[f"{card}_{p}_us"] for p in ("proj", "attention", "out_proj", "layernorm"))
                 assert r[f"{card}_built_us"] == pytest.approx(parts)
+            else:  # pointwise: one launch, never below the graph-kernel floor of the model
+                assert r["blocks"] >= 1 and r[f"{card}_built_us"] >= predicted.FLOOR_US
     target = [r for r in table if r["kernel"] == "involution" and r["shape"].startswith("target")]
     assert [r["precision"] for r in target] == ["fp32", "fp16", "bf16"]
     fp32 = target[0]

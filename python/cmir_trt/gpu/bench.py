@@ -141,16 +141,17 @@ def cmam_tflops(spec: CardSpec, precision: str) -> float:
     return spec.tf32_tflops / CMAM_FP32_MMA_PASSES if precision == "fp32" else spec.fp16_tflops
 
 
-def cmam_gemm_plan(m: int, n_out: int, k: int, problems: int, precision: str, sms: int = 132) -> dict[str, int]:
-    """One batched GEMM launch of cuda/cmam.cu (cuda/gemm.cuh's plan_gemm): tile rows/cols/k (bm, bn, bk), split-K
-    count and k per split, blocks. Every dtype on tensor cores (`precision` kept for the callers: the plan is the
-    same). 64-row tiles when those alone give >= 1 block per SM, or when they pad M by at most 1/8 and, split over
-    K, give >= 1 block per 2 SMs; split K (doubling) while there are fewer than 2 blocks per SM and >= 4 k-steps per
-    split."""
+def cmam_gemm_plan(m: int, n_out: int, k: int, problems: int, precision: str, sms: int = 132,
+                   max_splits: int | None = None) -> dict[str, int]:
+    """One batched GEMM launch of cuda/gemm.cuh (plan_gemm; CMAM's GEMMs, and the 1x1 convolutions with
+    max_splits=1): tile rows/cols/k (bm, bn, bk), split-K count and k per split, blocks. Every dtype on tensor cores
+    (`precision` kept for the callers: the plan is the same). 64-row tiles when those alone give >= 1 block per SM,
+    or when they pad M by at most 1/8 and, split over K, give >= 1 block per 2 SMs; split K (doubling) while there
+    are fewer than 2 blocks per SM and >= 4 k-steps per split, at most max_splits."""
     del precision  # the same plan in every dtype
     sms_p = min(sms, CMAM_PLAN_SMS)
     bm, bn, bk = CMAM_WMMA_TILE
-    max_splits = max(1, k // (CMAM_MIN_KSTEPS * bk))
+    max_splits = min(max(1, k // (CMAM_MIN_KSTEPS * bk)), max_splits or k)
     big = CMAM_WMMA_MF_BIG * bm
     tiles_big = -(-m // big) * -(-n_out // bn) * problems
     if tiles_big >= sms_p or (8 * -(-m // big) * big <= 9 * m and 2 * tiles_big * max_splits >= sms_p):
