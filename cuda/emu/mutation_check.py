@@ -3,9 +3,10 @@
     .venv/bin/python cuda/emu/mutation_check.py [--only SUBSTRING]
 
 Each mutant is a copy of cuda/ (in a temporary folder, the tree is never touched) with one change: one
-__syncthreads() or __syncwarp() of cuda/involution.cu, cuda/cmam.cu or cuda/gemm.cuh removed, a halo index shifted by
-one, the attention kernel's shared-memory opt-in dropped, or the GEMM's pipeline or 3xTF32 broken.
-tests/test_cuda_emu.py then runs on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is reported. Exit
+__syncthreads() or __syncwarp() of cuda/involution.cu, cuda/cmam.cu, cuda/gemm.cuh or cuda/pointwise.cu removed, a
+halo index shifted by one, the attention kernel's shared-memory opt-in dropped, the GEMM's pipeline, 3xTF32 or
+typed epilogue broken, or the pointwise convolution's residual / ReLU / strides wrong. The emulator tests of that
+file (TESTS) then run on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is reported. Exit
 status 1 if any mutant survives. Takes a few minutes (one emulator build per mutant); not part of `make test`.
 """
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
     """(name, file, original text or "@offset:text", replacement) for the kernels in `cuda`."""
     out = []
-    for fname in ("involution.cu", "cmam.cu", "gemm.cuh"):
+    for fname in ("involution.cu", "cmam.cu", "gemm.cuh", "pointwise.cu"):
         src = (cuda / fname).read_text(encoding="utf-8")
         for call in ("__syncthreads()", "__syncwarp()"):
             for i, m in enumerate(re.finditer(re.escape(call), src)):
@@ -56,6 +57,15 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "__pipeline_wait_prior(kStages - 1);"),
         ("gemm.cuh refill the stage being multiplied (WAR race)", "gemm.cuh",
          "const int ahead = stage == 0 ? kStages - 1 : stage - 1;", "const int ahead = stage;"),
+        ("gemm.cuh NCHW output tile stored [m][n] but read [n][m] (typed epilogue)", "gemm.cuh",
+         "acc[i], kLdCm, wmma::mem_col_major);", "acc[i], kLdCm, wmma::mem_row_major);"),
+        # (the parameters stay used: an unused one would not build under -Werror)
+        ("pointwise.cu residual dropped", "pointwise.cu", "p.res = residual;",
+         "p.res = residual != nullptr ? nullptr : nullptr;"),
+        ("pointwise.cu ReLU never applied", "pointwise.cu", "gb.relu = relu;", "gb.relu = relu * 0;"),
+        ("pointwise.cu residual read with the input's batch stride", "pointwise.cu",
+         "p.r_bs = p.o_bs = static_cast<int64_t>(cout) * hw;",
+         "p.o_bs = static_cast<int64_t>(cout) * hw;\n  p.r_bs = static_cast<int64_t>(cin) * hw;"),
     ]
     # Text patterns follow the kernels as they are written; one that no longer occurs is left out (and listed).
     kept = []
@@ -96,6 +106,15 @@ def main() -> int:
     return 1 if survivors else 0
 
 
+# The emulator tests that exercise each kernel file (the GEMM serves CMAM and the pointwise convolution).
+TESTS = {
+    "involution.cu": ["tests/test_cuda_emu.py", "-k", "involution"],
+    "cmam.cu": ["tests/test_cuda_emu.py", "-k", "cmam"],
+    "gemm.cuh": ["tests/test_cuda_emu.py", "tests/test_cuda_emu_pointwise.py", "-k", "cmam or pointwise"],
+    "pointwise.cu": ["tests/test_cuda_emu_pointwise.py"],
+}
+
+
 def run_mutant(snapshot: Path, name: str, fname: str, old: str, new: str) -> int:
     """Build and test one mutant of `snapshot`; 1 if it survives (or does not build), else 0."""
     with tempfile.TemporaryDirectory(prefix="cmir_mutant_") as tmp:
@@ -103,10 +122,8 @@ def run_mutant(snapshot: Path, name: str, fname: str, old: str, new: str) -> int
         shutil.copytree(snapshot, tree)
         apply(tree, fname, old, new)
         env = {**os.environ, "CMIR_EMU_CUDA_DIR": str(tree), "CMIR_EMU_BUILD_DIR": str(Path(tmp) / "build")}
-        select = "involution" if fname == "involution.cu" else "cmam"
-        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_cuda_emu.py", "-x", "-q", "-k", select,
-                               "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run([sys.executable, "-m", "pytest", *TESTS[fname], "-x", "-q", "-p", "no:cacheprovider"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.M)
     why = re.findall(r"^E\s+(.+)$", proc.stdout, re.M)  # the assertion (or build error) behind it
     if proc.returncode == 0:
