@@ -103,6 +103,8 @@ def test_model_shapes_come_from_the_model() -> None:
     assert inv[0]["K"] == 3 and inv[0]["H"] == 32 and all(s["K"] == 7 for s in inv[1:])
     assert {s["stride"] for s in inv} == {1, 2}
     assert shapes["cmam"] == {"C": 512, "tokens": 4, "dim": 32, "heads": 4}
+    # every bottleneck's conv3 takes the identity as its residual (8 per phase); the rest are plain 1x1 convolutions
+    assert sum(s["count"] for s in shapes["pointwise"] if s["residual"]) == 16
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def test_predicted_table_is_consistent(predicted: Any) -> None:
     args = (torch.zeros(1, small.in_channels, 64, 64), torch.zeros(1, small.in_channels, 64, 64),
             torch.zeros(1, small.num_clinical))
     launched = predicted.count_kernels(prepare_model(model, "fp32", "cpu", impl="reference"), *args)
-    assert sum(sh["count"] for sh in predicted.pointwise_shapes(small)) == launched["cmir_trt::pointwise_conv"]
+    assert sum(sh["count"] for sh in bench.model_shapes(small)["pointwise"]) == launched["cmir_trt::pointwise_conv"]
     for r in table:
         for card in ("H100", "H200"):
             keys = [k for k in r if k.startswith(card) and k.endswith("_us") and "roofline" not in k

@@ -378,7 +378,7 @@ def rows(config: Any = None) -> list[dict[str, Any]]:
                 row["qkv_splits"], row["out_splits"] = e["qkv_splits"], e["out_splits"]
             row["sdpa_us"] = SDPA_US[(n, prec)]
             out.append(row)
-    for pw in pointwise_shapes(config):
+    for pw in shapes["pointwise"]:
         prec = "fp16"
         e = 2
         cin, cout, hw = pw["Cin"], pw["Cout"], pw["H"] * pw["W"]
@@ -397,39 +397,6 @@ def rows(config: Any = None) -> list[dict[str, Any]]:
             row["blocks"] = g["plan"]["blocks"]
         out.append(row)
     return out
-
-
-def pointwise_shapes(config: Any = None) -> list[dict[str, Any]]:
-    """The stride-1 1x1 convolutions of the model at batch 1 that the GPU backend runs as pointwise_conv (the
-    bottlenecks' 1x1 convolutions and the involutions' two generation convolutions), by (Cin, Cout, H, W, residual)
-    with their count: found by running the model once on the CPU with hooks. A bottleneck's conv3 carries the
-    identity as its residual."""
-    import torch
-
-    from cmir_trt.model.cmir import CMIRConfig, build_model
-    from cmir_trt.model.resnet import Bottleneck
-
-    cfg = config or CMIRConfig()
-    model = build_model(cfg).eval()
-    conv3 = {id(m.conv3[0]) for m in model.modules() if isinstance(m, Bottleneck)}
-    found: dict[tuple[int, ...], dict[str, Any]] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if (isinstance(mod, torch.nn.Conv2d) and tuple(mod.kernel_size) == (1, 1) and tuple(mod.stride) == (1, 1)
-                and mod.groups == 1):
-            def hook(m: Any, args: Any, out: Any, name: str = name) -> None:
-                _, cin, h, w = args[0].shape
-                key = (cin, m.out_channels, h, w, int(id(m) in conv3))
-                found.setdefault(key, {"name": name, "count": 0, "Cin": cin, "Cout": m.out_channels, "H": h,
-                                       "W": w, "residual": key[-1]})["count"] += 1
-            hooks.append(mod.register_forward_hook(hook))
-    s = cfg.image_size
-    with torch.no_grad():
-        model(torch.zeros(1, cfg.in_channels, s, s), torch.zeros(1, cfg.in_channels, s, s),
-              torch.zeros(1, cfg.num_clinical))
-    for hk in hooks:
-        hk.remove()
-    return list(found.values())
 
 
 # The PyTorch SDPA module, graph replay, H100 (a hand estimate, not derived here): ~20 small kernels at batch 1 and 8;
@@ -521,7 +488,7 @@ def e2e_estimate(precision: str = "fp16", config: Any = None) -> dict[str, Any]:
     after = count_kernels(prepare_model(model, "fp32", "cpu", impl="reference"), *args)
     n_eager, n_before, n_ours = (sum(c.values()) for c in (eager, before, after))
     eager_us = sum(HOST_US.get(k, HOST_US_OTHER) * v for k, v in eager.items() if k != CONV_BIAS_ADD)
-    own = own_kernel_us(precision, cfg)
+    own = own_kernel_us(precision, shapes)
     params = sum(p.numel() for p in model.parameters())
     nbytes = params * e + 2 * act[0] * e
     return {"params": params, "bytes": float(nbytes), "flops": float(fc.get_total_flops() + inv_flops),
@@ -531,18 +498,17 @@ def e2e_estimate(precision: str = "fp16", config: Any = None) -> dict[str, Any]:
             "own_kernel_us": own}
 
 
-def own_kernel_us(precision: str = "fp16", config: Any = None, card: str = "H100 SXM") -> dict[str, float]:
+def own_kernel_us(precision: str, shapes: dict[str, Any], card: str = "H100 SXM") -> dict[str, float]:
     """Expected device time (us, batch 1, on `card`) of all launches of each of cmir_trt's ops in one forward pass,
-    from the kernel models above at the model's own shapes (each launch at least GRAPH_KERNEL_US): the pointwise
-    convolutions (pointwise_shapes; latency-bound at the last stages, where few blocks run long K loops), the
-    involution aggregations (model_shapes), CMAM (four launches)."""
+    from the kernel models above at the model's own shapes (`model_shapes`; each launch at least GRAPH_KERNEL_US):
+    the pointwise convolutions (latency-bound at the last stages, where few blocks run long K loops), the involution
+    aggregations, CMAM (four launches)."""
     spec = CARDS[card]
     e = 4 if precision == "fp32" else 2
-    shapes = model_shapes(config)
     pw = sum(sh["count"] * max(GRAPH_KERNEL_US, _gemm_us(
         sh["H"] * sh["W"], sh["Cout"], sh["Cin"], 1, precision, e * sh["Cin"] * sh["H"] * sh["W"], spec,
         max_splits=1, out_bytes=e * (1 + sh["residual"]) * sh["Cout"] * sh["H"] * sh["W"])["us"])
-        for sh in pointwise_shapes(config))
+        for sh in shapes["pointwise"])
     inv = sum(sh["count"] * max(GRAPH_KERNEL_US, involution_expected(
         1, sh["C"], sh["H"], sh["W"], sh["K"], sh["stride"], sh["group_channels"], precision, spec)["built"])
         for sh in shapes["involution"])

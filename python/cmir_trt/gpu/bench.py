@@ -200,19 +200,31 @@ def roofline_us(cost: dict[str, float], spec: CardSpec, tflops: float | None = N
 
 
 def model_shapes(config: Any = None) -> dict[str, Any]:
-    """Involution and CMAM input shapes of the CMIR model (batch 1), found by running it once on the CPU with hooks:
-    {"involution": [{"name", "count", "C", "H", "W", "K", "stride", "group_channels"}], "cmam": {...} or None}."""
+    """Involution, CMAM and pointwise-convolution input shapes of the CMIR model (batch 1), found by running it once
+    on the CPU with hooks: {"involution": [{"name", "count", "C", "H", "W", "K", "stride", "group_channels"}],
+    "cmam": {...} or None, "pointwise": [{"name", "count", "Cin", "Cout", "H", "W", "residual"}]}. "pointwise": the
+    stride-1 1x1 convolutions the GPU backend runs as pointwise_conv (the bottlenecks' and the involutions'
+    generation convolutions); a bottleneck's conv3 carries the identity as its residual."""
     import torch
 
     from ..model.cmam import CMAM
     from ..model.cmir import CMIRConfig, build_model
     from ..model.involution import Involution2d
+    from ..model.resnet import Bottleneck
 
     cfg = config or CMIRConfig()
     model = build_model(cfg).eval()
     inv: dict[tuple[int, ...], dict[str, Any]] = {}
     cmam: dict[str, Any] = {}
+    pw: dict[tuple[int, ...], dict[str, Any]] = {}
+    conv3 = {id(m.conv3[0]) for m in model.modules() if isinstance(m, Bottleneck)}
     hooks = []
+
+    def on_pointwise(name: str, m: Any, x: Any) -> None:
+        _, cin, h, w = x.shape
+        key = (cin, m.out_channels, h, w, int(id(m) in conv3))
+        pw.setdefault(key, {"name": name, "count": 0, "Cin": cin, "Cout": m.out_channels, "H": h, "W": w,
+                            "residual": key[-1]})["count"] += 1
 
     def on_inv(name: str, m: Any, x: Any) -> None:
         _, c, h, w = x.shape
@@ -228,13 +240,16 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
             hooks.append(m.register_forward_hook(lambda mod, args, out: cmam.update(
                 C=args[0].shape[1], tokens=args[0].shape[2] * args[0].shape[3],
                 dim=mod.art_from_pv.dim, heads=mod.art_from_pv.heads)))
+        elif (isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.stride) == (1, 1)
+              and m.groups == 1):
+            hooks.append(m.register_forward_hook(lambda mod, args, out, name=name: on_pointwise(name, mod, args[0])))
     s = cfg.image_size
     with torch.no_grad():
         model(torch.zeros(1, cfg.in_channels, s, s), torch.zeros(1, cfg.in_channels, s, s),
               torch.zeros(1, cfg.num_clinical))
     for hk in hooks:
         hk.remove()
-    return {"involution": list(inv.values()), "cmam": cmam or None}
+    return {"involution": list(inv.values()), "cmam": cmam or None, "pointwise": list(pw.values())}
 
 
 # ---------------------------------------------------------------- timing
