@@ -16,7 +16,9 @@
 // a_is_float (rounded to T once when staged). Accumulation fp32. fp32 (T = float) runs as error-compensated 3xTF32
 // on tensor cores (fp32-level accuracy); fp16/bf16 as m16n16k16 MMAs.
 // Output modes: kOutF32 writes fp32 `out` [M][n_out] row-major (K may then be split over blocks: SplitMode);
-// kOutTyped writes out_t(b, r, n) rounded to T (never split: plan with max_splits = 1; launch_gemm refuses a split).
+// kOutTyped writes out_t(b, r, n) rounded to T; split over K only with a split workspace (gb.counters, gb.part: see
+// kSplitCounters): every split stores its fp32 partial tile, the last block of a tile to finish adds the partials in
+// split order (the same sum whichever block is last), applies the epilogue once and re-zeroes the tile's counter.
 // For NCHW activations: A(b, r = pixel, k = channel) with a_bs = C*HW, a_rs = 1, a_ks = HW, a_m_contig = 1,
 // rows = HW; an NCHW output has o_bs = Cout*HW, o_rs = 1, o_ns = HW (the epilogue then walks tokens fastest, so the
 // stores coalesce). A is staged by 16-byte cp.async when it is T, m-contiguous and aligned (HW, C*HW multiples of
@@ -60,8 +62,16 @@ enum SplitMode : int {
 
 enum OutMode : int {
   kOutF32 = 0,    // fp32 `out`, row-major [M][n_out]; split-K allowed
-  kOutTyped = 1,  // `out_t` in W's dtype at the problem's strides; splits must be 1
+  kOutTyped = 1,  // `out_t` in W's dtype at the problem's strides; split-K only with a split workspace
 };
+
+// Split workspace of a typed output (one buffer any plan can use, one stream at a time): kSplitCounters unsigned tile
+// counters first — all zero before the first launch (the caller zeroes the buffer once) and left zero by every
+// launch — then the fp32 partial tiles, [tile][split][BM * kWN]. A plan splits only while tiles * splits < 2 * SMs
+// (<= 2 * kPlanSms), so a split plan has fewer than 320 tiles and the counters never overlap the partials of another
+// plan's layout.
+constexpr int kSplitCounters = 1024;
+constexpr size_t kSplitCounterBytes = kSplitCounters * sizeof(unsigned);
 
 struct GemmBatch {
   GemmProblem p[kMaxProblems];
@@ -74,6 +84,8 @@ struct GemmBatch {
   int a_m_contig;                 // 1: consecutive m are adjacent in memory (NCHW tokens) -> load A m-fastest
   int w_async;                    // set by launch_gemm: W rows staged by 16-byte cp.async
   int a_async;                    // set by launch_gemm: A (m-contiguous, in T) staged by 16-byte cp.async
+  unsigned* counters;             // typed split-K: the workspace's tile counters (kSplitCounters)
+  float* part;                    // typed split-K: its partial tiles
 };
 
 // One output element: bias and residual once (by the first K split), [ReLU], then a plain store, a store of this
@@ -127,16 +139,21 @@ struct MmaOperand<float> {
   static constexpr int kK = 8;
 };
 
-// Dynamic shared memory of gemm_wmma_kernel<., T, MF>: max(kStages stages of A and W, the fp32 C tile) + 32 bytes
-// of alignment slack. 16-bit: 35,360 bytes at MF = 1, 44,576 at MF = 4 (within the 48 KiB default); fp32: 70,688 /
+// Dynamic shared memory of gemm_wmma_kernel<., T, MF>: max(kStages stages of A and W, the fp32 C tile + the split-K
+// flag) + 32 bytes of alignment slack. 16-bit: 35,360 bytes at MF = 1, 44,576 at MF = 4 (within the 48 KiB default); fp32: 70,688 /
 // 89,120 (opt-in: launch_gemm sets cudaFuncAttributeMaxDynamicSharedMemorySize).
+// The fp32 C tile, [BM][kLdC] or [kWN][BM + 4] (the split-K flag follows it).
+template <int MF>
+__host__ __device__ constexpr size_t wmma_c_bytes() {
+  constexpr size_t c_rows = sizeof(float) * static_cast<size_t>(kWM * MF) * kLdC;
+  constexpr size_t c_cols = sizeof(float) * static_cast<size_t>(kWN) * (kWM * MF + 4);
+  return c_rows > c_cols ? c_rows : c_cols;
+}
 template <typename T, int MF>
 constexpr size_t wmma_smem_bytes() {
   constexpr size_t stages = kStages * sizeof(T) *
                             (static_cast<size_t>(kWK) * (kWM * MF + 8) + static_cast<size_t>(kWN) * kLdW);
-  constexpr size_t c_rows = sizeof(float) * static_cast<size_t>(kWM * MF) * kLdC;  // [BM][kLdC]
-  constexpr size_t c_cols = sizeof(float) * static_cast<size_t>(kWN) * (kWM * MF + 4);  // [kWN][BM + 4]
-  constexpr size_t c = c_rows > c_cols ? c_rows : c_cols;
+  constexpr size_t c = wmma_c_bytes<MF>() + 16;
   return (stages > c ? stages : c) + 32;
 }
 
@@ -343,14 +360,64 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
     }
   }
   __syncthreads();
+  // Tile element e: consecutive threads take consecutive outputs of one row (row-major out), or consecutive tokens
+  // (NCHW out).
+  auto tile_pos = [&](int e, int& mm, int& nn) {
+    nn = m_fast ? e / BM : e % kWN;
+    mm = m_fast ? e % BM : e / kWN;
+  };
+  auto tile_value = [&](int mm, int nn) { return m_fast ? cs[nn * kLdCm + mm] : cs[mm * kLdC + nn]; };
+  if (gb.out_mode == kOutTyped && gb.splits > 1) {
+    // Typed split-K: store this split's partial tile, count the split in; the last to arrive sums all partials.
+    constexpr int kTile = BM * kWN;
+    const int tile = (prob * static_cast<int>(gridDim.y) + static_cast<int>(blockIdx.y)) * static_cast<int>(gridDim.x) +
+                     static_cast<int>(blockIdx.x);
+    float* const tp = gb.part + static_cast<int64_t>(tile) * gb.splits * kTile;
+#pragma unroll 4
+    for (int i = 0; i < kTile / kWmmaThreads; ++i) {
+      const int e = tid + i * kWmmaThreads;
+      int mm, nn;
+      tile_pos(e, mm, nn);
+      tp[split * kTile + e] = tile_value(mm, nn);
+    }
+    __threadfence();  // this thread's partials are visible device-wide before the count below can be seen
+    __syncthreads();  // ... every thread's (an order between blocks: not observable in the emulator)
+    int* const last = reinterpret_cast<int*>(smem + wmma_c_bytes<MF>());
+    if (tid == 0) *last = atomicAdd(gb.counters + tile, 1u) == static_cast<unsigned>(gb.splits - 1) ? 1 : 0;
+    __syncthreads();
+    if (*last == 0) return;
+    __threadfence();  // the other splits' partials (their fences preceded their counts) are read after the count
+    // kU elements at a time, two splits' loads in flight per element (16 L2 loads per thread), each element
+    // summed in split order.
+    constexpr int kU = 8;
+    static_assert((kTile / kWmmaThreads) % kU == 0, "whole element groups per thread");
+    for (int i0 = 0; i0 < kTile / kWmmaThreads; i0 += kU) {
+      float v[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) v[u] = 0.f;
+#pragma unroll 2
+      for (int s = 0; s < gb.splits; ++s) {
+#pragma unroll
+        for (int u = 0; u < kU; ++u) v[u] += __ldcg(tp + s * kTile + tid + (i0 + u) * kWmmaThreads);  // L2
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        int mm, nn;
+        tile_pos(tid + (i0 + u) * kWmmaThreads, mm, nn);
+        const int m = m0 + mm, n = n0 + nn;
+        if (m < gb.M && n < gb.n_out) gemm_store<T>(gb, p, 0, m, n, v[u]);
+      }
+    }
+    if (tid == 0) gb.counters[tile] = 0;  // every split has counted: ready for the next launch
+    return;
+  }
 #pragma unroll 4
   for (int i = 0; i < (BM * kWN) / kWmmaThreads; ++i) {
     const int e = tid + i * kWmmaThreads;
-    // Consecutive threads: consecutive outputs of one row (row-major out), or consecutive tokens (NCHW out).
-    const int nn = m_fast ? e / BM : e % kWN, mm = m_fast ? e % BM : e / kWN;
+    int mm, nn;
+    tile_pos(e, mm, nn);
     const int m = m0 + mm, n = n0 + nn;
-    const float v = m_fast ? cs[nn * kLdCm + mm] : cs[mm * kLdC + nn];
-    if (m < gb.M && n < gb.n_out) gemm_store<T>(gb, p, split, m, n, v);
+    if (m < gb.M && n < gb.n_out) gemm_store<T>(gb, p, split, m, n, tile_value(mm, nn));
   }
 }
 
@@ -393,10 +460,32 @@ inline GemmTile wmma_tile(const GemmBatch& gb, int problems, int sms, int max_sp
   return little_padding && 2 * tiles64 * cap >= sms ? kWmmaTile4 : kWmmaTile;
 }
 
-// The whole plan (tile, splits) for `sms` SMs; a typed output never splits.
+// The whole plan (tile, splits) for `sms` SMs (a typed output splits only with a workspace: the caller passes
+// max_splits = 1 without one).
 inline void plan_gemm(GemmBatch& gb, int problems, int sms, int max_splits) {
-  if (gb.out_mode == kOutTyped) max_splits = 1;
   plan_splits(gb, problems, sms, wmma_tile(gb, problems, sms, max_splits), max_splits);
+}
+
+// Blocks' tiles of a planned batch (grid x * y * problems).
+inline int64_t plan_tiles(const GemmBatch& gb, int problems) {
+  return static_cast<int64_t>(ceil_div(gb.M, gb.bm)) * ceil_div(gb.n_out, kWN) * problems;
+}
+
+// Bytes of a planned typed split's workspace: the counters, then [tile][split][BM * kWN] fp32 partials.
+inline size_t split_workspace_bytes(const GemmBatch& gb, int problems) {
+  if (gb.splits <= 1) return 0;
+  return kSplitCounterBytes + static_cast<size_t>(plan_tiles(gb, problems)) * gb.splits * gb.bm * kWN * sizeof(float);
+}
+
+// A workspace size that serves the plan on any card (0: no plan splits): the larger of the plans with either tile
+// at kPlanSms SMs (fewer SMs never give more splits with the same tile).
+inline size_t typed_split_workspace_bound(GemmBatch gb, int problems, int max_splits) {
+  size_t most = 0;
+  for (const GemmTile t : {kWmmaTile, kWmmaTile4}) {
+    plan_splits(gb, problems, kPlanSms, t, max_splits);
+    most = std::max(most, split_workspace_bytes(gb, problems));
+  }
+  return most;
 }
 
 template <typename TA, typename T, int MF>
@@ -413,7 +502,11 @@ cudaError_t launch_wmma(cudaStream_t stream, const GemmBatch& gb, dim3 grid) {
 template <typename T>
 cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_is_float) {
   if (problems < 1 || problems > kMaxProblems || gb.splits < 1 || gb.M < 1 || gb.n_out < 1 || gb.K < 1 ||
-      gb.rows < 1 || (gb.bm != kWM && gb.bm != 4 * kWM) || (gb.out_mode == kOutTyped && gb.splits != 1)) {
+      gb.rows < 1 || (gb.bm != kWM && gb.bm != 4 * kWM)) {
+    return cudaErrorInvalidValue;
+  }
+  if (gb.out_mode == kOutTyped && gb.splits > 1 &&
+      (gb.counters == nullptr || gb.part == nullptr || plan_tiles(gb, problems) > kSplitCounters)) {
     return cudaErrorInvalidValue;
   }
   constexpr int chunk = 16 / static_cast<int>(sizeof(T));

@@ -10,13 +10,14 @@
 
 using cmir_cuda::overlaps;
 
+static_assert(kPointwiseWorkspaceZeroBytes == cmir_gemm::kSplitCounterBytes, "the documented zeroed prefix");
+
 namespace {
 
-template <typename T>
-cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, const void* bias, const void* residual,
-                         void* y, int batch, int cin, int cout, int hw, int relu, int sms) {
-  // The GEMM's rows are the pixels of each image (m = b * HW + p) and its K the input channels: A(m, k) =
-  // x[b, k, p] is read in place from NCHW (consecutive m adjacent: tokens fastest), the output written back as NCHW.
+// The GEMM of one call (pointers unset): its rows are the pixels of each image (m = b * HW + p) and its K the input
+// channels; A(m, k) = x[b, k, p] is read in place from NCHW (consecutive m adjacent: tokens fastest), the output
+// written back as NCHW.
+cmir_gemm::GemmBatch pointwise_gemm(int batch, int cin, int cout, int hw, int relu) {
   cmir_gemm::GemmBatch gb{};
   gb.M = batch * hw;
   gb.n_out = cout;
@@ -26,26 +27,48 @@ cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, cons
   gb.out_mode = cmir_gemm::kOutTyped;
   gb.relu = relu;
   cmir_gemm::GemmProblem& p = gb.p[0];
-  p.a = x;
   p.a_bs = static_cast<int64_t>(cin) * hw;
   p.a_rs = 1;
   p.a_ks = hw;
-  p.w = w;
-  p.bias = bias;
-  p.res = residual;
   p.r_bs = p.o_bs = static_cast<int64_t>(cout) * hw;
   p.r_rs = p.o_rs = 1;
   p.r_ns = p.o_ns = hw;
+  return gb;
+}
+
+// Splits allowed with a workspace: as many as the planner finds useful (it keeps >= 4 k-steps per split).
+constexpr int kMaxSplits = 1 << 20;
+
+template <typename T>
+cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, const void* bias, const void* residual,
+                         void* y, void* ws, size_t ws_bytes, int batch, int cin, int cout, int hw, int relu, int sms) {
+  cmir_gemm::GemmBatch gb = pointwise_gemm(batch, cin, cout, hw, relu);
+  cmir_gemm::GemmProblem& p = gb.p[0];
+  p.a = x;
+  p.w = w;
+  p.bias = bias;
+  p.res = residual;
   p.out_t = y;
-  // max_splits 1: the typed output is written once, by the block that holds the whole K sum (no partials, no memset).
-  return cmir_gemm::plan_and_launch_gemm<T>(stream, gb, 1, false, sms, 1);
+  cmir_gemm::plan_gemm(gb, 1, sms, ws == nullptr ? 1 : kMaxSplits);
+  if (gb.splits > 1) {
+    if (cmir_gemm::split_workspace_bytes(gb, 1) > ws_bytes) return cudaErrorInvalidValue;
+    gb.counters = static_cast<unsigned*>(ws);
+    gb.part = reinterpret_cast<float*>(static_cast<unsigned char*>(ws) + cmir_gemm::kSplitCounterBytes);
+  }
+  return cmir_gemm::launch_gemm<T>(stream, gb, 1, false);
 }
 
 }  // namespace
 
+size_t pointwise_conv_workspace_size(int batch, int cin, int cout, int height, int width) {
+  if (pointwise_conv_unsupported(batch, cin, cout, height, width) != nullptr) return 0;
+  return cmir_gemm::typed_split_workspace_bound(pointwise_gemm(batch, cin, cout, height * width, 0), 1, kMaxSplits);
+}
+
 cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const void* x, const void* w,
-                                  const void* bias, const void* residual, void* y, int batch, int cin, int cout,
-                                  int height, int width, int relu) {
+                                  const void* bias, const void* residual, void* y, void* workspace,
+                                  size_t workspace_bytes, int batch, int cin, int cout, int height, int width,
+                                  int relu) {
   if (!cmir_cuda::valid_dtype(dtype)) return cudaErrorInvalidValue;
   if (x == nullptr || w == nullptr || bias == nullptr || y == nullptr) return cudaErrorInvalidValue;
   if (relu != 0 && relu != 1) return cudaErrorInvalidValue;
@@ -60,16 +83,28 @@ cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const vo
       (residual != nullptr && overlaps(residual, y_bytes, y, y_bytes))) {
     return cudaErrorInvalidValue;
   }
+  // The workspace is written by every block: it may share memory with nothing the kernel reads or writes.
+  if (workspace != nullptr) {
+    const void* ins[] = {x, w, bias, residual, y};
+    const size_t sizes[] = {x_bytes, static_cast<size_t>(cout) * cin * es, static_cast<size_t>(cout) * es,
+                            residual == nullptr ? 0 : y_bytes, y_bytes};
+    for (int i = 0; i < 5; ++i) {
+      if (ins[i] != nullptr && overlaps(ins[i], sizes[i], workspace, workspace_bytes)) return cudaErrorInvalidValue;
+    }
+  }
   int sms = 0;
   CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
   const int n = static_cast<int>(hw);
   switch (dtype) {
     case CmirDType::kFloat32:
-      return launch_typed<float>(stream, x, w, bias, residual, y, batch, cin, cout, n, relu, sms);
+      return launch_typed<float>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin, cout, n,
+                                 relu, sms);
     case CmirDType::kFloat16:
-      return launch_typed<__half>(stream, x, w, bias, residual, y, batch, cin, cout, n, relu, sms);
+      return launch_typed<__half>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin, cout, n,
+                                  relu, sms);
     case CmirDType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(stream, x, w, bias, residual, y, batch, cin, cout, n, relu, sms);
+      return launch_typed<__nv_bfloat16>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin,
+                                         cout, n, relu, sms);
   }
   return cudaErrorInvalidValue;
 }

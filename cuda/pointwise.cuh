@@ -17,11 +17,26 @@ inline const char* pointwise_conv_unsupported(int batch, int cin, int cout, int 
   return nullptr;
 }
 
+// Leading bytes of a split-K workspace that must be zero before its first use (the tile counters).
+constexpr size_t kPointwiseWorkspaceZeroBytes = 4096;
+
+// Bytes of the split-K workspace launch_pointwise_conv can use for these sizes on any card (0: it never splits K
+// for them). Sizes must be supported (pointwise_conv_unsupported == nullptr). Where the output tiles alone leave
+// most SMs idle (small maps, long K: the last ResNet stages at batch 1) the launch splits K over blocks: each split
+// stores an fp32 partial tile in the workspace and the last block of a tile adds them in split order and applies
+// the epilogue — still one launch, deterministic, no memset.
+size_t pointwise_conv_workspace_size(int batch, int cin, int cout, int height, int width);
+
 // y[b, n, p] = [ReLU](sum_k w[n, k] * x[b, k, p] + bias[n] + residual[b, n, p]), p = h * W + w (NCHW).
 // x [B, Cin, H, W], w [Cout, Cin] (= a [Cout, Cin, 1, 1] conv weight), bias [Cout], residual [B, Cout, H, W]
 // (nullable), y [B, Cout, H, W]; all in `dtype`, fp32 accumulation, one rounding at the store (fp32: 3xTF32 tensor
-// cores, fp32-level accuracy). y must not overlap any input (checked). One kernel launch (no memset, no split-K
-// partials); never allocates; runs on `stream`. relu: 0 or 1.
+// cores, fp32-level accuracy). y must not overlap any input (checked). One kernel launch, no memset; never
+// allocates; runs on `stream`. relu: 0 or 1.
+// workspace: nullptr (K never split), or a device buffer of at least pointwise_conv_workspace_size(...) bytes (any
+// larger size: one workspace can serve every call) whose first kPointwiseWorkspaceZeroBytes are zero before its
+// first use — zero it once when allocating; every launch leaves them zero. A workspace serves one stream at a time
+// (launches that overlap in time must not share one); it must not overlap the inputs or y (checked).
 cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const void* x, const void* w,
-                                  const void* bias, const void* residual, void* y, int batch, int cin, int cout,
-                                  int height, int width, int relu);
+                                  const void* bias, const void* residual, void* y, void* workspace,
+                                  size_t workspace_bytes, int batch, int cin, int cout, int height, int width,
+                                  int relu);

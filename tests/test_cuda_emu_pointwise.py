@@ -14,6 +14,7 @@ and 3; each run takes one of the emulator's thread orders and 132 SMs or one SM 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ def _inputs(case: tuple[int, ...], dtype: torch.dtype, offset: int) -> dict[str,
 def _run(case: tuple[int, ...], prec: str, t: dict[str, torch.Tensor], variant: int) -> torch.Tensor:
     b, cin, cout, h, w, _, relu = case
     order, sms = ORDERS[variant % 3], (132, 1)[variant % 2]
-    res = run_op("pointwise", [CODES[prec], b, cin, cout, h, w, int(relu)], {k: _bits(v) for k, v in t.items()},
+    res = run_op("pointwise", [CODES[prec], b, cin, cout, h, w, int(relu), 0], {k: _bits(v) for k, v in t.items()},
                  ["y"], order=order, sms=sms)
     assert res.returncode == 0, f"pointwise {case} {prec} ({order}, {sms} SMs): {failure_text(res)}"
     # One graph node: a single kernel, nothing zeroed beforehand (no split-K partial sums).
@@ -93,6 +94,74 @@ def test_pointwise(case: tuple[int, ...], prec: str) -> None:
                                    floor)
 
 
+# Split-K cases (B, Cin, Cout, H, W, residual, relu): few output tiles and a long K, so the plan splits K over blocks
+# (cmir_trt.gpu.bench.cmam_gemm_plan, the same planner in Python, says how many splits; checked below).
+SPLIT_CASES = [
+    (1, 1030, 40, 3, 5, True, True),    # K 1030: 7 splits of 160, the last partial; one 16-row tile, odd everything
+    (1, 256, 130, 4, 4, True, False),   # 2 splits, two 128-wide column tiles (two counters), aligned cp.async
+    (2, 512, 64, 8, 8, False, True),    # batch 2, 8 row tiles x 4 splits, A and W by cp.async
+]
+
+
+def _split_run(case: tuple[int, ...], prec: str, t: dict[str, torch.Tensor], order: str,
+               seed: int = 0) -> tuple[torch.Tensor, str]:
+    b, cin, cout, h, w, _, relu = case
+    res = run_op("pointwise", [CODES[prec], b, cin, cout, h, w, int(relu), 1], {k: _bits(v) for k, v in t.items()},
+                 ["y"], order=order, seed=seed, sms=132)
+    assert res.returncode == 0, f"pointwise split {case} {prec} ({order}): {failure_text(res)}"
+    return _tensor(res.outputs["y"], DTYPES[prec], (b, cout, h, w)), res.stdout
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=_ids(SPLIT_CASES))
+def test_pointwise_split_k(case: tuple[int, ...], prec: str) -> None:
+    """K split over blocks through a workspace: still one launch and no memset; the same bits whichever block of a
+    tile finishes last (blocks in reverse, forward and two shuffled orders: a different block sums each time) and on
+    a second launch on the same workspace (its counters left zero, partials not re-poisoned); within the tolerance
+    of the float64 reference as without the split."""
+    from cmir_trt.gpu.bench import cmam_gemm_plan
+
+    b, cin, cout, h, w, _, relu = case
+    assert cmam_gemm_plan(b * h * w, cout, cin, 1, prec)["splits"] > 1, "the case must split K"
+    dtype = DTYPES[prec]
+    t = _inputs(case, dtype, 70 + SPLIT_CASES.index(case))
+    runs = [_split_run(case, prec, t, order, seed) for order, seed in
+            (("reverse", 0), ("forward", 0), ("random", 1), ("random", 2))]
+    y, out = runs[0]
+    for _, o in runs:
+        assert "launches=1 memsets=0" in o and "counters_zero=1,1 repeat_identical=1" in o, o
+    for other, _ in runs[1:]:
+        assert np.array_equal(_bits(other).view(np.uint8), _bits(y).view(np.uint8)), \
+            f"{case} {prec}: the result depends on block order"
+    assert_no_nan(y, f"pointwise split {case} {prec}")
+    ref = R.pointwise_conv_ref(t["x"], t["w"], t["bias"], t.get("residual"), bool(relu))
+    if prec == "fp32":
+        assert rel_err(y, ref) <= FP32_TOL, (case, rel_err(y, ref), SEED)
+    else:
+        theirs = _torch_at_precision(t, bool(relu))
+        floor = float(torch.finfo(dtype).eps) * float(ref.abs().max())
+        assert_low_precision_bound(max_err(y, ref), max_err(theirs, ref), f"pointwise split {prec} {case}", floor)
+
+
+def test_pointwise_short_workspace_is_refused() -> None:
+    """A workspace too small for the split plan (the counters and one float): cudaErrorInvalidValue, nothing
+    launched."""
+    case = SPLIT_CASES[0]
+    b, cin, cout, h, w, _, relu = case
+    t = _inputs(case, torch.float32, 76)
+    res = run_op("pointwise", [0, b, cin, cout, h, w, int(relu), 2], {k: _bits(v) for k, v in t.items()}, ["y"])
+    assert res.returncode == 3 and "cudaErrorInvalidValue" in res.stdout, failure_text(res)
+
+
+def test_pointwise_workspace_unused_when_no_split() -> None:
+    """Sizes whose tiles fill the GPU never split: the workspace size is 0 and the run equals the plain one."""
+    case = (2, 48, 24, 8, 8, True, True)
+    t = _inputs(case, torch.float16, 75)
+    y_ws, out = _split_run(case, "fp16", t, "reverse")
+    assert "workspace=0 " in out, out
+    assert np.array_equal(_bits(y_ws), _bits(_run(case, "fp16", t, 0)))
+
+
 def test_pointwise_relu_clamps_and_residual_counts() -> None:
     """The epilogue's parts are each visible: with a residual of -1e3 everywhere and ReLU, every output is exactly 0;
     without the ReLU the outputs are the conv + bias shifted by exactly -1e3 (fp32)."""
@@ -115,7 +184,7 @@ def test_pointwise_bad_sizes_are_refused(sizes: tuple[int, ...]) -> None:
     b, cin, cout, h, w = sizes
     assert b * h * w > MAX_ROWS or cout > MAX_COUT or min(sizes) < 1
     # The driver passes small non-null buffers for sizes it sees are unsupported, so only the sizes can be refused.
-    res = run_op("pointwise", [0, b, cin, cout, h, w, 0], {}, ["y"])
+    res = run_op("pointwise", [0, b, cin, cout, h, w, 0, 0], {}, ["y"])
     assert res.returncode == 3 and "cudaErrorInvalidValue" in res.stdout, failure_text(res)
 
 
@@ -124,7 +193,7 @@ def test_pointwise_bad_flags_are_refused() -> None:
     case = (1, 8, 8, 2, 2, False, False)
     for dtype, relu, prec in ((0, 2, "fp32"), (7, 0, "fp16")):  # code 7: sized as a 16-bit type by the driver
         t = _inputs(case, DTYPES[prec], 61)
-        res = run_op("pointwise", [dtype, 1, 8, 8, 2, 2, relu], {k: _bits(v) for k, v in t.items()}, ["y"])
+        res = run_op("pointwise", [dtype, 1, 8, 8, 2, 2, relu, 0], {k: _bits(v) for k, v in t.items()}, ["y"])
         assert res.returncode == 3 and "cudaErrorInvalidValue" in res.stdout, failure_text(res)
 
 

@@ -231,6 +231,8 @@ POINTWISE_CASES = [  # B, Cin, Cout, H, W, residual, relu
     (2, 20, 36, 5, 7, True, True),        # odd Cin/Cout (W not 16-byte aligned), H*W = 35, residual + ReLU
     (3, 17, 130, 3, 3, True, False),      # Cout beyond one 128-wide tile, 27 rows over three images
     (1, 512, 2048, 4, 4, True, True),     # the last stage's conv3 + identity + ReLU (16 tokens, K = 512)
+    (1, 1024, 256, 8, 8, False, True),    # stage 3's conv1 at batch 1: K split 8 ways with a workspace
+    (1, 1030, 40, 3, 5, True, True),      # 7 splits, the last one partial; odd sizes
 ]
 
 
@@ -248,9 +250,16 @@ def test_pointwise_conv(case: tuple[int, ...], prec: str) -> None:
     wt = (torch.randn(cout, cin, generator=g) / cin ** 0.5).to(DEV, dtype)
     bias = torch.randn(cout, generator=g).to(DEV, dtype)
     r = torch.randn(b, cout, h, w, generator=g).to(DEV, dtype) if res else None
-    y = ops.pointwise_conv(x, wt, bias, r, relu)
+    ws = ops.pointwise_workspace(x, wt)
+    y = ops.pointwise_conv(x, wt, bias, r, relu, workspace=ws)
     torch.cuda.synchronize()
     assert_no_nan(y, f"pointwise {case}")
+    if ws is not None:  # split-K: the counters are back at zero, the result repeats bit for bit, and matches the
+        # unsplit launch up to the order of the fp32 sums (one rounding of the output)
+        assert int(ws[:4096].count_nonzero()) == 0
+        assert torch.equal(ops.pointwise_conv(x, wt, bias, r, relu, workspace=ws), y)
+        plain = ops.pointwise_conv(x, wt, bias, r, relu)
+        assert rel_err(plain, y) <= (1e-5 if prec == "fp32" else 4 * _scale(dtype)), (case, prec)
     ref = R.pointwise_conv_ref(x.double(), wt.double(), bias.double(), None if r is None else r.double(), relu)
     if prec == "fp32":
         assert rel_err(y, ref) <= 1e-5, (case, SEED)

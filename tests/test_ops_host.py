@@ -108,8 +108,62 @@ def test_launchers_reject_bad_arguments() -> None:
         args.update(override)
         with pytest.raises(ValueError, match="cudaErrorInvalidValue"):
             m.pointwise_conv(**args)
+    for override in (dict(workspace=fake + 64, workspace_bytes=1 << 20),  # overlaps x
+                     dict(workspace=far - 4096, workspace_bytes=8192)):    # overlaps y
+        args = dict(dtype=f32, x=fake, w=2 * far, bias=3 * far, residual=0, y=far, batch=1, cin=8, cout=8, height=4,
+                    width=4)
+        args.update(override)
+        with pytest.raises(ValueError, match="cudaErrorInvalidValue"):
+            m.pointwise_conv(**args)
     assert m.pointwise_conv_unsupported(1, 8, 8, 4, 4) is None
     assert "2^30" in m.pointwise_conv_unsupported(2, 8, 8, 2**15, 2**14 + 1)
+
+
+def _split_workspace_bound(b: int, cin: int, cout: int, h: int, w: int) -> int:
+    """cuda/gemm.cuh's workspace bound written out: for 16- and 64-row tiles at 160 SMs, double the K splits while
+    tiles * splits < 320 and each split keeps >= 4 k-steps of 32; 4096 counter bytes + fp32 partial tiles."""
+    most = 0
+    for bm in (16, 64):
+        tiles = -(-b * h * w // bm) * -(-cout // 128)
+        cap = max(1, cin // 128)
+        splits = 1
+        while splits < cap and tiles * splits < 320:
+            splits *= 2
+        splits = min(splits, cap)
+        k_per = -(-(-(-cin // splits)) // 32) * 32
+        splits = -(-cin // k_per)
+        if splits > 1:
+            most = max(most, 4096 + tiles * splits * bm * 128 * 4)
+    return most
+
+
+@pytest.mark.parametrize("sizes", [(1, 1024, 256, 8, 8), (1, 512, 2048, 4, 4), (1, 1030, 40, 3, 5),
+                                   (1, 64, 64, 32, 32), (64, 1024, 256, 8, 8), (2, 127, 9, 1, 1)])
+def test_pointwise_workspace_size(sizes: tuple[int, ...]) -> None:
+    """The launcher's split-K workspace size is the bound over both tile heights at 160 SMs (0 where no plan splits);
+    the Python helper returns the same."""
+    m = _cuda_module()
+    assert m.pointwise_conv_workspace_size(*sizes) == _split_workspace_bound(*sizes) == \
+        ops.pointwise_workspace_size(*sizes)
+    assert m.pointwise_conv_workspace_size(0, 8, 8, 4, 4) == 0  # unsupported sizes: no workspace
+
+
+def test_pointwise_workspace_argument_checks() -> None:
+    from cmir_trt.ops._arrays import ArrayInfo
+    from cmir_trt.ops.pointwise import check_workspace
+
+    def ws(n: int, dtype: str = "uint8", device: str = "cuda:0", contiguous: bool = True) -> ArrayInfo:
+        return ArrayInfo("torch", (n,), dtype, device, contiguous)
+
+    assert check_workspace(ws(5000), "cuda:0", 4100) == 5000
+    with pytest.raises(TypeError, match="1-D uint8"):
+        check_workspace(ws(5000, "float32"), "cuda:0", 4100)
+    with pytest.raises(ValueError, match="5000 bytes, these sizes need 6000"):
+        check_workspace(ws(5000), "cuda:0", 6000)
+    with pytest.raises(ValueError, match="on cuda:0"):
+        check_workspace(ws(5000, device="cuda:1"), "cuda:0", 10)
+    with pytest.raises(ValueError, match="contiguous"):
+        check_workspace(ws(5000, contiguous=False), "cuda:0", 10)
 
 
 def test_cmam_workspace_and_packed_sizes() -> None:

@@ -239,7 +239,7 @@ def fused_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec
 
 def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: float, spec: CardSpec,
              a_async: bool = True, a_lat: float = LAT_US, max_splits: int | None = None,
-             out_bytes: float | None = None) -> dict[str, Any]:
+             out_bytes: float | None = None, typed_split: bool = False) -> dict[str, Any]:
     """One batched GEMM launch of cuda/gemm.cuh as cmam.cu plans it (cmam_gemm_plan), tensor cores in every dtype:
     tile 16*MF x 128 x 32, 8 warps, CMAM_STAGES stages (the MMAs of k-step s read one stage while the copies of
     steps s+1 and s+2 fly). Per block and k-step:
@@ -253,7 +253,11 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     steps earlier, A through registers one step earlier (lead_A = 1; its latency a_lat: L2 for the attention output);
     time = rounds * (LAT + ksteps * step) + LAT (the prologue's first round trip, the epilogue's loads);
     floor: DRAM time of W + A + the fp32 outputs (partials included), or `out_bytes` (a typed output: the 1x1
-    convolutions, never split: max_splits=1)."""
+    convolutions).
+    typed_split: a typed output split over K in the kernel (the pointwise op with its workspace): each split stores
+    its fp32 partial tile (L2) and counts in; the last block of a tile adds all partials and stores the output: + one
+    fence and one atomic round trip, then bm*128/256 elements x splits L2 loads per thread, 8 elements x 2 splits
+    in flight: (2 + elements/8 * ceil(splits / 2)) L2 round trips."""
     p = cmam_gemm_plan(m, n_out, k_dim, problems, prec, SMS, max_splits)
     bm, bn, bk = p["bm"], p["bn"], p["bk"]
     mf = bm // 16
@@ -273,7 +277,18 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     dram = _dram_us(problems * n_out * k_dim * e + a_bytes + outs, spec)
     step = max(r * c1, LAT_US / (CMAM_STAGES - 1), a_lat / (CMAM_STAGES - 1 if a_async else 1))
     t = rounds * (LAT_US + ksteps * step) + LAT_US
+    if typed_split and p["splits"] > 1:
+        t += L2_LAT_US * (2 + bm * bn // 256 // 8 * _cdiv(p["splits"], 2))
     return {"us": FLOOR_US + max(t, dram), "plan": p, "c1": c1, "step": step}
+
+
+def pointwise_us(cin: int, cout: int, hw: int, residual: bool, prec: str, spec: CardSpec,
+                 split: bool = True) -> dict[str, Any]:
+    """One launch of cuda/pointwise.cu at batch 1 (M = H*W): _gemm_us with the typed output's bytes; split=True:
+    with the split-K workspace the GPU backend passes (the planner's own split count), else max_splits = 1."""
+    e = 4 if prec == "fp32" else 2
+    return _gemm_us(hw, cout, cin, 1, prec, e * cin * hw, spec, max_splits=None if split else 1,
+                    out_bytes=e * (1 + residual) * cout * hw, typed_split=split)
 
 
 def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: CardSpec) -> dict[str, Any]:
@@ -391,10 +406,10 @@ def rows(config: Any = None) -> list[dict[str, Any]]:
         for card, spec in CARDS.items():
             tag = card.split()[0]
             row[f"{tag}_roofline_us"] = roofline_us(cost, spec, spec.fp16_tflops)
-            g = _gemm_us(hw, cout, cin, 1, prec, e * cin * hw, spec, max_splits=1,
-                         out_bytes=e * (1 + res) * cout * hw)
+            g = pointwise_us(cin, cout, hw, bool(res), prec, spec)
             row[f"{tag}_built_us"] = g["us"]
-            row["blocks"] = g["plan"]["blocks"]
+            row[f"{tag}_unsplit_us"] = pointwise_us(cin, cout, hw, bool(res), prec, spec, split=False)["us"]
+            row["blocks"], row["splits"] = g["plan"]["blocks"], g["plan"]["splits"]
         out.append(row)
     return out
 
@@ -505,10 +520,9 @@ def own_kernel_us(precision: str, shapes: dict[str, Any], card: str = "H100 SXM"
     aggregations, CMAM (four launches)."""
     spec = CARDS[card]
     e = 4 if precision == "fp32" else 2
-    pw = sum(sh["count"] * max(GRAPH_KERNEL_US, _gemm_us(
-        sh["H"] * sh["W"], sh["Cout"], sh["Cin"], 1, precision, e * sh["Cin"] * sh["H"] * sh["W"], spec,
-        max_splits=1, out_bytes=e * (1 + sh["residual"]) * sh["Cout"] * sh["H"] * sh["W"])["us"])
-        for sh in shapes["pointwise"])
+    pw = sum(sh["count"] * max(GRAPH_KERNEL_US, pointwise_us(sh["Cin"], sh["Cout"], sh["H"] * sh["W"],
+                                                             bool(sh["residual"]), precision, spec)["us"])
+             for sh in shapes["pointwise"])
     inv = sum(sh["count"] * max(GRAPH_KERNEL_US, involution_expected(
         1, sh["C"], sh["H"], sh["W"], sh["K"], sh["stride"], sh["group_channels"], precision, spec)["built"])
         for sh in shapes["involution"])
@@ -558,13 +572,14 @@ def markdown(table: list[dict[str, Any]]) -> str:
                          f"{_f(r['sdpa_us'])} | {r['sdpa_us'] / r['H100_built_us']:.2f}× |")
     pw = [r for r in table if r["kernel"] == "pointwise"]
     if pw:
-        lines += ["", "| pointwise (1×1) convolution, batch 1 | prec | Cin→Cout, map | MB | GFLOP | blocks "
-                  "| roofline H100 / H200 µs | **expected as built** H100 / H200 µs |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| pointwise (1×1) convolution, batch 1 | prec | Cin→Cout, map | MB | GFLOP | blocks (K splits) "
+                  "| roofline H100 / H200 µs | without split-K H100 µs | **expected as built** H100 / H200 µs |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in pw:
             lines.append(f"| {r['shape']} | {r['precision']} | {r['shape_desc']} | {_f(r['mbytes'])} | "
-                         f"{r['gflop']:.3g} | {r['blocks']} | {_f(r['H100_roofline_us'])} / "
-                         f"{_f(r['H200_roofline_us'])} | **{_f(r['H100_built_us'])} / {_f(r['H200_built_us'])}** |")
+                         f"{r['gflop']:.3g} | {r['blocks']} ({r['splits']}) | {_f(r['H100_roofline_us'])} / "
+                         f"{_f(r['H200_roofline_us'])} | {_f(r['H100_unsplit_us'])} | "
+                         f"**{_f(r['H100_built_us'])} / {_f(r['H200_built_us'])}** |")
     lines += ["", "| fused involution | prec | MB | GFLOP | bytes/output fused vs unfused pair | roofline H100 / H200 "
               "µs | expected as built H100 / H200 µs | not built: tensor-core generation H100 / H200 µs |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]

@@ -2,7 +2,7 @@
 
 Inputs, weights and the float64 references are made on the CPU; the device sees host-to-device copies, our kernels
 (involution plain / with the BN-ReLU epilogue / generic K, fused involution, CMAM, pointwise convolution with its
-bias / residual / ReLU epilogue) on small odd shapes in fp32, fp16 and bf16, and device-to-host copies — so
+bias / residual / ReLU epilogue and with K split over blocks) on small odd shapes in fp32, fp16 and bf16, and device-to-host copies — so
 memcheck and racecheck instrument our kernels and nothing of PyTorch's.
 
     compute-sanitizer --tool memcheck python benchmarks/gpu/sanitize_ops.py [--json FILE]
@@ -76,17 +76,21 @@ def run() -> list[dict[str, Any]]:
             oa, op = ops.cmam(dev(art, dt), dev(pv, dt), wa.to(DEVICE), wp.to(DEVICE), heads)
             check(f"cmam art {b}x{c}x{h}x{w} d{d} h{heads}", prec, oa, ra)
             check(f"cmam pv {b}x{c}x{h}x{w} d{d} h{heads}", prec, op, rp)
-        # odd Cin/Cout and H*W (partial tiles, the unaligned-W path); with and without residual and ReLU
-        for b, cin, cout, h, w, res, relu in ((2, 20, 36, 5, 7, True, True), (1, 64, 48, 9, 9, False, False)):
+        # odd Cin/Cout and H*W (partial tiles, the unaligned-W path); with and without residual and ReLU; K split
+        # over blocks through a workspace (1030 channels on a 3x5 map: 7 splits, the last block of each tile sums)
+        for b, cin, cout, h, w, res, relu in ((2, 20, 36, 5, 7, True, True), (1, 64, 48, 9, 9, False, False),
+                                              (1, 1030, 40, 3, 5, True, True)):
             x = torch.randn(b, cin, h, w, generator=g).to(dt)
             wt = (torch.randn(cout, cin, generator=g) / cin ** 0.5).to(dt)
             bias = torch.randn(cout, generator=g).to(dt)
             r = torch.randn(b, cout, h, w, generator=g).to(dt) if res else None
             ref = R.pointwise_conv_ref(x.double(), wt.double(), bias.double(), None if r is None else r.double(),
                                        relu)
-            y = ops.pointwise_conv(dev(x, dt), dev(wt, dt), dev(bias, dt), None if r is None else dev(r, dt), relu)
-            check(f"pointwise_conv {b}x{cin}->{cout}x{h}x{w}{' +res' if res else ''}{' relu' if relu else ''}",
-                  prec, y, ref)
+            xd, wd = dev(x, dt), dev(wt, dt)
+            ws = ops.pointwise_workspace(xd, wd) if DEVICE == "cuda" else None
+            y = ops.pointwise_conv(xd, wd, dev(bias, dt), None if r is None else dev(r, dt), relu, workspace=ws)
+            check(f"pointwise_conv {b}x{cin}->{cout}x{h}x{w}{' +res' if res else ''}{' relu' if relu else ''}"
+                  f"{' split-K' if ws is not None else ''}", prec, y, ref)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     return out

@@ -5,7 +5,8 @@
 Each mutant is a copy of cuda/ (in a temporary folder, the tree is never touched) with one change: one
 __syncthreads() or __syncwarp() of cuda/involution.cu, cuda/cmam.cu, cuda/gemm.cuh or cuda/pointwise.cu removed, a
 halo index shifted by one, the attention kernel's shared-memory opt-in dropped, the GEMM's pipeline, 3xTF32 or
-typed epilogue broken, or the pointwise convolution's residual / ReLU / strides wrong. The emulator tests of that
+typed epilogue or typed split-K (counter, last block, summation order) broken, or the pointwise convolution's
+residual / ReLU / strides wrong. The emulator tests of that
 file (TESTS) then run on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is reported. Exit
 status 1 if any mutant survives. Takes a few minutes (one emulator build per mutant); not part of `make test`.
 """
@@ -32,6 +33,11 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
         for call in ("__syncthreads()", "__syncwarp()"):
             for i, m in enumerate(re.finditer(re.escape(call), src)):
                 line = src.count("\n", 0, m.start()) + 1
+                if "not observable in the emulator" in src[m.start():src.find("\n", m.start())]:
+                    # Blocks run one after another there, so a barrier that orders other blocks' reads after this
+                    # block's writes cannot be missed: its removal is an equivalent mutant (racecheck on a GPU).
+                    print(f"n/a       {fname}:{line} {call} #{i + 1}: orders blocks, not observable", flush=True)
+                    continue
                 out.append((f"{fname}:{line} remove {call} #{i + 1}", fname, f"@{m.start()}:{call}", "(void)0"))
     out += [
         ("involution.cu halo column +1 (load_tile)", "involution.cu", "iw = iw0 + q;", "iw = iw0 + q + 1;"),
@@ -59,6 +65,12 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "const int ahead = stage == 0 ? kStages - 1 : stage - 1;", "const int ahead = stage;"),
         ("gemm.cuh NCHW output tile stored [m][n] but read [n][m] (typed epilogue)", "gemm.cuh",
          "acc[i], kLdCm, wmma::mem_col_major);", "acc[i], kLdCm, wmma::mem_row_major);"),
+        ("gemm.cuh split-K: a tile's counter never re-zeroed", "gemm.cuh",
+         "if (tid == 0) gb.counters[tile] = 0;", "if (tid == 0) gb.counters[tile] += 0;"),
+        ("gemm.cuh split-K: the next-to-last block sums (one partial missing)", "gemm.cuh",
+         "== static_cast<unsigned>(gb.splits - 1)", "== static_cast<unsigned>(gb.splits - 2)"),
+        ("gemm.cuh split-K: partials summed from the last block's own split on (order depends on timing)",
+         "gemm.cuh", "v[u] += __ldcg(tp + s * kTile +", "v[u] += __ldcg(tp + ((s + split) % gb.splits) * kTile +"),
         # (the parameters stay used: an unused one would not build under -Werror)
         ("pointwise.cu residual dropped", "pointwise.cu", "p.res = residual;",
          "p.res = residual != nullptr ? nullptr : nullptr;"),

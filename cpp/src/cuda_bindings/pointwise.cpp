@@ -16,24 +16,31 @@ void register_pointwise(py::module_& m) {
       },
       py::arg("batch"), py::arg("cin"), py::arg("cout"), py::arg("height"), py::arg("width"),
       "None when launch_pointwise_conv supports these sizes, else the reason (one line).");
+  m.attr("POINTWISE_WORKSPACE_ZERO_BYTES") = kPointwiseWorkspaceZeroBytes;
+  m.def("pointwise_conv_workspace_size", &pointwise_conv_workspace_size, py::arg("batch"), py::arg("cin"),
+        py::arg("cout"), py::arg("height"), py::arg("width"),
+        "Bytes of split-K workspace launch_pointwise_conv can use for these sizes on any card (0: never splits).");
   m.def(
       "pointwise_conv",
       [](int dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t bias, std::uintptr_t residual,
-         std::uintptr_t y, int batch, int cin, int cout, int height, int width, bool relu, std::uintptr_t stream) {
+         std::uintptr_t y, int batch, int cin, int cout, int height, int width, bool relu, std::uintptr_t workspace,
+         size_t workspace_bytes, std::uintptr_t stream) {
         cudaError_t err;
         {
           py::gil_scoped_release nogil;
           err = launch_pointwise_conv(as_stream(stream), static_cast<CmirDType>(dtype), as_ptr<const void>(x),
                                       as_ptr<const void>(w), as_ptr<const void>(bias), as_ptr<const void>(residual),
-                                      as_ptr<void>(y), batch, cin, cout, height, width, relu ? 1 : 0);
+                                      as_ptr<void>(y), as_ptr<void>(workspace), workspace_bytes, batch, cin, cout,
+                                      height, width, relu ? 1 : 0);
         }
         check_launch(err, "launch_pointwise_conv");
       },
       py::arg("dtype"), py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("residual"), py::arg("y"),
       py::arg("batch"), py::arg("cin"), py::arg("cout"), py::arg("height"), py::arg("width"), py::arg("relu") = false,
-      py::arg("stream") = 0,
-      "1x1 convolution + bias [+ residual] [+ ReLU] on device pointers (ints; residual 0 = none). Asynchronous on "
-      "`stream`.");
+      py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("stream") = 0,
+      "1x1 convolution + bias [+ residual] [+ ReLU] on device pointers (ints; residual 0 = none; workspace 0 = K "
+      "never split, else pointwise_conv_workspace_size bytes whose first POINTWISE_WORKSPACE_ZERO_BYTES are zero). "
+      "Asynchronous on `stream`.");
 }
 
 }  // namespace cmir_bindings

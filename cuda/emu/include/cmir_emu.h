@@ -333,3 +333,9 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
+// Global memory bypassing L1 (L2 on the GPU): one coherent memory here.
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
+// Memory fence: blocks run one after another and threads never concurrently, so every write is already visible to
+// every later reader; the fence's ordering is the GPU's to check (compute-sanitizer racecheck on a lease).
+inline void __threadfence() {}

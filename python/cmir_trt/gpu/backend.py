@@ -57,7 +57,9 @@ class _ReferenceOps:
             return a.to(art.dtype), p.to(pv.dtype)
 
     @staticmethod
-    def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False) -> Any:
+    def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False,
+                       workspace: Any = None) -> Any:
+        del workspace  # split-K changes only the GPU's summation order
         from torch.profiler import record_function
 
         from ..ops.reference import pointwise_conv_ref
@@ -78,6 +80,28 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
     if impl not in ("cuda", "reference"):
         raise ValueError(f"impl must be 'cuda' or 'reference', got {impl!r}")
     ops: Any = cuda_ops if impl == "cuda" else _ReferenceOps
+
+    class SplitWorkspace:
+        """The split-K workspace of every pointwise launch of one prepared model (they run one after another on one
+        stream): grown to the largest size a call needs, allocated zeroed by the eager warm-up before a CUDA graph
+        captures the calls. Every buffer ever handed out stays alive: a graph captured earlier still uses it."""
+
+        def __init__(self) -> None:
+            self.buffers: list[torch.Tensor] = []
+
+        def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+            if impl != "cuda":
+                return None
+            b, cin, h, w = x.shape
+            need = cuda_ops.pointwise_workspace_size(b, cin, weight.shape[0], h, w)
+            if need == 0:
+                return None
+            last = self.buffers[-1] if self.buffers else None
+            if last is None or last.numel() < need or last.device != x.device:
+                self.buffers.append(cuda_ops.pointwise_workspace(x, weight, 0 if last is None else last.numel()))
+            return self.buffers[-1]
+
+    split_ws = SplitWorkspace()
 
     class CudaInvolution(nn.Module):
         """Involution2d [+ BN + ReLU] with the BN folded into the kernel's epilogue. Parameters are plain
@@ -118,7 +142,8 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
                                             self.stride, self.gc, self.scale, self.shift, self.relu)
             t = x if self.stride == 1 else F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
             if self.pointwise:
-                wgt = ops.pointwise_conv(ops.pointwise_conv(t, self.w1, self.b1, None, True), self.w2, self.b2)
+                hid = ops.pointwise_conv(t, self.w1, self.b1, None, True, split_ws(t, self.w1))
+                wgt = ops.pointwise_conv(hid, self.w2, self.b2, None, False, split_ws(hid, self.w2))
             else:  # cuDNN (each convolution + its bias add) and a ReLU: the backend before issue 13's third round
                 wgt = F.conv2d(F.relu(F.conv2d(t, self.w1[:, :, None, None], self.b1)), self.w2[:, :, None, None],
                                self.b2)
@@ -144,7 +169,8 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
 
     class CudaPointwise(nn.Module):
         """A stride-1 1x1 Conv2d (BN folded in) [+ ReLU] as one pointwise_conv launch; forward(x, residual) also adds
-        a residual before the ReLU (a bottleneck's conv3 + identity + ReLU)."""
+        a residual before the ReLU (a bottleneck's conv3 + identity + ReLU). K is split over blocks where the map is
+        small (the model's shared SplitWorkspace)."""
 
         def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
             super().__init__()
@@ -154,7 +180,8 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
 
         def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
             r = None if residual is None else residual.contiguous()
-            return ops.pointwise_conv(x.contiguous(), self.weight, self.bias, r, self.relu)
+            x = x.contiguous()
+            return ops.pointwise_conv(x, self.weight, self.bias, r, self.relu, split_ws(x, self.weight))
 
         def extra_repr(self) -> str:
             return f"{self.weight.shape[1]}, {self.weight.shape[0]}, relu={self.relu}"

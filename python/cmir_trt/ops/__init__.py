@@ -4,7 +4,8 @@ or cupy arrays, no copies, on the caller's current stream.
 - ``involution(x, kernel, kernel_size, stride=1, scale=None, shift=None, relu=False)``
 - ``involution_fused(x, w1, b1, w2, b2, kernel_size, stride=1, group_channels=16, ...)`` and ``fold_generator``
 - ``cmam(art, pv, weights_art, weights_pv, heads, dim=None, eps=1e-5)`` and ``pack_cmam_module``
-- ``pointwise_conv(x, weight, bias, residual=None, relu=False)`` (1x1 convolution + bias [+ residual] [+ ReLU])
+- ``pointwise_conv(x, weight, bias, residual=None, relu=False, workspace=None)`` (1x1 convolution + bias
+  [+ residual] [+ ReLU]) and ``pointwise_workspace`` (its split-K workspace)
 
 Importing this package needs neither torch nor cupy; the first call with a torch tensor registers the custom ops
 (``register_torch_ops()`` does it explicitly, e.g. before torch.compile).
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 from .cmam import cmam, pack_cmam_module, pack_cmam_weights, packed_weights_size
 from .involution import fold_generator, involution, involution_fused, output_size
-from .pointwise import pointwise_conv
+from .pointwise import pointwise_conv, pointwise_workspace, pointwise_workspace_size
 
 __all__ = ["cmam", "fold_generator", "involution", "involution_fused", "output_size", "pack_cmam_module",
-           "pack_cmam_weights", "packed_weights_size", "pointwise_conv", "register_torch_ops"]
+           "pack_cmam_weights", "packed_weights_size", "pointwise_conv", "pointwise_workspace",
+           "pointwise_workspace_size", "register_torch_ops"]
 
 
 def register_torch_ops() -> None:

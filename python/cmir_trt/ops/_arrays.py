@@ -13,7 +13,7 @@ from typing import Any
 
 # CmirDType codes of cuda/common.cuh.
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
-_CAI_TYPESTR = {"<f4": "float32", "<f2": "float16"}  # cupy has no bfloat16; use torch for bf16
+_CAI_TYPESTR = {"<f4": "float32", "<f2": "float16", "|u1": "uint8"}  # cupy has no bfloat16; use torch for bf16
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def describe(a: Any, name: str) -> ArrayInfo:
         typestr = str(cai.get("typestr", "?"))
         dt = _CAI_TYPESTR.get(typestr, f"typestr {typestr}")
         strides = cai.get("strides")
-        itemsize = 4 if dt == "float32" else 2
+        itemsize = {"float32": 4, "uint8": 1}.get(dt, 2)
         contiguous = strides is None or tuple(strides) == _c_strides(shape, itemsize)
         device = f"cuda:{_cai_device(a)}"
         return ArrayInfo("cai", shape, dt, device, contiguous)

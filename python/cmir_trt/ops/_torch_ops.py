@@ -18,7 +18,7 @@ from torch import Tensor
 from ._arrays import DTYPE_CODES, describe
 from .cmam import check_cmam_args
 from .involution import check_fused_args, check_involution_args, output_size
-from .pointwise import check_pointwise_args
+from .pointwise import check_pointwise_args, check_workspace, pointwise_workspace_size
 
 _mod = None
 
@@ -108,19 +108,24 @@ def _cmam_fake(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor,
     return torch.empty_like(art), torch.empty_like(pv)
 
 
-@torch.library.custom_op("cmir_trt::pointwise_conv", mutates_args=(), device_types="cuda")
-def _pointwise_conv_op(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+# The split-K workspace is mutated (its partial sums; its counters return to zero), so it is declared as such.
+@torch.library.custom_op("cmir_trt::pointwise_conv", mutates_args=("workspace",), device_types="cuda")
+def _pointwise_conv_op(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool,
+                       workspace: Optional[Tensor] = None) -> Tensor:
     b, cin, h, w = x.shape
     cout = weight.shape[0]
     y = torch.empty((b, cout, h, w), dtype=x.dtype, device=x.device)
     with torch.cuda.device(x.device):
         _cuda_module().pointwise_conv(_dtype_code(x), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), _ptr(residual),
-                                      y.data_ptr(), b, cin, cout, h, w, relu, stream=_stream(x))
+                                      y.data_ptr(), b, cin, cout, h, w, relu, workspace=_ptr(workspace),
+                                      workspace_bytes=0 if workspace is None else workspace.numel(),
+                                      stream=_stream(x))
     return y
 
 
 @_pointwise_conv_op.register_fake
-def _pointwise_conv_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+def _pointwise_conv_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool,
+                         workspace: Optional[Tensor] = None) -> Tensor:
     b, _, h, w = x.shape
     return x.new_empty((b, weight.shape[0], h, w))
 
@@ -164,10 +169,13 @@ def torch_cmam(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor,
 
 
 def torch_pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor] = None,
-                         relu: bool = False) -> Tensor:
-    for n, t in (("weight", weight), ("bias", bias), ("residual", residual)):
-        if not isinstance(t, Tensor) and not (n == "residual" and t is None):
+                         relu: bool = False, workspace: Optional[Tensor] = None) -> Tensor:
+    for n, t in (("weight", weight), ("bias", bias), ("residual", residual), ("workspace", workspace)):
+        if not isinstance(t, Tensor) and not (n in ("residual", "workspace") and t is None):
             raise TypeError(f"{n} must be a torch.Tensor like x, got {type(t).__name__}")
-    check_pointwise_args(describe(x, "x"), describe(weight, "weight"), describe(bias, "bias"),
-                         _info(residual, "residual"))
-    return torch.ops.cmir_trt.pointwise_conv(x, weight, bias, residual, bool(relu))
+    xi = describe(x, "x")
+    b, cin, cout, h, w = check_pointwise_args(xi, describe(weight, "weight"), describe(bias, "bias"),
+                                              _info(residual, "residual"))
+    if workspace is not None:
+        check_workspace(describe(workspace, "workspace"), xi.device, pointwise_workspace_size(b, cin, cout, h, w))
+    return torch.ops.cmir_trt.pointwise_conv(x, weight, bias, residual, bool(relu), workspace)

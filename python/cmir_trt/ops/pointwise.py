@@ -2,6 +2,10 @@
 ReLU — the model's conv1x1 + folded BN [+ ReLU] and a bottleneck's conv3 + identity + ReLU as one launch (cuDNN
 adds a convolution's bias in a second kernel and the ReLU / residual in more). torch tensors go through the custom
 op ``torch.ops.cmir_trt.pointwise_conv``; cupy arrays call the launcher directly.
+
+With a workspace (``pointwise_workspace``) the launch splits K over blocks where the output tiles alone would leave
+most SMs idle (small maps with many channels: the last ResNet stages at batch 1); the last block of each tile adds
+the fp32 partial sums in split order, so the result does not depend on block timing. Still one launch, no memset.
 """
 
 from __future__ import annotations
@@ -23,6 +27,45 @@ from ._arrays import (
 # GEMM row indices (batch * H * W) ints, output channels at most 65535 tiles of 128.
 MAX_ROWS = 2**30
 MAX_COUT = 65535 * 128
+
+
+def pointwise_workspace_size(batch: int, cin: int, cout: int, height: int, width: int) -> int:
+    """Bytes of split-K workspace ``pointwise_conv`` can use at these sizes on any GPU (0: it never splits K there)."""
+    from .._native import load_cuda
+
+    return int(load_cuda().pointwise_conv_workspace_size(batch, cin, cout, height, width))
+
+
+def pointwise_workspace(x: Any, weight: Any, nbytes: int = 0) -> Any:
+    """A zeroed split-K workspace for ``pointwise_conv(x, weight, ...)`` on x's device (a uint8 torch tensor or cupy
+    array, as x), of max(``pointwise_workspace_size``, nbytes) bytes; None when that is 0. Zero it once (this does):
+    every launch leaves its leading counters zero, so one workspace serves any later call that fits it — calls on
+    one stream at a time (calls that may overlap in time need their own)."""
+    b, cin, h, w = (int(s) for s in x.shape)
+    need = max(pointwise_workspace_size(b, cin, int(weight.shape[0]), h, w), int(nbytes))
+    if need == 0:
+        return None
+    if is_torch_tensor(x):
+        import torch
+
+        return torch.zeros(need, dtype=torch.uint8, device=x.device)
+    import cupy
+
+    with cupy.cuda.Device(x.device.id):
+        return cupy.zeros(need, dtype=cupy.uint8)
+
+
+def check_workspace(ws: ArrayInfo, device: str, need: int) -> int:
+    """A workspace argument: a contiguous uint8 array on the op's device of >= need bytes; returns its size."""
+    if ws.dtype != "uint8" or len(ws.shape) != 1:
+        raise TypeError(f"workspace must be a 1-D uint8 array (pointwise_workspace(x, weight)), got {ws.dtype} "
+                        f"of shape {ws.shape}")
+    if not ws.contiguous or ws.device != device:
+        raise ValueError(f"workspace must be contiguous and on {device}, got {ws.device}")
+    if ws.shape[0] < need:
+        raise ValueError(f"workspace has {ws.shape[0]} bytes, these sizes need {need} (pointwise_workspace(x, "
+                         f"weight))")
+    return ws.shape[0]
 
 
 def check_pointwise_args(x: ArrayInfo, weight: ArrayInfo, bias: ArrayInfo,
@@ -55,23 +98,28 @@ def check_pointwise_args(x: ArrayInfo, weight: ArrayInfo, bias: ArrayInfo,
     return b, cin, cout, h, w
 
 
-def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False) -> Any:
+def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False,
+                   workspace: Any = None) -> Any:
     """y[b, n, h, w] = relu?(sum_k weight[n, k] x[b, k, h, w] + bias[n] + residual[b, n, h, w]), one kernel.
 
     x [B, Cin, H, W], weight [Cout, Cin] (or [Cout, Cin, 1, 1]), bias [Cout], optional residual [B, Cout, H, W]:
     one dtype (float32/float16/bfloat16), contiguous, on one CUDA device; torch tensors or cupy arrays (result of the
     same kind). fp32 accumulation, one rounding at the store. Runs asynchronously on the current stream.
+    workspace: None (K never split) or ``pointwise_workspace(x, weight)`` (or a larger one made by it), reused
+    across calls on one stream: split-K for small maps, same result whichever block finishes last.
     """
     if is_torch_tensor(x):
         from ._torch_ops import torch_pointwise_conv
 
-        return torch_pointwise_conv(x, weight, bias, residual, relu)
+        return torch_pointwise_conv(x, weight, bias, residual, relu, workspace)
     from .involution import _to_cupy
 
-    xa, wa, ba, ra = _to_cupy(x, weight, bias, residual)
+    xa, wa, ba, ra, wsa = _to_cupy(x, weight, bias, residual, workspace)
     xi = describe(xa, "x")
     b, cin, cout, h, w = check_pointwise_args(xi, describe(wa, "weight"), describe(ba, "bias"),
                                               None if ra is None else describe(ra, "residual"))
+    ws_bytes = 0 if wsa is None else check_workspace(describe(wsa, "workspace"), xi.device,
+                                                     pointwise_workspace_size(b, cin, cout, h, w))
     import cupy
 
     from .._native import load_cuda
@@ -81,5 +129,6 @@ def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: b
         y = cupy.empty((b, cout, h, w), dtype=xa.dtype)
         mod.pointwise_conv(DTYPE_CODES[xi.dtype], xa.data.ptr, wa.data.ptr, ba.data.ptr,
                            0 if ra is None else ra.data.ptr, y.data.ptr, b, cin, cout, h, w, bool(relu),
+                           workspace=0 if wsa is None else wsa.data.ptr, workspace_bytes=ws_bytes,
                            stream=cupy.cuda.get_current_stream().ptr)
     return y
