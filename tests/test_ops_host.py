@@ -130,7 +130,8 @@ def _split_workspace_bound(b: int, cin: int, cout: int, h: int, w: int) -> int:
         while splits < cap and tiles * splits < 320:
             splits *= 2
         splits = min(splits, cap)
-        k_per = -(-(-(-cin // splits)) // 32) * 32
+        k_split = -(-cin // splits)
+        k_per = -(-k_split // 32) * 32
         splits = -(-cin // k_per)
         if splits > 1:
             most = max(most, 4096 + tiles * splits * bm * 128 * 4)

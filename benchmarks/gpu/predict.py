@@ -519,7 +519,6 @@ def own_kernel_us(precision: str, shapes: dict[str, Any], card: str = "H100 SXM"
     the pointwise convolutions (latency-bound at the last stages, where few blocks run long K loops), the involution
     aggregations, CMAM (four launches)."""
     spec = CARDS[card]
-    e = 4 if precision == "fp32" else 2
     pw = sum(sh["count"] * max(GRAPH_KERNEL_US, pointwise_us(sh["Cin"], sh["Cout"], sh["H"] * sh["W"],
                                                              bool(sh["residual"]), precision, spec)["us"])
              for sh in shapes["pointwise"])

@@ -2,8 +2,8 @@
 
 Inputs, weights and the float64 references are made on the CPU; the device sees host-to-device copies, our kernels
 (involution plain / with the BN-ReLU epilogue / generic K, fused involution, CMAM, pointwise convolution with its
-bias / residual / ReLU epilogue and with K split over blocks) on small odd shapes in fp32, fp16 and bf16, and device-to-host copies — so
-memcheck and racecheck instrument our kernels and nothing of PyTorch's.
+bias / residual / ReLU epilogue and with K split over blocks) on small odd shapes in fp32, fp16 and bf16, and
+device-to-host copies — so memcheck and racecheck instrument our kernels and nothing of PyTorch's.
 
     compute-sanitizer --tool memcheck python benchmarks/gpu/sanitize_ops.py [--json FILE]
 Exit status 0 when every output is within tolerance (normwise vs float64: fp32 1e-4, fp16 4e-3, bf16 3e-2), 1 when
