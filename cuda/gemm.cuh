@@ -45,6 +45,7 @@ constexpr int kMaxProblems = 6;
 struct GemmProblem {
   const void* a;                  // A(m, k) at a[b*a_bs + r*a_rs + k*a_ks], m = b*rows + r
   int64_t a_bs, a_rs, a_ks;
+  const void* g_src;              // the gathered segment's input (GemmBatch::gather), dense NCHW, A's dtype
   const void* w;                  // W [n_out, K] row-major (torch Linear layout)
   const void* bias;               // nullable, [n_out]
   const void* res;                // nullable, W's dtype: res(b, r, n) at res[b*r_bs + r*r_rs + n*r_ns]
@@ -86,6 +87,12 @@ struct GemmBatch {
   int a_async;                    // set by launch_gemm: A (m-contiguous, in T) staged by 16-byte cp.async
   unsigned* counters;             // typed split-K: the workspace's tile counters (kSplitCounters)
   float* part;                    // typed split-K: its partial tiles
+  // gather = 1: A's columns k >= k_seg are an implicit-GEMM convolution of p.g_src ([B][g_c][g_h][g_w]), loaded
+  // through registers: A(m, k) = g_src[b][c][oy * g_stride + ky - g_pad][ox * g_stride + kx - g_pad] (zero outside
+  // the image), (oy, ox) = (r / g_ow, r % g_ow), k - k_seg = (c * g_kh + ky) * g_kw + kx. k_seg is a multiple of kWK
+  // (every k-step reads one segment); columns k < k_seg are the strided A above (K = k_seg + g_c * g_kh * g_kw).
+  int gather, k_seg;
+  int g_c, g_h, g_w, g_kh, g_kw, g_stride, g_pad, g_ow;
 };
 
 // One output element: bias and residual once (by the first K split), [ReLU], then a plain store, a store of this
@@ -139,7 +146,7 @@ struct MmaOperand<float> {
   static constexpr int kK = 8;
 };
 
-// Dynamic shared memory of gemm_wmma_kernel<., T, MF>: max(kStages stages of A and W, the fp32 C tile + the split-K
+// Dynamic shared memory of gemm_wmma_kernel<., T, MF, .>: max(kStages stages of A and W, the fp32 C tile + the split-K
 // flag) + 32 bytes of alignment slack. 16-bit: 35,360 bytes at MF = 1, 44,576 at MF = 4 (within the 48 KiB default); fp32: 70,688 /
 // 89,120 (opt-in: launch_gemm sets cudaFuncAttributeMaxDynamicSharedMemorySize).
 // The fp32 C tile, [BM][kLdC] or [kWN][BM + 4] (the split-K flag follows it).
@@ -171,7 +178,9 @@ __device__ __forceinline__ void split_tf32(Frag& big, Frag& small) {
   }
 }
 
-template <typename TA, typename T, int MF>
+// kGather: the gathered A segment is compiled in (its index registers would make the fp32 64-row variant spill;
+// only the pointwise op's shortcut launches use it).
+template <typename TA, typename T, int MF, bool kGather>
 __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kernel(GemmBatch gb) {
   using namespace nvcuda;
   using FT = typename MmaOperand<T>::type;
@@ -210,7 +219,43 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
     mm = gb.a_m_contig ? e % BM : e / kWK;
     kk = gb.a_m_contig ? e / BM : e % kWK;
   };
+  // The k-step at k0 reads the gathered segment (uniform over the block).
+  auto gathered = [&](int k0) { return kGather && k0 >= gb.k_seg; };
+  // The gathered segment (gb.gather: a_m_contig, checked by launch_gemm): a thread's elements share its row
+  // (BM divides the block), so the pixel's position is worked out once per k-step; element i is k index
+  // kk0 + i * (threads / BM).
+  auto load_gather = [&](int k0) {
+    static_assert(kWmmaThreads % BM == 0, "a thread's gathered elements share one row");
+    int mm, kk0;
+    a_pos(0, mm, kk0);
+    const int m = m0 + mm;
+    const bool m_in = m < gb.M;
+    const int b = m_in ? m / gb.rows : 0, r = m_in ? m - b * gb.rows : 0;
+    const int oy = r / gb.g_ow, ox = r - oy * gb.g_ow;
+    const int iy0 = oy * gb.g_stride - gb.g_pad, ix0 = ox * gb.g_stride - gb.g_pad;
+    const TA* img = static_cast<const TA*>(p.g_src) + static_cast<int64_t>(b) * gb.g_c * gb.g_h * gb.g_w;
+    const int taps = gb.g_kh * gb.g_kw;
+#pragma unroll
+    for (int i = 0; i < kAPerThread; ++i) {
+      const int k = k0 + kk0 + i * (kWmmaThreads / BM);
+      TA v = static_cast<TA>(zero);
+      if (m_in && k < k_end) {
+        const int kg = k - gb.k_seg, c = kg / taps, t = kg - c * taps, ky = t / gb.g_kw, kx = t - ky * gb.g_kw;
+        const int iy = iy0 + ky, ix = ix0 + kx;
+        if (iy >= 0 && iy < gb.g_h && ix >= 0 && ix < gb.g_w) {
+          v = __ldg(img + (static_cast<int64_t>(c) * gb.g_h + iy) * gb.g_w + ix);
+        }
+      }
+      areg[i] = v;
+    }
+  };
   auto load_a = [&](int k0) {
+    if constexpr (kGather) {
+      if (gathered(k0)) {
+        load_gather(k0);
+        return;
+      }
+    }
 #pragma unroll
     for (int i = 0; i < kAPerThread; ++i) {
       int mm, kk;
@@ -285,10 +330,12 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
       }
     }
   };
+  // A of the k-step at k0 staged by cp.async (else through registers: load_a, then store_a after the MMAs).
+  auto a_by_async = [&](int k0) { return gb.a_async != 0 && !gathered(k0); };
   // Issue the loads of the k-step at k0 into `stage`; A through registers is stored by the caller (store_a).
   auto issue = [&](int stage, int k0) {
     stage_w(stage, k0);
-    if (gb.a_async) {
+    if (a_by_async(k0)) {
       stage_a_async(stage, k0);
     } else {
       load_a(k0);
@@ -305,7 +352,7 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
     const int k0 = k_begin + s * kWK;
     if (k0 < k_end) {
       issue(s, k0);
-      if (!gb.a_async) store_a(s);
+      if (!a_by_async(k0)) store_a(s);
     }
     __pipeline_commit();
   }
@@ -342,7 +389,7 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
         }
       }
     }
-    if (k_ahead < k_end && !gb.a_async) store_a(ahead);
+    if (k_ahead < k_end && !a_by_async(k_ahead)) store_a(ahead);
   }
   __pipeline_wait_prior(0);  // only empty groups remain; nothing may land on the C tile
   __syncthreads();           // every warp's last MMAs have read the stages that the C tile overwrites
@@ -488,18 +535,19 @@ inline size_t typed_split_workspace_bound(GemmBatch gb, int problems, int max_sp
   return most;
 }
 
-template <typename TA, typename T, int MF>
+template <typename TA, typename T, int MF, bool kGather>
 cudaError_t launch_wmma(cudaStream_t stream, const GemmBatch& gb, dim3 grid) {
   constexpr size_t smem = wmma_smem_bytes<T, MF>();
   if constexpr (smem > 48 * 1024) {  // beyond the default: opt in (once per launch; not a stream operation)
-    CMIR_CUDA_TRY(cudaFuncSetAttribute(gemm_wmma_kernel<TA, T, MF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
+    CMIR_CUDA_TRY(cudaFuncSetAttribute(gemm_wmma_kernel<TA, T, MF, kGather>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  return cmir_cuda::launch(gemm_wmma_kernel<TA, T, MF>, grid, dim3(kWmmaThreads), smem, stream, gb);
+  return cmir_cuda::launch(gemm_wmma_kernel<TA, T, MF, kGather>, grid, dim3(kWmmaThreads), smem, stream, gb);
 }
 
 // Launch a planned batch (plan_gemm / plan_splits set bm, splits, k_per_split). T: W's dtype; a_is_float: A is fp32.
-template <typename T>
+// kGather: the variant with the gathered A segment (gb.gather = 1 needs it; A then in T: a_is_float refused).
+template <typename T, bool kGather = false>
 cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_is_float) {
   if (problems < 1 || problems > kMaxProblems || gb.splits < 1 || gb.M < 1 || gb.n_out < 1 || gb.K < 1 ||
       gb.rows < 1 || (gb.bm != kWM && gb.bm != 4 * kWM)) {
@@ -508,6 +556,17 @@ cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_
   if (gb.out_mode == kOutTyped && gb.splits > 1 &&
       (gb.counters == nullptr || gb.part == nullptr || plan_tiles(gb, problems) > kSplitCounters)) {
     return cudaErrorInvalidValue;
+  }
+  if ((gb.gather != 0) != kGather) return cudaErrorInvalidValue;
+  if (gb.gather != 0) {
+    if (a_is_float || gb.a_m_contig == 0 || gb.k_seg < 0 || gb.k_seg % kWK != 0 || gb.g_c < 1 || gb.g_h < 1 || gb.g_w < 1 || gb.g_kh < 1 ||
+        gb.g_kw < 1 || gb.g_stride < 1 || gb.g_pad < 0 || gb.g_ow < 1 || gb.rows % gb.g_ow != 0 ||
+        static_cast<int64_t>(gb.g_c) * gb.g_kh * gb.g_kw != static_cast<int64_t>(gb.K) - gb.k_seg) {
+      return cudaErrorInvalidValue;
+    }
+    for (int i = 0; i < problems; ++i) {
+      if (gb.p[i].g_src == nullptr) return cudaErrorInvalidValue;
+    }
   }
   constexpr int chunk = 16 / static_cast<int>(sizeof(T));
   gb.w_async = gb.K % chunk == 0 ? 1 : 0;
@@ -523,12 +582,17 @@ cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_
   const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, gb.bm)), static_cast<unsigned>(ceil_div(gb.n_out, kWN)),
                   static_cast<unsigned>(problems * gb.splits));
   if (grid.y > 65535 || grid.z > 65535) return cudaErrorInvalidValue;
-  if (gb.bm == 4 * kWM) {
-    if (a_is_float) return launch_wmma<float, T, 4>(stream, gb, grid);
-    return launch_wmma<T, T, 4>(stream, gb, grid);
+  if constexpr (kGather) {
+    if (gb.bm == 4 * kWM) return launch_wmma<T, T, 4, true>(stream, gb, grid);
+    return launch_wmma<T, T, 1, true>(stream, gb, grid);
+  } else {
+    if (gb.bm == 4 * kWM) {
+      if (a_is_float) return launch_wmma<float, T, 4, false>(stream, gb, grid);
+      return launch_wmma<T, T, 4, false>(stream, gb, grid);
+    }
+    if (a_is_float) return launch_wmma<float, T, 1, false>(stream, gb, grid);
+    return launch_wmma<T, T, 1, false>(stream, gb, grid);
   }
-  if (a_is_float) return launch_wmma<float, T, 1>(stream, gb, grid);
-  return launch_wmma<T, T, 1>(stream, gb, grid);
 }
 
 // plan_gemm + launch_gemm: the entry point of a single GEMM op (e.g. a 1x1 convolution).

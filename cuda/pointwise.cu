@@ -39,10 +39,27 @@ cmir_gemm::GemmBatch pointwise_gemm(int batch, int cin, int cout, int hw, int re
 // Splits allowed with a workspace: as many as the planner finds useful (it keeps >= 4 k-steps per split).
 constexpr int kMaxSplits = 1 << 20;
 
+// The shortcut as the GEMM's gathered segment: K columns Cin .. Cin + channels - 1, a 1x1 kernel at `stride`.
+void add_shortcut(cmir_gemm::GemmBatch& gb, int cin, int width, const PointwiseShortcut& s) {
+  gb.gather = 1;
+  gb.k_seg = cin;
+  gb.K = cin + s.channels;
+  gb.g_c = s.channels;
+  gb.g_h = s.height;
+  gb.g_w = s.width;
+  gb.g_kh = gb.g_kw = 1;
+  gb.g_stride = s.stride;
+  gb.g_pad = 0;
+  gb.g_ow = width;
+  gb.p[0].g_src = s.x;
+}
+
 template <typename T>
 cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, const void* bias, const void* residual,
-                         void* y, void* ws, size_t ws_bytes, int batch, int cin, int cout, int hw, int relu, int sms) {
+                         void* y, void* ws, size_t ws_bytes, int batch, int cin, int cout, int width, int hw,
+                         int relu, const PointwiseShortcut* shortcut, int sms) {
   cmir_gemm::GemmBatch gb = pointwise_gemm(batch, cin, cout, hw, relu);
+  if (shortcut != nullptr) add_shortcut(gb, cin, width, *shortcut);
   cmir_gemm::GemmProblem& p = gb.p[0];
   p.a = x;
   p.w = w;
@@ -55,6 +72,7 @@ cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, cons
     gb.counters = static_cast<unsigned*>(ws);
     gb.part = reinterpret_cast<float*>(static_cast<unsigned char*>(ws) + cmir_gemm::kSplitCounterBytes);
   }
+  if (shortcut != nullptr) return cmir_gemm::launch_gemm<T, true>(stream, gb, 1, false);
   return cmir_gemm::launch_gemm<T>(stream, gb, 1, false);
 }
 
@@ -68,43 +86,47 @@ size_t pointwise_conv_workspace_size(int batch, int cin, int cout, int height, i
 cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const void* x, const void* w,
                                   const void* bias, const void* residual, void* y, void* workspace,
                                   size_t workspace_bytes, int batch, int cin, int cout, int height, int width,
-                                  int relu) {
+                                  int relu, const PointwiseShortcut* shortcut) {
   if (!cmir_cuda::valid_dtype(dtype)) return cudaErrorInvalidValue;
   if (x == nullptr || w == nullptr || bias == nullptr || y == nullptr) return cudaErrorInvalidValue;
   if (relu != 0 && relu != 1) return cudaErrorInvalidValue;
   if (pointwise_conv_unsupported(batch, cin, cout, height, width) != nullptr) return cudaErrorInvalidValue;
-  const size_t es = cmir_cuda::dtype_size(dtype);
-  const size_t hw = static_cast<size_t>(height) * width;
-  const size_t x_bytes = static_cast<size_t>(batch) * cin * hw * es;
-  const size_t y_bytes = static_cast<size_t>(batch) * cout * hw * es;
-  // Blocks read x, w and the residual while others store y: no input may share memory with the output.
-  if (overlaps(x, x_bytes, y, y_bytes) || overlaps(w, static_cast<size_t>(cout) * cin * es, y, y_bytes) ||
-      overlaps(bias, static_cast<size_t>(cout) * es, y, y_bytes) ||
-      (residual != nullptr && overlaps(residual, y_bytes, y, y_bytes))) {
+  if (shortcut != nullptr &&
+      (shortcut->x == nullptr || pointwise_shortcut_unsupported(cin, height, width, *shortcut) != nullptr)) {
     return cudaErrorInvalidValue;
   }
-  // The workspace is written by every block: it may share memory with nothing the kernel reads or writes.
-  if (workspace != nullptr) {
-    const void* ins[] = {x, w, bias, residual, y};
-    const size_t sizes[] = {x_bytes, static_cast<size_t>(cout) * cin * es, static_cast<size_t>(cout) * es,
-                            residual == nullptr ? 0 : y_bytes, y_bytes};
-    for (int i = 0; i < 5; ++i) {
-      if (ins[i] != nullptr && overlaps(ins[i], sizes[i], workspace, workspace_bytes)) return cudaErrorInvalidValue;
-    }
+  const size_t es = cmir_cuda::dtype_size(dtype);
+  const size_t hw = static_cast<size_t>(height) * width;
+  const size_t k_total = static_cast<size_t>(cin) + (shortcut != nullptr ? shortcut->channels : 0);
+  const size_t x_bytes = static_cast<size_t>(batch) * cin * hw * es;
+  const size_t y_bytes = static_cast<size_t>(batch) * cout * hw * es;
+  const size_t s_bytes = shortcut == nullptr ? 0
+                                             : static_cast<size_t>(batch) * shortcut->channels * shortcut->height *
+                                                   shortcut->width * es;
+  // Blocks read x, w, the residual and the shortcut while others store y (and the workspace, written by every
+  // block): no input may share memory with either.
+  const void* ins[] = {x, w, bias, residual, shortcut == nullptr ? nullptr : shortcut->x};
+  const size_t sizes[] = {x_bytes, static_cast<size_t>(cout) * k_total * es, static_cast<size_t>(cout) * es,
+                          y_bytes, s_bytes};
+  for (int i = 0; i < 5; ++i) {
+    if (ins[i] == nullptr) continue;
+    if (overlaps(ins[i], sizes[i], y, y_bytes)) return cudaErrorInvalidValue;
+    if (workspace != nullptr && overlaps(ins[i], sizes[i], workspace, workspace_bytes)) return cudaErrorInvalidValue;
   }
+  if (workspace != nullptr && overlaps(y, y_bytes, workspace, workspace_bytes)) return cudaErrorInvalidValue;
   int sms = 0;
   CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
   const int n = static_cast<int>(hw);
   switch (dtype) {
     case CmirDType::kFloat32:
-      return launch_typed<float>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin, cout, n,
-                                 relu, sms);
+      return launch_typed<float>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin, cout,
+                                 width, n, relu, shortcut, sms);
     case CmirDType::kFloat16:
-      return launch_typed<__half>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin, cout, n,
-                                  relu, sms);
+      return launch_typed<__half>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin, cout,
+                                  width, n, relu, shortcut, sms);
     case CmirDType::kBFloat16:
       return launch_typed<__nv_bfloat16>(stream, x, w, bias, residual, y, workspace, workspace_bytes, batch, cin,
-                                         cout, n, relu, sms);
+                                         cout, width, n, relu, shortcut, sms);
   }
   return cudaErrorInvalidValue;
 }

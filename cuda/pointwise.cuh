@@ -17,11 +17,33 @@ inline const char* pointwise_conv_unsupported(int batch, int cin, int cout, int 
   return nullptr;
 }
 
+// A projection shortcut computed in the same GEMM (a ResNet block's strided 1x1 downsample, added before the
+// epilogue): x [B, channels, height, width] in the op's dtype, read at every stride-th pixel of every stride-th row
+// (a stride-s 1x1 convolution: ceil(height / s) and ceil(width / s) are the output's H and W); its weights are the
+// last `channels` columns of w ([Cout, Cin + channels]), its bias folded into `bias` by the caller.
+struct PointwiseShortcut {
+  const void* x;
+  int channels, height, width, stride;
+};
+
+// nullptr when a shortcut of these sizes can join a pointwise convolution of Cin input channels onto an H x W
+// output, else why not (one line). Cin must be a multiple of 32 (the GEMM's k-step: each step reads one input).
+inline const char* pointwise_shortcut_unsupported(int cin, int height, int width, const PointwiseShortcut& s) {
+  if (s.channels < 1 || s.height < 1 || s.width < 1 || s.stride < 1) return "shortcut sizes must be positive";
+  if (cin % 32 != 0) return "Cin must be a multiple of 32 with a shortcut";
+  if ((s.height + s.stride - 1) / s.stride != height || (s.width + s.stride - 1) / s.stride != width) {
+    return "the strided shortcut's map must be the output's H x W";
+  }
+  if (static_cast<long long>(cin) + s.channels > (1LL << 30)) return "Cin + shortcut channels exceeds 2^30";
+  return nullptr;
+}
+
 // Leading bytes of a split-K workspace that must be zero before its first use (the tile counters).
 constexpr size_t kPointwiseWorkspaceZeroBytes = 4096;
 
 // Bytes of the split-K workspace launch_pointwise_conv can use for these sizes on any card (0: it never splits K
-// for them). Sizes must be supported (pointwise_conv_unsupported == nullptr). Where the output tiles alone leave
+// for them); with a shortcut, cin = Cin + its channels (the GEMM's K). Sizes must be supported
+// (pointwise_conv_unsupported == nullptr). Where the output tiles alone leave
 // most SMs idle (small maps, long K: the last ResNet stages at batch 1) the launch splits K over blocks: each split
 // stores an fp32 partial tile in the workspace and the last block of a tile adds them in split order and applies
 // the epilogue — still one launch, deterministic, no memset.
@@ -36,7 +58,9 @@ size_t pointwise_conv_workspace_size(int batch, int cin, int cout, int height, i
 // larger size: one workspace can serve every call) whose first kPointwiseWorkspaceZeroBytes are zero before its
 // first use — zero it once when allocating; every launch leaves them zero. A workspace serves one stream at a time
 // (launches that overlap in time must not share one); it must not overlap the inputs or y (checked).
+// shortcut: nullptr, or a projection shortcut added in the same GEMM (PointwiseShortcut; w is then
+// [Cout, Cin + shortcut->channels]); it must not overlap y or the workspace (checked).
 cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const void* x, const void* w,
                                   const void* bias, const void* residual, void* y, void* workspace,
                                   size_t workspace_bytes, int batch, int cin, int cout, int height, int width,
-                                  int relu);
+                                  int relu, const PointwiseShortcut* shortcut = nullptr);

@@ -162,6 +162,72 @@ def test_pointwise_workspace_unused_when_no_split() -> None:
     assert np.array_equal(_bits(y_ws), _bits(_run(case, "fp16", t, 0)))
 
 
+# Projection shortcut in the same GEMM (B, Cin, Cout, H, W, Cs, Hs, Ws, stride, residual, relu, workspace, SMs):
+# the shortcut's columns are a gathered A segment after x's Cin (a multiple of 32).
+SHORTCUT_CASES = [
+    (1, 64, 130, 4, 4, 48, 8, 8, 2, False, True, 0, 132),      # a ResNet downsample block's conv3 at batch 1
+    (2, 32, 40, 3, 5, 20, 5, 9, 2, False, True, 0, 132),       # odd shortcut map (ceil 5/2, 9/2), odd Cs, batch 2
+    (1, 224, 64, 8, 8, 512, 16, 16, 2, False, True, 1, 132),   # split-K, 5 splits of 160: one reads both segments
+    (1, 32, 24, 6, 6, 16, 6, 6, 1, True, False, 0, 132),       # stride-1 shortcut plus a residual, no ReLU
+    (2, 64, 24, 8, 8, 24, 15, 15, 2, False, True, 0, 1),       # 64-row tiles (one SM), odd 15x15 shortcut
+]
+
+
+def _shortcut_inputs(case: tuple[int, ...], dtype: torch.dtype, offset: int) -> dict[str, torch.Tensor]:
+    b, cin, cout, h, w, cs, hs, ws, _, residual, *_ = case
+    g = generator(offset)
+    t = {"x": torch.randn(b, cin, h, w, generator=g), "w": torch.randn(cout, cin + cs, generator=g) / (cin + cs) ** 0.5,
+         "bias": torch.randn(cout, generator=g) * 0.5, "shortcut": torch.randn(b, cs, hs, ws, generator=g)}
+    if residual:
+        t["residual"] = torch.randn(b, cout, h, w, generator=g)
+    return {k: v.to(dtype) for k, v in t.items()}
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", SHORTCUT_CASES, ids=_ids(SHORTCUT_CASES))
+def test_pointwise_shortcut(case: tuple[int, ...], prec: str) -> None:
+    """conv3 + the strided 1x1 projection shortcut + bias [+ residual] [+ ReLU] as one GEMM launch vs float64; fp16/
+    bf16 within 2x PyTorch's own conv2d + strided conv2d + add [+ relu] error in that dtype."""
+    b, cin, cout, h, w, cs, hs, ws, stride, _, relu, use_ws, sms = case
+    dtype = DTYPES[prec]
+    t = _shortcut_inputs(case, dtype, 80 + SHORTCUT_CASES.index(case))
+    order = ORDERS[SHORTCUT_CASES.index(case) % 3]
+    res = run_op("pointwise", [CODES[prec], b, cin, cout, h, w, int(relu), use_ws, cs, hs, ws, stride],
+                 {k: _bits(v) for k, v in t.items()}, ["y"], order=order, sms=sms)
+    assert res.returncode == 0, f"pointwise shortcut {case} {prec}: {failure_text(res)}"
+    assert "launches=1 memsets=0" in res.stdout, res.stdout
+    if use_ws:
+        assert "counters_zero=1,1 repeat_identical=1" in res.stdout and "workspace=0 " not in res.stdout, res.stdout
+    y = _tensor(res.outputs["y"], dtype, (b, cout, h, w))
+    assert_no_nan(y, f"pointwise shortcut {case} {prec}")
+    ref = R.pointwise_conv_ref(t["x"], t["w"], t["bias"], t.get("residual"), bool(relu), t["shortcut"], stride)
+    if prec == "fp32":
+        assert rel_err(y, ref) <= FP32_TOL, (case, rel_err(y, ref), SEED)
+    else:
+        theirs = F.conv2d(t["x"], t["w"][:, :cin, None, None], t["bias"]) + F.conv2d(
+            t["shortcut"], t["w"][:, cin:, None, None], stride=stride)
+        theirs = theirs + t["residual"] if "residual" in t else theirs
+        theirs = torch.relu(theirs) if relu else theirs
+        floor = float(torch.finfo(dtype).eps) * float(ref.abs().max())
+        assert_low_precision_bound(max_err(y, ref), max_err(theirs, ref), f"pointwise shortcut {prec} {case}", floor)
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 8, 4, 4, 16, 8, 8, 2), (1, 32, 8, 4, 4, 16, 9, 8, 2),
+                                   (1, 32, 8, 4, 4, 16, 8, 8, 3), (1, 32, 8, 4, 4, 0, 8, 8, 2)],
+                         ids=["cin_not_32", "rows_mismatch", "stride_mismatch", "no_channels"])
+def test_pointwise_bad_shortcut_is_refused(shape: tuple[int, ...]) -> None:
+    """Cin not a multiple of 32, a strided map other than the output's, an empty shortcut: cudaErrorInvalidValue."""
+    b, cin, cout, h, w, cs, hs, ws, stride = shape
+    case = (b, cin, cout, h, w, max(cs, 1), hs, ws, stride, False, False, 0, 132)
+    t = _shortcut_inputs(case, torch.float32, 90)
+    if cs == 0:
+        t["w"] = t["w"][:, :cin].contiguous()
+        t["shortcut"] = t["shortcut"][:, :0].contiguous()
+    res = run_op("pointwise", [0, b, cin, cout, h, w, 0, 0, cs, hs, ws, stride], {k: _bits(v) for k, v in t.items()},
+                 ["y"])
+    assert res.returncode == 3 and "cudaErrorInvalidValue" in res.stdout, failure_text(res)
+
+
 def test_pointwise_relu_clamps_and_residual_counts() -> None:
     """The epilogue's parts are each visible: with a residual of -1e3 everywhere and ReLU, every output is exactly 0;
     without the ReLU the outputs are the conv + bias shifted by exactly -1e3 (fp32)."""

@@ -330,9 +330,11 @@ def _reference_ops(monkeypatch: pytest.MonkeyPatch, broken: bool = False) -> Non
         a, p = R.cmam_ref(art.double(), pv.double(), wa.double(), wp.double(), heads)
         return a.to(art.dtype), p.to(pv.dtype)
 
-    def pointwise(x: Any, w: Any, b: Any, res: Any = None, relu: bool = False, workspace: Any = None) -> Any:
+    def pointwise(x: Any, w: Any, b: Any, res: Any = None, relu: bool = False, workspace: Any = None,
+                  shortcut: Any = None, shortcut_stride: int = 1) -> Any:
         return R.pointwise_conv_ref(x.double(), w.double(), b.double(), None if res is None else res.double(),
-                                    relu).to(x.dtype)
+                                    relu, None if shortcut is None else shortcut.double(),
+                                    shortcut_stride).to(x.dtype)
 
     monkeypatch.setattr(ops, "involution", inv)
     monkeypatch.setattr(ops, "involution_fused", fused)

@@ -271,6 +271,41 @@ def test_pointwise_conv(case: tuple[int, ...], prec: str) -> None:
         assert_low_precision_bound(max_err(y, ref), max_err(t, ref), f"pointwise {prec} {case}", floor)
 
 
+SHORTCUT_CASES = [  # B, Cin, Cout, H, W, Cs, Hs, Ws, stride
+    (1, 128, 512, 16, 16, 256, 32, 32, 2),   # a stage-2 downsample block's conv3 + projection shortcut at batch 1
+    (2, 64, 40, 5, 7, 20, 9, 13, 2),         # odd shortcut map and channels
+    (1, 512, 2048, 4, 4, 1024, 8, 8, 2),     # the last stage's: K = 1536 split over blocks
+]
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", SHORTCUT_CASES, ids=_ids(SHORTCUT_CASES))
+def test_pointwise_conv_shortcut(case: tuple[int, ...], prec: str) -> None:
+    """conv3 + strided 1x1 projection shortcut + bias + ReLU in one launch (with a split-K workspace where the plan
+    splits) vs float64; fp16/bf16 within 2x PyTorch's own conv2d + strided conv2d + add + relu error."""
+    import torch.nn.functional as F
+
+    dtype = DTYPES[prec]
+    b, cin, cout, h, w, cs, hs, ws_, stride = case
+    g = generator(60 + SHORTCUT_CASES.index(case))
+    x = torch.randn(b, cin, h, w, generator=g).to(DEV, dtype)
+    sc = torch.randn(b, cs, hs, ws_, generator=g).to(DEV, dtype)
+    wt = (torch.randn(cout, cin + cs, generator=g) / (cin + cs) ** 0.5).to(DEV, dtype)
+    bias = torch.randn(cout, generator=g).to(DEV, dtype)
+    ws = ops.pointwise_workspace(x, wt)
+    y = ops.pointwise_conv(x, wt, bias, None, True, workspace=ws, shortcut=sc, shortcut_stride=stride)
+    torch.cuda.synchronize()
+    assert_no_nan(y, f"pointwise shortcut {case}")
+    ref = R.pointwise_conv_ref(x.double(), wt.double(), bias.double(), None, True, sc.double(), stride)
+    if prec == "fp32":
+        assert rel_err(y, ref) <= 1e-5, (case, SEED)
+    else:
+        t = torch.relu(F.conv2d(x, wt[:, :cin, None, None], bias) + F.conv2d(sc, wt[:, cin:, None, None],
+                                                                            stride=stride))
+        floor = _scale(dtype) * float(ref.abs().max())
+        assert_low_precision_bound(max_err(y, ref), max_err(t, ref), f"pointwise shortcut {prec} {case}", floor)
+
+
 # ---------------------------------------------------------------- streams, graphs, cupy, torch.compile
 def test_ops_run_on_the_callers_stream_and_in_cuda_graphs() -> None:
     case = (2, 48, 13, 13, 7, 2, 16)

@@ -279,6 +279,33 @@ def test_pointwise_argument_checks() -> None:
         ops.pointwise_conv(x.numpy(), w.numpy(), b.numpy())
 
 
+def test_pointwise_shortcut_argument_checks() -> None:
+    x = torch.randn(2, 32, 4, 5)
+    w, b, sc = torch.randn(40, 48), torch.randn(40), torch.randn(2, 16, 8, 9)
+    with pytest.raises(ValueError, match="CUDA device"):  # well-formed: only the device is wrong
+        ops.pointwise_conv(x, w, b, shortcut=sc, shortcut_stride=2)
+    with pytest.raises(ValueError, match=r"weight must be \[Cout, Cin \+ Cs = 32 \+ 16\]"):
+        ops.pointwise_conv(x, w[:, :32], b, shortcut=sc, shortcut_stride=2)
+    with pytest.raises(ValueError, match="gives 3x3, not the output's 4x5"):
+        ops.pointwise_conv(x, w, b, shortcut=sc, shortcut_stride=3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ops.pointwise_conv(torch.randn(2, 24, 4, 5), torch.randn(40, 40), b, shortcut=sc, shortcut_stride=2)
+    with pytest.raises(ValueError, match="shortcut_stride must be an int"):
+        ops.pointwise_conv(x, w, b, shortcut=sc, shortcut_stride=0)
+    with pytest.raises(ValueError, match=r"\[B=2, Cs, Hs, Ws\]"):
+        ops.pointwise_conv(x, w, b, shortcut=sc[:1], shortcut_stride=2)
+    with pytest.raises(TypeError, match="one dtype"):
+        ops.pointwise_conv(x, w, b, shortcut=sc.half(), shortcut_stride=2)
+    with pytest.raises(TypeError, match="shortcut must be a torch.Tensor"):
+        ops.pointwise_conv(x, w, b, shortcut=sc.numpy(), shortcut_stride=2)
+    # The launcher's own check agrees with the Python one (cuda/pointwise.cuh).
+    m = _cuda_module()
+    assert m.pointwise_shortcut_unsupported(32, 4, 5, 16, 8, 9, 2) is None
+    assert "multiple of 32" in m.pointwise_shortcut_unsupported(24, 4, 5, 16, 8, 9, 2)
+    assert "map" in m.pointwise_shortcut_unsupported(32, 4, 5, 16, 8, 9, 3)
+    assert "positive" in m.pointwise_shortcut_unsupported(32, 4, 5, 0, 8, 9, 2)
+
+
 def test_pointwise_reference_matches_conv2d() -> None:
     g = generator(6)
     x = torch.randn(3, 24, 5, 7, generator=g, dtype=torch.float64)
@@ -288,6 +315,12 @@ def test_pointwise_reference_matches_conv2d() -> None:
     want = torch.relu(torch.nn.functional.conv2d(x, w, b) + r)
     assert rel_err(R.pointwise_conv_ref(x, w, b, r, True), want) < 1e-12
     assert rel_err(R.pointwise_conv_ref(x, w[:, :, 0, 0], b), torch.nn.functional.conv2d(x, w, b)) < 1e-12
+    # with a projection shortcut: conv1x1(x) + conv1x1 at stride 2 of the shortcut (odd 9x13 -> 5x7)
+    sc = torch.randn(3, 6, 9, 13, generator=g, dtype=torch.float64)
+    ws = torch.randn(40, 6, 1, 1, generator=g, dtype=torch.float64)
+    want = torch.nn.functional.conv2d(x, w, b) + torch.nn.functional.conv2d(sc, ws, stride=2)
+    got = R.pointwise_conv_ref(x, torch.cat([w, ws], dim=1), b, None, False, sc, 2)
+    assert rel_err(got, want) < 1e-12
 
 
 def test_fake_impls_give_output_shapes() -> None:
@@ -397,10 +430,11 @@ def test_gpu_model_rewrite_matches_reference_on_cpu(fused: bool) -> None:
 @pytest.mark.parametrize("variant", ["S1", "M1", "M2", "full"])
 def test_gpu_model_rewrite_is_the_same_function_in_float64(variant: str) -> None:
     """Issue 13, third round: every stride-1 1x1 conv on pointwise_conv (its ReLU fused), each bottleneck's conv3 with
-    the residual add and the final ReLU in that one call, the involution generation's two 1x1 convs too; strided 1x1
-    and 3x3 convs stay on cuDNN. Checked in float64 against the untouched model (the only difference left is the
-    float32 rounding of the folded weights), for plain (S1/M1) and involution (M2/full) backbones, with and without
-    the fused involution (M2)."""
+    the residual add and the final ReLU in that one call, the involution generation's two 1x1 convs too; fourth
+    round: a strided 1x1 downsample joins its conv3's call as the projection shortcut (mid channels a multiple of 32:
+    stages 1-3 at width 0.25); 3x3 convs stay on cuDNN. Checked in float64 against the untouched model (the only
+    difference left is the float32 rounding of the folded weights), for plain (S1/M1) and involution (M2/full)
+    backbones, with and without the fused involution (M2)."""
     from cmir_trt.gpu.backend import prepare_model
 
     torch.manual_seed(SEED + 7)
@@ -416,9 +450,11 @@ def test_gpu_model_rewrite_is_the_same_function_in_float64(variant: str) -> None
             want = copy.deepcopy(model).double()(art, pv, clin)
         kinds = [type(m).__name__ for m in rewritten.modules()]
         assert kinds.count("CudaBottleneck") == 8 * (2 if variant != "S1" else 1) and "BatchNorm2d" not in kinds
-        for m in rewritten.modules():  # no pointwise conv left to cuDNN
+        phases = 2 if variant != "S1" else 1
+        assert sum(getattr(m, "shortcut_stride", 0) == 2 for m in rewritten.modules()) == 3 * phases
+        for m in rewritten.modules():  # no 1x1 conv left to cuDNN, strided or not
             if isinstance(m, torch.nn.Conv2d):
-                assert m.kernel_size != (1, 1) or m.stride != (1, 1), m
+                assert m.kernel_size != (1, 1), m
         for name, a, b in zip(("logit", "probability", "heatmap"), got, want, strict=True):
             assert float((a - b).abs().max()) <= 1e-6 * max(1.0, float(b.abs().max())), (variant, fused, name, SEED)
 

@@ -283,11 +283,14 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
 
 
 def pointwise_us(cin: int, cout: int, hw: int, residual: bool, prec: str, spec: CardSpec,
-                 split: bool = True) -> dict[str, Any]:
+                 split: bool = True, shortcut: int = 0) -> dict[str, Any]:
     """One launch of cuda/pointwise.cu at batch 1 (M = H*W): _gemm_us with the typed output's bytes; split=True:
-    with the split-K workspace the GPU backend passes (the planner's own split count), else max_splits = 1."""
+    with the split-K workspace the GPU backend passes (the planner's own split count), else max_splits = 1.
+    shortcut: a fused projection shortcut's channels (K = cin + shortcut; its columns are gathered through
+    registers, so the whole launch is modelled with A staged through registers: lead one k-step)."""
     e = 4 if prec == "fp32" else 2
-    return _gemm_us(hw, cout, cin, 1, prec, e * cin * hw, spec, max_splits=None if split else 1,
+    k = cin + shortcut
+    return _gemm_us(hw, cout, k, 1, prec, e * k * hw, spec, a_async=shortcut == 0, max_splits=None if split else 1,
                     out_bytes=e * (1 + residual) * cout * hw, typed_split=split)
 
 
@@ -396,19 +399,22 @@ def rows(config: Any = None) -> list[dict[str, Any]]:
     for pw in shapes["pointwise"]:
         prec = "fp16"
         e = 2
-        cin, cout, hw = pw["Cin"], pw["Cout"], pw["H"] * pw["W"]
+        cin, cout, hw, sc = pw["Cin"], pw["Cout"], pw["H"] * pw["W"], pw["shortcut"]
         res = pw["residual"]
-        # compulsory: x, W, bias, [residual], y once each; FLOPs 2*HW*Cin*Cout
-        cost = {"bytes": e * (cin * hw + cout * cin + cout + (1 + res) * cout * hw), "flops": 2 * hw * cin * cout}
+        k = cin + sc
+        # compulsory: x (and the shortcut's strided pixels), W, bias, [residual], y once each; FLOPs 2*HW*K*Cout
+        cost = {"bytes": e * (k * hw + cout * k + cout + (1 + res) * cout * hw), "flops": 2 * hw * k * cout}
         row = {"kernel": "pointwise", "shape": f"model {pw['name']} x{pw['count']}", "precision": prec,
                "mbytes": cost["bytes"] / 1e6, "gflop": cost["flops"] / 1e9,
-               "shape_desc": f"{cin}->{cout} {pw['H']}x{pw['W']}" + (" +res" if res else "")}
+               "shape_desc": f"{cin}{f'+{sc}' if sc else ''}->{cout} {pw['H']}x{pw['W']}" + (" +res" if res else "")
+               + (" +shortcut" if sc else "")}
         for card, spec in CARDS.items():
             tag = card.split()[0]
             row[f"{tag}_roofline_us"] = roofline_us(cost, spec, spec.fp16_tflops)
-            g = pointwise_us(cin, cout, hw, bool(res), prec, spec)
+            g = pointwise_us(cin, cout, hw, bool(res), prec, spec, shortcut=sc)
             row[f"{tag}_built_us"] = g["us"]
-            row[f"{tag}_unsplit_us"] = pointwise_us(cin, cout, hw, bool(res), prec, spec, split=False)["us"]
+            row[f"{tag}_unsplit_us"] = pointwise_us(cin, cout, hw, bool(res), prec, spec, split=False,
+                                                    shortcut=sc)["us"]
             row["blocks"], row["splits"] = g["plan"]["blocks"], g["plan"]["splits"]
         out.append(row)
     return out
@@ -520,7 +526,8 @@ def own_kernel_us(precision: str, shapes: dict[str, Any], card: str = "H100 SXM"
     aggregations, CMAM (four launches)."""
     spec = CARDS[card]
     pw = sum(sh["count"] * max(GRAPH_KERNEL_US, pointwise_us(sh["Cin"], sh["Cout"], sh["H"] * sh["W"],
-                                                             bool(sh["residual"]), precision, spec)["us"])
+                                                             bool(sh["residual"]), precision, spec,
+                                                             shortcut=sh["shortcut"])["us"])
              for sh in shapes["pointwise"])
     inv = sum(sh["count"] * max(GRAPH_KERNEL_US, involution_expected(
         1, sh["C"], sh["H"], sh["W"], sh["K"], sh["stride"], sh["group_channels"], precision, spec)["built"])

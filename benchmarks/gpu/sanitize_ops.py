@@ -2,7 +2,7 @@
 
 Inputs, weights and the float64 references are made on the CPU; the device sees host-to-device copies, our kernels
 (involution plain / with the BN-ReLU epilogue / generic K, fused involution, CMAM, pointwise convolution with its
-bias / residual / ReLU epilogue and with K split over blocks) on small odd shapes in fp32, fp16 and bf16, and
+bias / residual / ReLU epilogue, with K split over blocks and with a projection shortcut) on small odd shapes in fp32, fp16 and bf16, and
 device-to-host copies — so memcheck and racecheck instrument our kernels and nothing of PyTorch's.
 
     compute-sanitizer --tool memcheck python benchmarks/gpu/sanitize_ops.py [--json FILE]
@@ -91,6 +91,18 @@ def run() -> list[dict[str, Any]]:
             y = ops.pointwise_conv(xd, wd, dev(bias, dt), None if r is None else dev(r, dt), relu, workspace=ws)
             check(f"pointwise_conv {b}x{cin}->{cout}x{h}x{w}{' +res' if res else ''}{' relu' if relu else ''}"
                   f"{' split-K' if ws is not None else ''}", prec, y, ref)
+        # conv3 + strided projection shortcut (gathered A segment), odd map, K split over blocks
+        b, cin, cout, h, w, cs, hs, ws_, stride = 1, 256, 40, 3, 5, 520, 5, 9, 2
+        x = torch.randn(b, cin, h, w, generator=g).to(dt)
+        sc = torch.randn(b, cs, hs, ws_, generator=g).to(dt)
+        wt = (torch.randn(cout, cin + cs, generator=g) / (cin + cs) ** 0.5).to(dt)
+        bias = torch.randn(cout, generator=g).to(dt)
+        ref = R.pointwise_conv_ref(x.double(), wt.double(), bias.double(), None, True, sc.double(), stride)
+        xd, wd = dev(x, dt), dev(wt, dt)
+        ws = ops.pointwise_workspace(xd, wd) if DEVICE == "cuda" else None
+        y = ops.pointwise_conv(xd, wd, dev(bias, dt), None, True, workspace=ws, shortcut=dev(sc, dt),
+                               shortcut_stride=stride)
+        check(f"pointwise_conv {b}x{cin}+{cs}->{cout}x{h}x{w} shortcut s{stride}", prec, y, ref)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     return out

@@ -4,15 +4,17 @@
 //   cmir_cuda_emu_driver fused DIR dtype B C H W K stride gc hidden relu (x, w1, b1, w2, b2[, scale, shift] -> y)
 //   cmir_cuda_emu_driver cmam DIR dtype B C H W dim heads eps            (art, pv, wa, wp -> art_out, pv_out)
 //   cmir_cuda_emu_driver pointwise DIR dtype B Cin Cout H W relu ws      (x, w, bias[, residual] -> y)
+//     ... ws Cs Hs Ws stride                                          (+ a projection shortcut: shortcut.bin)
 //   cmir_cuda_emu_driver convert DIR f2h|h2f|f2bf|bf2f                   (in -> out)
 //   cmir_cuda_emu_driver selftest NAME                                   (emulator semantics, see selftest())
 //
 // Arrays are raw little-endian files DIR/<name>.bin (fp32, or fp16/bf16 bits for dtype 1/2; scale/shift/w1/b1/w2/b2
-// always fp32; the pointwise op's w/bias/residual in its dtype), copied into exactly-sized "device" buffers; outputs and the CMAM workspace start as 0xff bytes
-// (NaN), so an element a kernel fails to write is caught. pointwise with ws = 1 passes a split-K workspace (counters
-// zeroed, partials 0xff) and runs the launch twice on it (y re-poisoned): it prints whether the counters were left
-// zero after each run and whether the second output has the first's bits; ws = 2 passes a workspace too small for any split. Exit status: 0 done, 3 the launcher returned an error
-// (its name on stdout), 2 usage or I/O error; emulator-detected misuse aborts (cmir_emu: ... on stderr).
+// always fp32; the pointwise op's w/bias/residual/shortcut in its dtype), copied into exactly-sized "device" buffers;
+// outputs and the CMAM workspace start as 0xff bytes (NaN), so an element a kernel fails to write is caught.
+// pointwise with ws = 1 passes a split-K workspace (counters zeroed, partials 0xff) and runs the launch twice on it
+// (y re-poisoned): it prints whether the counters were left zero after each run and whether the second output has
+// the first's bits; ws = 2 passes a workspace too small for any split. Exit status: 0 done, 3 the launcher returned
+// an error (its name on stdout), 2 usage or I/O error; emulator-detected misuse aborts (cmir_emu: ... on stderr).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -146,10 +148,15 @@ void print_counts(uint64_t launches, uint64_t memsets) {
               static_cast<unsigned long long>(cmir_emu::memset_count() - memsets));
 }
 
-int run_pointwise(const std::string& dir, char** a) {
+int run_pointwise(const std::string& dir, char** a, bool with_shortcut) {
   const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
   const int b = arg_int(a, 1), cin = arg_int(a, 2), cout = arg_int(a, 3), h = arg_int(a, 4), w = arg_int(a, 5),
             relu = arg_int(a, 6), use_ws = arg_int(a, 7);
+  // A projection shortcut (argc 15): w is then [Cout, Cin + Cs].
+  const bool has_sc = with_shortcut;
+  PointwiseShortcut sc{nullptr, has_sc ? arg_int(a, 8) : 0, has_sc ? arg_int(a, 9) : 0, has_sc ? arg_int(a, 10) : 0,
+                       has_sc ? arg_int(a, 11) : 1};
+  const int k_total = cin + sc.channels;
   if (pointwise_conv_unsupported(b, cin, cout, h, w) != nullptr) {
     // Sizes the launcher must refuse: small distinct non-null buffers (never read), so that only the sizes can be
     // the reason for the refusal.
@@ -157,19 +164,22 @@ int run_pointwise(const std::string& dir, char** a) {
     const uint64_t launches = cmir_emu::launch_count();
     if (pointwise_conv_workspace_size(b, cin, cout, h, w) != 0) die("workspace size for refused sizes");
     const cudaError_t e = launch_pointwise_conv(nullptr, dtype, x.p, wt.p, bias.p, nullptr, y.p, nullptr, 0, b, cin,
-                                                cout, h, w, relu);
+                                                cout, h, w, relu, nullptr);
     if (cmir_emu::launch_count() != launches) die("a refused launch ran a kernel");
     return e == cudaSuccess ? 0 : report(e);
   }
   const size_t es = cmir_cuda::dtype_size(dtype);
   const size_t pix = static_cast<size_t>(b) * h * w;
-  Dev x(dir + "/x.bin", pix * cin * es), wt(dir + "/w.bin", static_cast<size_t>(cout) * cin * es),
+  Dev x(dir + "/x.bin", pix * cin * es), wt(dir + "/w.bin", static_cast<size_t>(cout) * k_total * es),
       bias(dir + "/bias.bin", static_cast<size_t>(cout) * es);
   const bool has_res = exists(dir + "/residual.bin");
   Dev res(has_res ? dir + "/residual.bin" : "/dev/null", has_res ? pix * cout * es : 0);
+  Dev shortcut(has_sc ? dir + "/shortcut.bin" : "/dev/null",
+               has_sc ? static_cast<size_t>(b) * sc.channels * sc.height * sc.width * es : 0);
+  sc.x = shortcut.p;
   Dev y(pix * cout * es, 0xff);
   // ws = 2: room for the counters and one partial float only (a split plan must be refused, launching nothing).
-  const size_t ws_need = use_ws ? pointwise_conv_workspace_size(b, cin, cout, h, w) : 0;
+  const size_t ws_need = use_ws ? pointwise_conv_workspace_size(b, k_total, cout, h, w) : 0;
   const size_t ws_bytes = use_ws == 2 && ws_need > 0 ? kPointwiseWorkspaceZeroBytes + 4 : ws_need;
   Dev ws(ws_bytes, 0xff);  // partials poisoned: the last block must read only what this launch's splits stored
   const size_t counter_bytes = std::min(ws_bytes, kPointwiseWorkspaceZeroBytes);
@@ -187,7 +197,7 @@ int run_pointwise(const std::string& dir, char** a) {
   const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
   auto launch = [&] {
     return launch_pointwise_conv(nullptr, dtype, x.p, wt.p, bias.p, has_res ? res.p : nullptr, y.p,
-                                 use_ws ? ws.p : nullptr, ws_bytes, b, cin, cout, h, w, relu);
+                                 use_ws ? ws.p : nullptr, ws_bytes, b, cin, cout, h, w, relu, has_sc ? &sc : nullptr);
   };
   cudaError_t e = launch();
   if (e != cudaSuccess) {
@@ -257,7 +267,7 @@ int main(int argc, char** argv) {
   if (op == "involution" && argc == 12) return run_involution(dir, argv + 3, false);
   if (op == "fused" && argc == 13) return run_involution(dir, argv + 3, true);
   if (op == "cmam" && argc == 11) return run_cmam(dir, argv + 3);
-  if (op == "pointwise" && argc == 11) return run_pointwise(dir, argv + 3);
+  if (op == "pointwise" && (argc == 11 || argc == 15)) return run_pointwise(dir, argv + 3, argc == 15);
   if (op == "convert" && argc == 4) return run_convert(dir, argv[3]);
   die("bad arguments for " + op);
 }

@@ -71,6 +71,12 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "== static_cast<unsigned>(gb.splits - 1)", "== static_cast<unsigned>(gb.splits - 2)"),
         ("gemm.cuh split-K: partials summed from the last block's own split on (order depends on timing)",
          "gemm.cuh", "v[u] += __ldcg(tp + s * kTile +", "v[u] += __ldcg(tp + ((s + split) % gb.splits) * kTile +"),
+        ("gemm.cuh gathered segment: column index off by one", "gemm.cuh",
+         "const int iy = iy0 + ky, ix = ix0 + kx;", "const int iy = iy0 + ky, ix = ix0 + kx + 1;"),
+        ("gemm.cuh gathered segment starts one k-step late (x read past Cin)", "gemm.cuh",
+         "return kGather && k0 >= gb.k_seg;", "return kGather && k0 > gb.k_seg;"),
+        ("pointwise.cu shortcut rows split at the input's width", "pointwise.cu", "gb.g_ow = width;",
+         "gb.g_ow = s.width + 0 * width;"),
         # (the parameters stay used: an unused one would not build under -Werror)
         ("pointwise.cu residual dropped", "pointwise.cu", "p.res = residual;",
          "p.res = residual != nullptr ? nullptr : nullptr;"),

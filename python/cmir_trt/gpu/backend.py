@@ -58,14 +58,14 @@ class _ReferenceOps:
 
     @staticmethod
     def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False,
-                       workspace: Any = None) -> Any:
+                       workspace: Any = None, shortcut: Any = None, shortcut_stride: int = 1) -> Any:
         del workspace  # split-K changes only the GPU's summation order
         from torch.profiler import record_function
 
         from ..ops.reference import pointwise_conv_ref
 
         with record_function("cmir_trt::pointwise_conv"):
-            return pointwise_conv_ref(x, weight, bias, residual, relu).to(x.dtype)
+            return pointwise_conv_ref(x, weight, bias, residual, relu, shortcut, shortcut_stride).to(x.dtype)
 
 
 def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
@@ -92,8 +92,8 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
         def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
             if impl != "cuda":
                 return None
-            b, cin, h, w = x.shape
-            need = cuda_ops.pointwise_workspace_size(b, cin, weight.shape[0], h, w)
+            b, _, h, w = x.shape
+            need = cuda_ops.pointwise_workspace_size(b, weight.shape[1], weight.shape[0], h, w)  # K: with a shortcut
             if need == 0:
                 return None
             last = self.buffers[-1] if self.buffers else None
@@ -172,30 +172,40 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
         a residual before the ReLU (a bottleneck's conv3 + identity + ReLU). K is split over blocks where the map is
         small (the model's shared SplitWorkspace)."""
 
-        def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
+        def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool, shortcut_stride: int = 0) -> None:
             super().__init__()
             self.register_buffer("weight", weight.detach().reshape(weight.shape[0], -1).contiguous())
             self.register_buffer("bias", bias.detach().contiguous())
             self.relu = relu
+            self.shortcut_stride = shortcut_stride  # > 0: forward takes a projection shortcut at this stride
 
-        def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                    shortcut: torch.Tensor | None = None) -> torch.Tensor:
             r = None if residual is None else residual.contiguous()
+            sc = None if shortcut is None else shortcut.contiguous()
             x = x.contiguous()
-            return ops.pointwise_conv(x, self.weight, self.bias, r, self.relu, split_ws(x, self.weight))
+            return ops.pointwise_conv(x, self.weight, self.bias, r, self.relu, split_ws(x, self.weight), sc,
+                                      max(1, self.shortcut_stride))
 
         def extra_repr(self) -> str:
-            return f"{self.weight.shape[1]}, {self.weight.shape[0]}, relu={self.relu}"
+            sc = f", shortcut_stride={self.shortcut_stride}" if self.shortcut_stride else ""
+            return f"{self.weight.shape[1]}, {self.weight.shape[0]}, relu={self.relu}{sc}"
 
     class CudaBottleneck(nn.Module):
-        """Bottleneck with conv3 + identity + ReLU in one pointwise_conv launch (conv3's residual epilogue)."""
+        """Bottleneck with conv3 + identity + ReLU in one pointwise_conv launch (conv3's residual epilogue); with a
+        projection shortcut folded into conv3 (its weights appended to conv3's, read at the downsample's stride),
+        conv3 + downsample + add + ReLU are that one launch."""
 
         def __init__(self, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, downsample: nn.Module | None) -> None:
             super().__init__()
             self.conv1, self.conv2, self.conv3, self.downsample = conv1, conv2, conv3, downsample
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv2(self.conv1(x))
+            if getattr(self.conv3, "shortcut_stride", 0):
+                return self.conv3(h, shortcut=x)
             identity = x if self.downsample is None else self.downsample(x)
-            return self.conv3(self.conv2(self.conv1(x)), identity)
+            return self.conv3(h, identity)
 
     return {"CudaInvolution": CudaInvolution, "CudaCMAM": CudaCMAM, "CudaPointwise": CudaPointwise,
             "CudaBottleneck": CudaBottleneck}
@@ -207,6 +217,20 @@ def _is_pointwise(conv: Any) -> bool:
     (a copy + the op) as cuDNN's convolution + its separate bias add."""
     return (tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (0, 0)
             and tuple(conv.dilation) == (1, 1) and conv.groups == 1)
+
+
+def fusable_shortcut(conv3: Any, downsample: Any) -> bool:
+    """A bottleneck's downsample the pointwise op can take as conv3's projection shortcut: Sequential(1x1 Conv2d at
+    any (square) stride, no padding/dilation/groups, BatchNorm2d), and conv3's input channels a multiple of 32 (the
+    GEMM's k-step: cuda/pointwise.cuh, pointwise_shortcut_unsupported)."""
+    from torch import nn
+
+    if not (isinstance(downsample, nn.Sequential) and len(downsample) == 2 and isinstance(downsample[0], nn.Conv2d)
+            and isinstance(downsample[1], nn.BatchNorm2d)):
+        return False
+    ds = downsample[0]
+    return (tuple(ds.kernel_size) == (1, 1) and tuple(ds.padding) == (0, 0) and tuple(ds.dilation) == (1, 1)
+            and ds.groups == 1 and ds.stride[0] == ds.stride[1] and conv3[0].in_channels % 32 == 0)
 
 
 def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fused_involution: bool = False,
@@ -247,6 +271,17 @@ def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fus
         kids = list(mod.children()) if isinstance(mod, nn.Sequential) else []
         return len(kids) > 1 and isinstance(kids[0], nn.Conv2d) and isinstance(kids[1], nn.BatchNorm2d)
 
+    def shortcut_conv3(conv3: nn.Sequential, downsample: Any) -> nn.Module | None:
+        """conv3 (+ BN) and a Sequential(1x1 conv at any stride, BN) downsample as one CudaPointwise: the BN-folded
+        weights side by side ([Cout, mid + Cin]), the biases summed, ReLU after the add; None when the op cannot
+        take it (the downsample of another form, or mid not a multiple of 32)."""
+        if not fusable_shortcut(conv3, downsample):
+            return None
+        ds = downsample[0]
+        f3, fd = fuse_conv_bn_eval(conv3[0], conv3[1]), fuse_conv_bn_eval(ds, downsample[1])
+        weight = torch.cat([f3.weight.reshape(f3.out_channels, -1), fd.weight.reshape(fd.out_channels, -1)], dim=1)
+        return wrappers["CudaPointwise"](weight, f3.bias + fd.bias, True, shortcut_stride=int(ds.stride[0]))
+
     def bottleneck(block: Bottleneck) -> nn.Module | None:
         """The CudaBottleneck of a block whose conv3 is Sequential(1x1 conv, BN) (None: keep the generic rewrite)."""
         if (not pointwise_conv or not is_conv_bn(block.conv3) or len(block.conv3) != 2
@@ -256,11 +291,13 @@ def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fus
             return None
         holder = nn.Module()
         holder.conv1, holder.conv2 = block.conv1, block.conv2
-        if block.downsample is not None:
+        fused3 = None if block.downsample is None else shortcut_conv3(block.conv3, block.downsample)
+        if block.downsample is not None and fused3 is None:
             holder.downsample = block.downsample
         rewrite(holder)
         ds = getattr(holder, "downsample", None)
-        return wrappers["CudaBottleneck"](holder.conv1, holder.conv2, conv_seq(block.conv3, relu_after=True), ds)
+        conv3 = fused3 if fused3 is not None else conv_seq(block.conv3, relu_after=True)
+        return wrappers["CudaBottleneck"](holder.conv1, holder.conv2, conv3, ds)
 
     def rewrite(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):

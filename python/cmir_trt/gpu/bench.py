@@ -202,29 +202,39 @@ def roofline_us(cost: dict[str, float], spec: CardSpec, tflops: float | None = N
 def model_shapes(config: Any = None) -> dict[str, Any]:
     """Involution, CMAM and pointwise-convolution input shapes of the CMIR model (batch 1), found by running it once
     on the CPU with hooks: {"involution": [{"name", "count", "C", "H", "W", "K", "stride", "group_channels"}],
-    "cmam": {...} or None, "pointwise": [{"name", "count", "Cin", "Cout", "H", "W", "residual"}]}. "pointwise": the
-    stride-1 1x1 convolutions the GPU backend runs as pointwise_conv (the bottlenecks' and the involutions'
-    generation convolutions); a bottleneck's conv3 carries the identity as its residual."""
+    "cmam": {...} or None, "pointwise": [{"name", "count", "Cin", "Cout", "H", "W", "residual", "shortcut"}]}.
+    "pointwise": the launches of pointwise_conv in the GPU backend: the stride-1 1x1 convolutions (the bottlenecks'
+    and the involutions' generation convolutions); a bottleneck's conv3 carries the identity as its residual, or,
+    where its downsample is fused (``backend.fusable_shortcut``), that downsample's input channels as "shortcut"
+    (the GEMM's K is then Cin + shortcut; the downsample is no launch of its own)."""
     import torch
 
     from ..model.cmam import CMAM
     from ..model.cmir import CMIRConfig, build_model
     from ..model.involution import Involution2d
     from ..model.resnet import Bottleneck
+    from .backend import fusable_shortcut
 
     cfg = config or CMIRConfig()
     model = build_model(cfg).eval()
     inv: dict[tuple[int, ...], dict[str, Any]] = {}
     cmam: dict[str, Any] = {}
     pw: dict[tuple[int, ...], dict[str, Any]] = {}
-    conv3 = {id(m.conv3[0]) for m in model.modules() if isinstance(m, Bottleneck)}
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    # conv3 -> the fused downsample's input channels (0: conv3 adds the identity as a residual)
+    conv3 = {id(m.conv3[0]): (m.downsample[0].in_channels if fusable_shortcut(m.conv3, m.downsample) else 0)
+             for m in blocks}
+    fused_ds = {id(m.downsample[0]) for m in blocks if fusable_shortcut(m.conv3, m.downsample)}
     hooks = []
 
     def on_pointwise(name: str, m: Any, x: Any) -> None:
+        if id(m) in fused_ds:
+            return
         _, cin, h, w = x.shape
-        key = (cin, m.out_channels, h, w, int(id(m) in conv3))
+        sc = conv3.get(id(m), 0)
+        key = (cin, m.out_channels, h, w, int(id(m) in conv3 and sc == 0), sc)
         pw.setdefault(key, {"name": name, "count": 0, "Cin": cin, "Cout": m.out_channels, "H": h, "W": w,
-                            "residual": key[-1]})["count"] += 1
+                            "residual": key[-2], "shortcut": sc})["count"] += 1
 
     def on_inv(name: str, m: Any, x: Any) -> None:
         _, c, h, w = x.shape

@@ -111,21 +111,25 @@ def _cmam_fake(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor,
 # The split-K workspace is mutated (its partial sums; its counters return to zero), so it is declared as such.
 @torch.library.custom_op("cmir_trt::pointwise_conv", mutates_args=("workspace",), device_types="cuda")
 def _pointwise_conv_op(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool,
-                       workspace: Optional[Tensor] = None) -> Tensor:
+                       workspace: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
+                       shortcut_stride: int = 1) -> Tensor:
     b, cin, h, w = x.shape
     cout = weight.shape[0]
     y = torch.empty((b, cout, h, w), dtype=x.dtype, device=x.device)
+    sc = (0, 0, 0) if shortcut is None else tuple(shortcut.shape[1:])
     with torch.cuda.device(x.device):
         _cuda_module().pointwise_conv(_dtype_code(x), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), _ptr(residual),
                                       y.data_ptr(), b, cin, cout, h, w, relu, workspace=_ptr(workspace),
                                       workspace_bytes=0 if workspace is None else workspace.numel(),
-                                      stream=_stream(x))
+                                      shortcut=_ptr(shortcut), shortcut_channels=sc[0], shortcut_height=sc[1],
+                                      shortcut_width=sc[2], shortcut_stride=shortcut_stride, stream=_stream(x))
     return y
 
 
 @_pointwise_conv_op.register_fake
 def _pointwise_conv_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool,
-                         workspace: Optional[Tensor] = None) -> Tensor:
+                         workspace: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
+                         shortcut_stride: int = 1) -> Tensor:
     b, _, h, w = x.shape
     return x.new_empty((b, weight.shape[0], h, w))
 
@@ -169,13 +173,19 @@ def torch_cmam(art: Tensor, pv: Tensor, weights_art: Tensor, weights_pv: Tensor,
 
 
 def torch_pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor] = None,
-                         relu: bool = False, workspace: Optional[Tensor] = None) -> Tensor:
-    for n, t in (("weight", weight), ("bias", bias), ("residual", residual), ("workspace", workspace)):
-        if not isinstance(t, Tensor) and not (n in ("residual", "workspace") and t is None):
+                         relu: bool = False, workspace: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
+                         shortcut_stride: int = 1) -> Tensor:
+    optional = ("residual", "workspace", "shortcut")
+    for n, t in (("weight", weight), ("bias", bias), ("residual", residual), ("workspace", workspace),
+                 ("shortcut", shortcut)):
+        if not isinstance(t, Tensor) and not (n in optional and t is None):
             raise TypeError(f"{n} must be a torch.Tensor like x, got {type(t).__name__}")
     xi = describe(x, "x")
-    b, cin, cout, h, w = check_pointwise_args(xi, describe(weight, "weight"), describe(bias, "bias"),
-                                              _info(residual, "residual"))
+    b, cin, cout, h, w, cs = check_pointwise_args(xi, describe(weight, "weight"), describe(bias, "bias"),
+                                                  _info(residual, "residual"), _info(shortcut, "shortcut"),
+                                                  shortcut_stride)
     if workspace is not None:
-        check_workspace(describe(workspace, "workspace"), xi.device, pointwise_workspace_size(b, cin, cout, h, w))
-    return torch.ops.cmir_trt.pointwise_conv(x, weight, bias, residual, bool(relu), workspace)
+        check_workspace(describe(workspace, "workspace"), xi.device,
+                        pointwise_workspace_size(b, cin + cs, cout, h, w))
+    return torch.ops.cmir_trt.pointwise_conv(x, weight, bias, residual, bool(relu), workspace, shortcut,
+                                             int(shortcut_stride))

@@ -40,9 +40,10 @@ def pointwise_workspace(x: Any, weight: Any, nbytes: int = 0) -> Any:
     """A zeroed split-K workspace for ``pointwise_conv(x, weight, ...)`` on x's device (a uint8 torch tensor or cupy
     array, as x), of max(``pointwise_workspace_size``, nbytes) bytes; None when that is 0. Zero it once (this does):
     every launch leaves its leading counters zero, so one workspace serves any later call that fits it — calls on
-    one stream at a time (calls that may overlap in time need their own)."""
-    b, cin, h, w = (int(s) for s in x.shape)
-    need = max(pointwise_workspace_size(b, cin, int(weight.shape[0]), h, w), int(nbytes))
+    one stream at a time (calls that may overlap in time need their own). With a shortcut, weight's second
+    dimension (Cin + Cs) is the GEMM's K the size depends on."""
+    b, _, h, w = (int(s) for s in x.shape)
+    need = max(pointwise_workspace_size(b, int(weight.shape[1]), int(weight.shape[0]), h, w), int(nbytes))
     if need == 0:
         return None
     if is_torch_tensor(x):
@@ -68,16 +69,38 @@ def check_workspace(ws: ArrayInfo, device: str, need: int) -> int:
     return ws.shape[0]
 
 
-def check_pointwise_args(x: ArrayInfo, weight: ArrayInfo, bias: ArrayInfo,
-                         residual: ArrayInfo | None = None) -> tuple[int, int, int, int, int]:
-    """Validate; returns (B, Cin, Cout, H, W). Raises ValueError/TypeError with one line saying what is wrong."""
+def check_shortcut(x_shape: tuple[int, ...], shortcut: ArrayInfo, stride: int) -> int:
+    """A projection shortcut for x [B, Cin, H, W]: [B, Cs, Hs, Ws] with ceil(Hs/stride) = H, ceil(Ws/stride) = W
+    and Cin a multiple of 32 (cuda/pointwise.cuh: pointwise_shortcut_unsupported); returns Cs."""
+    b, cin, h, w = x_shape
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"shortcut_stride must be an int >= 1, got {stride!r}")
+    if len(shortcut.shape) != 4 or shortcut.shape[0] != b or min(shortcut.shape) < 1:
+        raise ValueError(f"shortcut must be a non-empty [B={b}, Cs, Hs, Ws], got shape {shortcut.shape}")
+    _, cs, hs, ws = shortcut.shape
+    if -(-hs // stride) != h or -(-ws // stride) != w:
+        raise ValueError(f"shortcut map {hs}x{ws} at stride {stride} gives {-(-hs // stride)}x{-(-ws // stride)}, "
+                         f"not the output's {h}x{w}")
+    if cin % 32 != 0:
+        raise ValueError(f"Cin = {cin} must be a multiple of 32 with a shortcut (the GEMM's k-step)")
+    return cs
+
+
+def check_pointwise_args(x: ArrayInfo, weight: ArrayInfo, bias: ArrayInfo, residual: ArrayInfo | None = None,
+                         shortcut: ArrayInfo | None = None,
+                         shortcut_stride: int = 1) -> tuple[int, int, int, int, int, int]:
+    """Validate; returns (B, Cin, Cout, H, W, Cs) (Cs = 0 without a shortcut). Raises ValueError/TypeError with one
+    line saying what is wrong."""
     if len(x.shape) != 4 or min(x.shape) < 1:
         raise ValueError(f"x must be a non-empty [B, Cin, H, W], got shape {x.shape}")
     b, cin, h, w = x.shape
+    cs = 0 if shortcut is None else check_shortcut(x.shape, shortcut, shortcut_stride)
+    k = cin + cs
     if len(weight.shape) == 4 and weight.shape[2:] != (1, 1):
         raise ValueError(f"weight must be a 1x1 kernel [Cout, Cin(, 1, 1)], got shape {weight.shape}")
-    if len(weight.shape) not in (2, 4) or weight.shape[0] < 1 or weight.shape[1] != cin:
-        raise ValueError(f"weight must be [Cout, Cin={cin}] or [Cout, {cin}, 1, 1], got shape {weight.shape}")
+    if len(weight.shape) not in (2, 4) or weight.shape[0] < 1 or weight.shape[1] != k:
+        what = f"Cin={cin}" if cs == 0 else f"Cin + Cs = {cin} + {cs}"
+        raise ValueError(f"weight must be [Cout, {what}] or [Cout, {k}, 1, 1], got shape {weight.shape}")
     cout = weight.shape[0]
     if bias.shape != (cout,):
         raise ValueError(f"bias must have shape ({cout},), got {bias.shape}")
@@ -90,16 +113,18 @@ def check_pointwise_args(x: ArrayInfo, weight: ArrayInfo, bias: ArrayInfo,
     infos = {"x": x, "weight": weight, "bias": bias}
     if residual is not None:
         infos["residual"] = residual
+    if shortcut is not None:
+        infos["shortcut"] = shortcut
     for n, i in infos.items():
         check_float(i, n)
     check_same_dtype(infos)
     check_contiguous(infos)
     check_cuda(infos)
-    return b, cin, cout, h, w
+    return b, cin, cout, h, w, cs
 
 
 def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False,
-                   workspace: Any = None) -> Any:
+                   workspace: Any = None, shortcut: Any = None, shortcut_stride: int = 1) -> Any:
     """y[b, n, h, w] = relu?(sum_k weight[n, k] x[b, k, h, w] + bias[n] + residual[b, n, h, w]), one kernel.
 
     x [B, Cin, H, W], weight [Cout, Cin] (or [Cout, Cin, 1, 1]), bias [Cout], optional residual [B, Cout, H, W]:
@@ -107,19 +132,23 @@ def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: b
     same kind). fp32 accumulation, one rounding at the store. Runs asynchronously on the current stream.
     workspace: None (K never split) or ``pointwise_workspace(x, weight)`` (or a larger one made by it), reused
     across calls on one stream: split-K for small maps, same result whichever block finishes last.
+    shortcut [B, Cs, Hs, Ws] (same dtype): a projection shortcut in the same GEMM — weight is then [Cout, Cin + Cs]
+    and its last Cs columns apply to shortcut[:, :, ::shortcut_stride, ::shortcut_stride] (a strided 1x1
+    convolution onto the H x W map; bias holds both biases); Cin must be a multiple of 32.
     """
     if is_torch_tensor(x):
         from ._torch_ops import torch_pointwise_conv
 
-        return torch_pointwise_conv(x, weight, bias, residual, relu, workspace)
+        return torch_pointwise_conv(x, weight, bias, residual, relu, workspace, shortcut, shortcut_stride)
     from .involution import _to_cupy
 
-    xa, wa, ba, ra, wsa = _to_cupy(x, weight, bias, residual, workspace)
+    xa, wa, ba, ra, wsa, sa = _to_cupy(x, weight, bias, residual, workspace, shortcut)
     xi = describe(xa, "x")
-    b, cin, cout, h, w = check_pointwise_args(xi, describe(wa, "weight"), describe(ba, "bias"),
-                                              None if ra is None else describe(ra, "residual"))
+    b, cin, cout, h, w, cs = check_pointwise_args(xi, describe(wa, "weight"), describe(ba, "bias"),
+                                                  None if ra is None else describe(ra, "residual"),
+                                                  None if sa is None else describe(sa, "shortcut"), shortcut_stride)
     ws_bytes = 0 if wsa is None else check_workspace(describe(wsa, "workspace"), xi.device,
-                                                     pointwise_workspace_size(b, cin, cout, h, w))
+                                                     pointwise_workspace_size(b, cin + cs, cout, h, w))
     import cupy
 
     from .._native import load_cuda
@@ -130,5 +159,8 @@ def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: b
         mod.pointwise_conv(DTYPE_CODES[xi.dtype], xa.data.ptr, wa.data.ptr, ba.data.ptr,
                            0 if ra is None else ra.data.ptr, y.data.ptr, b, cin, cout, h, w, bool(relu),
                            workspace=0 if wsa is None else wsa.data.ptr, workspace_bytes=ws_bytes,
+                           shortcut=0 if sa is None else sa.data.ptr, shortcut_channels=cs,
+                           shortcut_height=0 if sa is None else sa.shape[2],
+                           shortcut_width=0 if sa is None else sa.shape[3], shortcut_stride=int(shortcut_stride),
                            stream=cupy.cuda.get_current_stream().ptr)
     return y

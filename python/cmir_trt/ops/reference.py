@@ -116,13 +116,19 @@ def cmam_ref(art: Any, pv: Any, weights_art: Any, weights_pv: Any, heads: int, d
     return direction(ta, tp, weights_art), direction(tp, ta, weights_pv)
 
 
-def pointwise_conv_ref(x: Any, weight: Any, bias: Any = None, residual: Any = None, relu: bool = False) -> Any:
+def pointwise_conv_ref(x: Any, weight: Any, bias: Any = None, residual: Any = None, relu: bool = False,
+                       shortcut: Any = None, shortcut_stride: int = 1) -> Any:
     """1x1 convolution y[b,n,p] = relu?(sum_k weight[n,k] x[b,k,p] + bias[n] + residual[b,n,p]) in float64 (NCHW;
-    weight [Cout, Cin] or [Cout, Cin, 1, 1])."""
+    weight [Cout, Cin] or [Cout, Cin, 1, 1]). With a shortcut [B, Cs, Hs, Ws], weight is [Cout, Cin + Cs] and its last
+    Cs columns also apply to shortcut[:, :, ::s, ::s] (a stride-s 1x1 convolution onto the output's map)."""
     import torch
 
     w = weight.double().reshape(weight.shape[0], -1)
-    y = torch.einsum("nk,bkhw->bnhw", w, x.double())
+    cin = x.shape[1]
+    y = torch.einsum("nk,bkhw->bnhw", w[:, :cin], x.double())
+    if shortcut is not None:
+        s = int(shortcut_stride)
+        y = y + torch.einsum("nk,bkhw->bnhw", w[:, cin:], shortcut.double()[:, :, ::s, ::s])
     if bias is not None:
         y = y + bias.double()[None, :, None, None]
     if residual is not None:
