@@ -1,4 +1,4 @@
-// Batched tensor-core GEMM shared by the CUDA ops (CMAM's projections, the 1x1 convolutions):
+// Batched tensor-core GEMM shared by the CUDA ops (CMAM's projections, the 1x1 and the implicit-GEMM convolutions):
 //   out(m, n) = [ReLU](A(m, .) . W(n, .) + bias[n] + res(m, n)),   W [n_out, K] row-major (torch Linear / 1x1 conv)
 // for up to kMaxProblems problems of one shape in one launch (blockIdx.z = problem x K split). Header-only (templates
 // and inline functions) so that several .cu files include it; sm_80+ (the only architectures built).
@@ -23,6 +23,9 @@
 // rows = HW; an NCHW output has o_bs = Cout*HW, o_rs = 1, o_ns = HW (the epilogue then walks tokens fastest, so the
 // stores coalesce). A is staged by 16-byte cp.async when it is T, m-contiguous and aligned (HW, C*HW multiples of
 // 16 bytes' worth of elements, 16-byte aligned base); W when K is a multiple of 16 bytes' worth and W 16-byte aligned.
+// Gathered segment (gb.gather, launch_gemm<T, true>): A's columns from k_seg on are an implicit-GEMM convolution of
+// an NCHW input (any kernel, stride, zero padding), loaded through registers: conv2d.cu (k_seg = 0) and the pointwise
+// op's projection shortcut (k_seg = Cin).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -146,9 +149,9 @@ struct MmaOperand<float> {
   static constexpr int kK = 8;
 };
 
-// Dynamic shared memory of gemm_wmma_kernel<., T, MF, .>: max(kStages stages of A and W, the fp32 C tile + the split-K
-// flag) + 32 bytes of alignment slack. 16-bit: 35,360 bytes at MF = 1, 44,576 at MF = 4 (within the 48 KiB default); fp32: 70,688 /
-// 89,120 (opt-in: launch_gemm sets cudaFuncAttributeMaxDynamicSharedMemorySize).
+// Dynamic shared memory of gemm_wmma_kernel<., T, MF, .>: max(kStages stages of A and W, the fp32 C tile + the
+// split-K flag) + 32 bytes of alignment slack. 16-bit: 35,360 bytes at MF = 1, 44,576 at MF = 4 (within the 48 KiB
+// default); fp32: 70,688 / 89,120 (opt-in: launch_gemm sets cudaFuncAttributeMaxDynamicSharedMemorySize).
 // The fp32 C tile, [BM][kLdC] or [kWN][BM + 4] (the split-K flag follows it).
 template <int MF>
 __host__ __device__ constexpr size_t wmma_c_bytes() {
@@ -559,8 +562,9 @@ cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_
   }
   if ((gb.gather != 0) != kGather) return cudaErrorInvalidValue;
   if (gb.gather != 0) {
-    if (a_is_float || gb.a_m_contig == 0 || gb.k_seg < 0 || gb.k_seg % kWK != 0 || gb.g_c < 1 || gb.g_h < 1 || gb.g_w < 1 || gb.g_kh < 1 ||
-        gb.g_kw < 1 || gb.g_stride < 1 || gb.g_pad < 0 || gb.g_ow < 1 || gb.rows % gb.g_ow != 0 ||
+    if (a_is_float || gb.a_m_contig == 0 || gb.k_seg < 0 || gb.k_seg % kWK != 0 || gb.g_c < 1 || gb.g_h < 1 ||
+        gb.g_w < 1 || gb.g_kh < 1 || gb.g_kw < 1 || gb.g_stride < 1 || gb.g_pad < 0 || gb.g_ow < 1 ||
+        gb.rows % gb.g_ow != 0 ||
         static_cast<int64_t>(gb.g_c) * gb.g_kh * gb.g_kw != static_cast<int64_t>(gb.K) - gb.k_seg) {
       return cudaErrorInvalidValue;
     }
@@ -593,6 +597,30 @@ cudaError_t launch_gemm(cudaStream_t stream, GemmBatch gb, int problems, bool a_
     if (a_is_float) return launch_wmma<float, T, 1, false>(stream, gb, grid);
     return launch_wmma<T, T, 1, false>(stream, gb, grid);
   }
+}
+
+// ---------------------------------------------------------------- the convolution ops' common part
+// Splits a typed-output op allows with a workspace: as many as the planner finds useful (>= 4 k-steps per split).
+constexpr int kMaxTypedSplits = 1 << 20;
+
+// A typed NCHW output (and residual) of `cout` channels over `hw` pixels per image: consecutive rows m (pixels) are
+// adjacent, so the epilogue's stores coalesce.
+inline void nchw_output(GemmProblem& p, int cout, int64_t hw) {
+  p.r_bs = p.o_bs = static_cast<int64_t>(cout) * hw;
+  p.r_rs = p.o_rs = 1;
+  p.r_ns = p.o_ns = hw;
+}
+
+// Plan a typed-output batch for `sms` SMs — K split over blocks only with a workspace (nullptr: never) — and point
+// the plan at it (see kSplitCounters); cudaErrorInvalidValue when the workspace is smaller than the plan needs.
+inline cudaError_t plan_typed(GemmBatch& gb, int problems, int sms, void* ws, size_t ws_bytes) {
+  plan_gemm(gb, problems, sms, ws == nullptr ? 1 : kMaxTypedSplits);
+  if (gb.splits > 1) {
+    if (split_workspace_bytes(gb, problems) > ws_bytes) return cudaErrorInvalidValue;
+    gb.counters = static_cast<unsigned*>(ws);
+    gb.part = reinterpret_cast<float*>(static_cast<unsigned char*>(ws) + kSplitCounterBytes);
+  }
+  return cudaSuccess;
 }
 
 // plan_gemm + launch_gemm: the entry point of a single GEMM op (e.g. a 1x1 convolution).

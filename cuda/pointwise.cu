@@ -30,14 +30,9 @@ cmir_gemm::GemmBatch pointwise_gemm(int batch, int cin, int cout, int hw, int re
   p.a_bs = static_cast<int64_t>(cin) * hw;
   p.a_rs = 1;
   p.a_ks = hw;
-  p.r_bs = p.o_bs = static_cast<int64_t>(cout) * hw;
-  p.r_rs = p.o_rs = 1;
-  p.r_ns = p.o_ns = hw;
+  cmir_gemm::nchw_output(p, cout, hw);
   return gb;
 }
-
-// Splits allowed with a workspace: as many as the planner finds useful (it keeps >= 4 k-steps per split).
-constexpr int kMaxSplits = 1 << 20;
 
 // The shortcut as the GEMM's gathered segment: K columns Cin .. Cin + channels - 1, a 1x1 kernel at `stride`.
 void add_shortcut(cmir_gemm::GemmBatch& gb, int cin, int width, const PointwiseShortcut& s) {
@@ -66,12 +61,7 @@ cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, cons
   p.bias = bias;
   p.res = residual;
   p.out_t = y;
-  cmir_gemm::plan_gemm(gb, 1, sms, ws == nullptr ? 1 : kMaxSplits);
-  if (gb.splits > 1) {
-    if (cmir_gemm::split_workspace_bytes(gb, 1) > ws_bytes) return cudaErrorInvalidValue;
-    gb.counters = static_cast<unsigned*>(ws);
-    gb.part = reinterpret_cast<float*>(static_cast<unsigned char*>(ws) + cmir_gemm::kSplitCounterBytes);
-  }
+  CMIR_CUDA_TRY(cmir_gemm::plan_typed(gb, 1, sms, ws, ws_bytes));
   if (shortcut != nullptr) return cmir_gemm::launch_gemm<T, true>(stream, gb, 1, false);
   return cmir_gemm::launch_gemm<T>(stream, gb, 1, false);
 }
@@ -80,7 +70,8 @@ cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, cons
 
 size_t pointwise_conv_workspace_size(int batch, int cin, int cout, int height, int width) {
   if (pointwise_conv_unsupported(batch, cin, cout, height, width) != nullptr) return 0;
-  return cmir_gemm::typed_split_workspace_bound(pointwise_gemm(batch, cin, cout, height * width, 0), 1, kMaxSplits);
+  return cmir_gemm::typed_split_workspace_bound(pointwise_gemm(batch, cin, cout, height * width, 0), 1,
+                                                cmir_gemm::kMaxTypedSplits);
 }
 
 cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const void* x, const void* w,

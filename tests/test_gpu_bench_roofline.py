@@ -103,8 +103,16 @@ def test_model_shapes_come_from_the_model() -> None:
     assert inv[0]["K"] == 3 and inv[0]["H"] == 32 and all(s["K"] == 7 for s in inv[1:])
     assert {s["stride"] for s in inv} == {1, 2}
     assert shapes["cmam"] == {"C": 512, "tokens": 4, "dim": 32, "heads": 4}
-    # every bottleneck's conv3 takes the identity as its residual (8 per phase); the rest are plain 1x1 convolutions
-    assert sum(s["count"] for s in shapes["pointwise"] if s["residual"]) == 16
+    # per phase, of the 8 bottlenecks' conv3: the first of stages 1-3 take their strided downsample as a projection
+    # shortcut (mid 32, 64, 128: multiples of 32), the other 5 the identity (or stage 0's stride-1 downsample, mid 16)
+    # as their residual; the rest are plain 1x1 convolutions
+    pw = shapes["pointwise"]
+    assert sum(s["count"] for s in pw if s["residual"]) == 10
+    assert sum(s["count"] for s in pw if s["shortcut"]) == 6 and all(s["Cin"] % 32 == 0 for s in pw if s["shortcut"])
+    # conv2d launches: the 2 stem 3x3 convolutions and the 3 strided involutions' pool-folded generation convs
+    conv = shapes["conv2d"]
+    assert sum(s["count"] for s in conv) == 10
+    assert sorted((s["kh"], s["stride"], s["pad"]) for s in conv) == [(2, 2, 0)] * 3 + [(3, 1, 1), (3, 2, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +134,9 @@ def test_predicted_table_is_consistent(predicted: Any) -> None:
     args = (torch.zeros(1, small.in_channels, 64, 64), torch.zeros(1, small.in_channels, 64, 64),
             torch.zeros(1, small.num_clinical))
     launched = predicted.count_kernels(prepare_model(model, "fp32", "cpu", impl="reference"), *args)
-    assert sum(sh["count"] for sh in bench.model_shapes(small)["pointwise"]) == launched["cmir_trt::pointwise_conv"]
+    shapes = bench.model_shapes(small)
+    assert sum(sh["count"] for sh in shapes["pointwise"]) == launched["cmir_trt::pointwise_conv"]
+    assert sum(sh["count"] for sh in shapes["conv2d"]) == launched["cmir_trt::conv2d"]
     for r in table:
         for card in ("H100", "H200"):
             keys = [k for k in r if k.startswith(card) and k.endswith("_us") and "roofline" not in k
@@ -277,7 +287,9 @@ def test_cmam_latency_chain_constants_are_the_kernels(predicted: Any) -> None:
     loop = body[body.index("for (int k0 = k_begin"):body.index("__pipeline_wait_prior(0);  // only empty groups")]
     assert loop.count("__syncthreads()") == 1 and "__pipeline_wait_prior(kStages - 2)" in loop
     assert "const int k_ahead = k0 + (kStages - 1) * kWK;" in loop and "issue(ahead, k_ahead)" in loop
-    assert "if (k_ahead < k_end && !gb.a_async) store_a(ahead);" in loop
+    assert "if (k_ahead < k_end && !a_by_async(k_ahead)) store_a(ahead);" in loop
+    # ... and the gathered segment (conv2d, the pointwise shortcut) always through registers: lead one k-step
+    assert "return gb.a_async != 0 && !gathered(k0);" in body
     # the occupancy the model assumes: __launch_bounds__ minimum blocks, and shared memory that allows them
     assert "__launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2)" in GEMM_CUH
     assert (predicted.CMAM_OCC["wmma1"], predicted.CMAM_OCC["wmma4"]) == (3, 2)
@@ -339,7 +351,13 @@ def _reference_ops(monkeypatch: pytest.MonkeyPatch, broken: bool = False) -> Non
     monkeypatch.setattr(ops, "involution", inv)
     monkeypatch.setattr(ops, "involution_fused", fused)
     monkeypatch.setattr(ops, "cmam", cmam)
+    def conv2d(x: Any, w: Any, b: Any, res: Any = None, relu: bool = False, stride: int = 1, padding: int = 0,
+               workspace: Any = None) -> Any:
+        return R.conv2d_ref(x.double(), w.double(), b.double(), None if res is None else res.double(), relu, stride,
+                            padding).to(x.dtype)
+
     monkeypatch.setattr(ops, "pointwise_conv", pointwise)
+    monkeypatch.setattr(ops, "conv2d", conv2d)
 
 
 @pytest.mark.parametrize("broken", [False, True])
@@ -351,7 +369,7 @@ def test_sanitizer_workload_checks_every_op(broken: bool, monkeypatch: pytest.Mo
     _reference_ops(monkeypatch, broken)
     checks = mod.run()
     names = {r["check"].split()[0] for r in checks}
-    assert names == {"involution", "involution+bn+relu", "involution_fused", "cmam", "pointwise_conv"}
+    assert names == {"involution", "involution+bn+relu", "involution_fused", "cmam", "pointwise_conv", "conv2d"}
     assert {r["check"].split()[-1] for r in checks} == {"fp32", "fp16", "bf16"}
     bad = {r["check"].split()[0] for r in checks if not r["ok"]}
     assert bad == ({"involution", "involution+bn+relu"} if broken else set())

@@ -70,7 +70,8 @@ def test_custom_ops_count_as_their_own_launches(predict: Any) -> None:
     assert got == {"cmir_trt::pointwise_conv": 1, "cmir_trt::cmam": predict.CMAM_LAUNCHES}
 
 
-# (cin, mid, stride, involution) -> kernels of the rewritten block: ours now / ours before the pointwise op / eager
+# (cin, mid, stride, involution) -> kernels of the rewritten block (10x10 input): ours now / ours before the
+# pointwise and conv2d ops / eager
 BLOCKS = {
     # conv1, 2 generation convs, conv3 (+ identity + ReLU) on the pointwise op; the aggregation (+ BN + ReLU)
     (64, 16, 1, True): ({"cmir_trt::pointwise_conv": 4, "cmir_trt::involution": 1},
@@ -79,31 +80,28 @@ BLOCKS = {
                         # conv1 + BN + ReLU, reduce + BN + ReLU, span + bias, im2col, mul, sum, BN, ReLU, conv3 + BN,
                         # add, ReLU
                         17),
-    # stride 2: pooled generation input; mid 16 (not a multiple of 32): the strided downsample stays on cuDNN (conv +
-    # its bias add)
-    (32, 16, 2, True): ({"cmir_trt::pointwise_conv": 4, "cmir_trt::involution": 1, "aten::avg_pool2d": 1,
-                         "aten::convolution": 1, "cudnn bias add": 1}, 16, 20),
+    # stride 2: the generation's 2x2 average pool folded into its first convolution (a 2x2 stride-2 conv2d); mid 16
+    # (not a multiple of 32): the strided downsample is a conv2d launch of its own
+    (32, 16, 2, True): ({"cmir_trt::pointwise_conv": 3, "cmir_trt::conv2d": 2, "cmir_trt::involution": 1}, 16, 20),
     # mid 32: the strided downsample joins conv3's launch as its projection shortcut (conv3 + downsample + add + ReLU)
-    (64, 32, 2, True): ({"cmir_trt::pointwise_conv": 4, "cmir_trt::involution": 1, "aten::avg_pool2d": 1}, 16, 20),
-    # plain bottleneck, stride 2, mid 32: 3x3 conv on cuDNN (+ bias add + ReLU), conv1 and conv3 + shortcut on the op
-    (64, 32, 2, False): ({"cmir_trt::pointwise_conv": 2, "aten::convolution": 1, "cudnn bias add": 1,
-                          "aten::relu_": 1}, 12, 12),
-    # plain bottleneck: 3x3 conv on cuDNN (+ bias add + ReLU), stride-1 downsample (cin != cout) on the op
-    (32, 16, 1, False): ({"cmir_trt::pointwise_conv": 3, "aten::convolution": 1, "cudnn bias add": 1,
-                          "aten::relu_": 1},
+    (64, 32, 2, True): ({"cmir_trt::pointwise_conv": 3, "cmir_trt::conv2d": 1, "cmir_trt::involution": 1}, 16, 20),
+    # plain bottleneck, stride 2, mid 32: the 3x3 conv (+ bias + ReLU) one conv2d, conv1 and conv3 + shortcut
+    (64, 32, 2, False): ({"cmir_trt::pointwise_conv": 2, "cmir_trt::conv2d": 1}, 12, 12),
+    # plain bottleneck, stride 1: the 3x3 conv on conv2d, the stride-1 downsample (cin != cout, mid 16) on the op
+    (32, 16, 1, False): ({"cmir_trt::pointwise_conv": 3, "cmir_trt::conv2d": 1},
                          # before: conv1 / conv2 (conv + bias + ReLU), conv3 / downsample (conv + bias), add, ReLU;
                          # eager: the same with BN in place of each bias add
                          12, 12),
 }
 
 
-@pytest.mark.parametrize("key", list(BLOCKS), ids=["inv_s1", "inv_s2_downsample", "inv_s2_shortcut", "plain_s2_shortcut",
-                                                   "plain_downsample"])
+@pytest.mark.parametrize("key", list(BLOCKS), ids=["inv_s1", "inv_s2_downsample", "inv_s2_shortcut",
+                                                   "plain_s2_shortcut", "plain_s1_downsample"])
 def test_rewritten_bottleneck_launches(predict: Any, key: tuple[int, int, int, bool]) -> None:
     cin, mid, stride, inv = key
     ours, before, eager = BLOCKS[key]
     block = nn.Sequential(Bottleneck(cin, mid, stride, inv)).eval()
-    x = torch.randn(1, cin, 9, 9)
+    x = torch.randn(1, cin, 10, 10)
     assert predict.count_kernels(prepare_model(block, "fp32", "cpu", impl="reference"), x) == ours
     assert sum(predict.count_kernels(prepare_model(block, "fp32", "cpu", impl="reference", pointwise_conv=False),
                                      x).values()) == before
@@ -120,11 +118,14 @@ def test_e2e_estimate_counts_the_rewritten_model(predict: Any) -> None:
                          (ours, e["ours_kernels"])):
         assert sum(kinds.values()) == total
     # Per phase: 8 blocks x (conv1, 2 generation convs, conv3) + the stage-1 downsample (stride 1; mid 16 is not a
-    # multiple of 32, so it stays a launch of its own) + the stem involution's 2 generation convs; the 3 strided
-    # downsamples (mid 32, 64, 128) are projection shortcuts inside their conv3 launch; cuDNN keeps the 2 stem 3x3
-    # convs per phase and the 2 SA convs, each with its bias add; no BN and no residual add is left.
-    assert ours["cmir_trt::pointwise_conv"] == 2 * (8 * 4 + 1 + 2)
-    assert ours["aten::convolution"] == ours[predict.CONV_BIAS_ADD] == 2 * 2 + 2
+    # multiple of 32, so it stays a launch of its own) + the stem involution's 2 generation convs, less the 3 strided
+    # blocks' first generation convs (their 2x2 average pool folded in: conv2d launches); the 3 strided downsamples
+    # (mid 32, 64, 128) are projection shortcuts inside their conv3 launch; the 2 stem 3x3 convs (+ ReLU) are conv2d
+    # launches; cuDNN keeps only the 2 SA convs, each with its bias add; no BN, pool or residual add is left.
+    assert ours["cmir_trt::pointwise_conv"] == 2 * (8 * 4 + 1 + 2 - 3)
+    assert ours["cmir_trt::conv2d"] == 2 * (2 + 3)
+    assert ours["aten::convolution"] == ours[predict.CONV_BIAS_ADD] == 2
+    assert "aten::avg_pool2d" not in ours
     assert ours["cmir_trt::involution"] == 18 and ours["cmir_trt::cmam"] == predict.CMAM_LAUNCHES
     assert "aten::batch_norm" not in ours and "aten::add_" not in ours
     assert e["eager_by_kind"][predict.CONV_BIAS_ADD] == 2 * 9 + 2  # the involutions' span convs and the SA convs

@@ -306,6 +306,43 @@ def test_pointwise_conv_shortcut(case: tuple[int, ...], prec: str) -> None:
         assert_low_precision_bound(max_err(y, ref), max_err(t, ref), f"pointwise shortcut {prec} {case}", floor)
 
 
+CONV2D_CASES = [  # B, Cin, Cout, H, W, k, stride, pad
+    (1, 3, 32, 128, 128, 3, 2, 1),    # the stem's first conv at S = 128
+    (1, 32, 64, 64, 64, 3, 1, 1),     # the stem's second conv
+    (1, 512, 128, 8, 8, 2, 2, 0),     # the last strided involution's pooled generation conv (K 2048, split-K)
+    (2, 5, 7, 9, 11, 7, 1, 3),        # odd everything, 7x7
+]
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=_ids(CONV2D_CASES))
+def test_conv2d(case: tuple[int, ...], prec: str) -> None:
+    """The implicit-GEMM convolution + bias + ReLU (split-K workspace where the plan splits) vs float64; fp16/bf16
+    within 2x the error of PyTorch's own conv2d + relu in that dtype."""
+    import torch.nn.functional as F
+
+    dtype = DTYPES[prec]
+    b, cin, cout, h, w, k, s, p = case
+    g = generator(70 + CONV2D_CASES.index(case))
+    x = torch.randn(b, cin, h, w, generator=g).to(DEV, dtype)
+    wt = (torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5).to(DEV, dtype)
+    bias = torch.randn(cout, generator=g).to(DEV, dtype)
+    ws = ops.conv2d_workspace(x, wt, s, p)
+    y = ops.conv2d(x, wt, bias, None, True, s, p, workspace=ws)
+    torch.cuda.synchronize()
+    assert_no_nan(y, f"conv2d {case}")
+    ref = R.conv2d_ref(x.double(), wt.double(), bias.double(), None, True, s, p)
+    if prec == "fp32":
+        assert rel_err(y, ref) <= 1e-5, (case, SEED)
+    else:
+        t = torch.relu(F.conv2d(x, wt, bias, stride=s, padding=p))
+        floor = _scale(dtype) * float(ref.abs().max())
+        assert_low_precision_bound(max_err(y, ref), max_err(t, ref), f"conv2d {prec} {case}", floor)
+    if ws is not None:
+        assert int(ws[:4096].count_nonzero()) == 0
+        assert torch.equal(ops.conv2d(x, wt, bias, None, True, s, p, workspace=ws), y)
+
+
 # ---------------------------------------------------------------- streams, graphs, cupy, torch.compile
 def test_ops_run_on_the_callers_stream_and_in_cuda_graphs() -> None:
     case = (2, 48, 13, 13, 7, 2, 16)

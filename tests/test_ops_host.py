@@ -306,6 +306,51 @@ def test_pointwise_shortcut_argument_checks() -> None:
     assert "positive" in m.pointwise_shortcut_unsupported(32, 4, 5, 0, 8, 9, 2)
 
 
+def test_conv2d_argument_checks() -> None:
+    x = torch.randn(2, 6, 9, 11)
+    w, b = torch.randn(8, 6, 3, 3), torch.randn(8)
+    r = torch.randn(2, 8, 5, 6)
+    with pytest.raises(ValueError, match="CUDA device"):  # well-formed: only the device is wrong
+        ops.conv2d(x, w, b, r, True, stride=2, padding=1)
+    with pytest.raises(ValueError, match=r"weight must be \[Cout, Cin=6, kh, kw\]"):
+        ops.conv2d(x, w[:, :5], b)
+    with pytest.raises(ValueError, match="padding 3 must be smaller than the 3x3 kernel"):
+        ops.conv2d(x, w, b, padding=3)
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.conv2d(torch.randn(1, 6, 2, 2), w, b)
+    with pytest.raises(ValueError, match="stride must be an int >= 1"):
+        ops.conv2d(x, w, b, stride=0)
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(2, 8, 5, 6\)"):
+        ops.conv2d(x, w, b, r[:, :, :4], stride=2, padding=1)
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        ops.conv2d(x, w, b[:3])
+    with pytest.raises(TypeError, match="one dtype"):
+        ops.conv2d(x, w.half(), b)
+    m = _cuda_module()
+    assert m.conv2d_unsupported(2, 6, 8, 9, 11, 3, 3, 2, 1) is None
+    assert "padding" in m.conv2d_unsupported(2, 6, 8, 9, 11, 3, 3, 2, 3)
+    assert "does not fit" in m.conv2d_unsupported(1, 6, 8, 2, 2, 3, 3, 1, 0)
+    # the workspace bound is the pointwise one at K = Cin*kh*kw over the output map
+    assert m.conv2d_workspace_size(1, 512, 128, 8, 8, 2, 2, 2, 0) == m.pointwise_conv_workspace_size(1, 2048, 128,
+                                                                                                     4, 4) > 0
+    assert m.conv2d_workspace_size(1, 3, 32, 128, 128, 3, 3, 2, 1) == 0  # K 27: never split
+
+
+def test_conv2d_reference_and_pool_fold() -> None:
+    """conv2d_ref is F.conv2d + residual + ReLU in float64; a 2x2 average pool followed by a 1x1 conv is the 2x2
+    stride-2 conv with w/4 at each tap (the GPU backend's fold of a strided involution's generation input)."""
+    g = generator(61)
+    x = torch.randn(2, 6, 8, 10, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 6, 3, 3, generator=g, dtype=torch.float64)
+    b, r = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(2, 5, 4, 5, generator=g, dtype=torch.float64)
+    want = torch.relu(torch.nn.functional.conv2d(x, w, b, stride=2, padding=1) + r)
+    assert rel_err(R.conv2d_ref(x, w, b, r, True, 2, 1), want) < 1e-12
+    w1 = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    pooled = torch.nn.functional.conv2d(torch.nn.functional.avg_pool2d(x, 2, 2, ceil_mode=True), w1[:, :, None, None])
+    folded = R.conv2d_ref(x, (w1 / 4)[:, :, None, None].expand(-1, -1, 2, 2), None, None, False, 2, 0)
+    assert rel_err(folded, pooled) < 1e-12
+
+
 def test_pointwise_reference_matches_conv2d() -> None:
     g = generator(6)
     x = torch.randn(3, 24, 5, 7, generator=g, dtype=torch.float64)
@@ -341,6 +386,9 @@ def test_fake_impls_give_output_shapes() -> None:
                                                                                   dtype=torch.float16)
     y = torch.ops.cmir_trt.pointwise_conv(a, pw, pb, None, True)
     assert y.shape == (1, 40, 3, 5) and y.dtype == torch.float16
+    cw = torch.empty(40, 64, 3, 3, device="meta", dtype=torch.float16)
+    y = torch.ops.cmir_trt.conv2d(a, cw, pb, None, True, 2, 1)
+    assert y.shape == (1, 40, 2, 3) and y.dtype == torch.float16
 
 
 # ---------------------------------------------------------------- the float64 references used by the GPU tests

@@ -282,6 +282,18 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     return {"us": FLOOR_US + max(t, dram), "plan": p, "c1": c1, "step": step}
 
 
+def conv2d_us(sh: dict[str, Any], prec: str, spec: CardSpec) -> dict[str, Any]:
+    """One launch of cuda/conv2d.cu at batch 1 (model_shapes()["conv2d"] entry): _gemm_us with M = Ho*Wo, K =
+    Cin*kh*kw, A gathered through registers (lead one k-step; bytes: the input once), the typed output, split-K with
+    the backend's workspace."""
+    e = 4 if prec == "fp32" else 2
+    ho = (sh["H"] + 2 * sh["pad"] - sh["kh"]) // sh["stride"] + 1
+    wo = (sh["W"] + 2 * sh["pad"] - sh["kw"]) // sh["stride"] + 1
+    k = sh["Cin"] * sh["kh"] * sh["kw"]
+    return _gemm_us(ho * wo, sh["Cout"], k, 1, prec, e * sh["Cin"] * sh["H"] * sh["W"], spec, a_async=False,
+                    out_bytes=e * sh["Cout"] * ho * wo, typed_split=True)
+
+
 def pointwise_us(cin: int, cout: int, hw: int, residual: bool, prec: str, spec: CardSpec,
                  split: bool = True, shortcut: int = 0) -> dict[str, Any]:
     """One launch of cuda/pointwise.cu at batch 1 (M = H*W): _gemm_us with the typed output's bytes; split=True:
@@ -439,8 +451,8 @@ KERNEL_OPS = {"aten::convolution", "aten::batch_norm", "aten::relu", "aten::relu
 CONV_BIAS_ADD = "cudnn bias add"
 # cmir_trt's ops (torch.ops.cmir_trt.*, or the profiler ranges of the reference ops standing in for them on the CPU):
 # kernels per call; the aten calls nested under them are the reference's own arithmetic, not launches.
-CUSTOM_OP_KERNELS = {"cmir_trt::pointwise_conv": 1, "cmir_trt::involution": 1, "cmir_trt::involution_fused": 1,
-                     "cmir_trt::cmam": CMAM_LAUNCHES}
+CUSTOM_OP_KERNELS = {"cmir_trt::pointwise_conv": 1, "cmir_trt::conv2d": 1, "cmir_trt::involution": 1,
+                     "cmir_trt::involution_fused": 1, "cmir_trt::cmam": CMAM_LAUNCHES}
 HOST_US = {"aten::convolution": 15.0}  # eager host dispatch per op (cuDNN convolutions cost more; the bias add
 HOST_US_OTHER = 6.0                    # is dispatched inside aten::convolution, so its host time is in those 15 us)
 GRAPH_KERNEL_US = 3.5  # one small kernel inside a CUDA graph at batch 1 (launch gap + a sub-wave of work)
@@ -529,13 +541,15 @@ def own_kernel_us(precision: str, shapes: dict[str, Any], card: str = "H100 SXM"
                                                              bool(sh["residual"]), precision, spec,
                                                              shortcut=sh["shortcut"])["us"])
              for sh in shapes["pointwise"])
+    conv = sum(sh["count"] * max(GRAPH_KERNEL_US, conv2d_us(sh, precision, spec)["us"]) for sh in shapes["conv2d"])
     inv = sum(sh["count"] * max(GRAPH_KERNEL_US, involution_expected(
         1, sh["C"], sh["H"], sh["W"], sh["K"], sh["stride"], sh["group_channels"], precision, spec)["built"])
         for sh in shapes["involution"])
     cm = shapes["cmam"]
     parts = cmam_expected(1, cm["C"], cm["tokens"], cm["dim"], cm["heads"], precision, spec)
     cmam = sum(max(GRAPH_KERNEL_US, parts[k]) for k in ("proj", "attention", "out_proj", "layernorm"))
-    return {"cmir_trt::pointwise_conv": pw, "cmir_trt::involution": inv, "cmir_trt::cmam": cmam}
+    return {"cmir_trt::pointwise_conv": pw, "cmir_trt::conv2d": conv, "cmir_trt::involution": inv,
+            "cmir_trt::cmam": cmam}
 
 
 def graph_us(kinds: dict[str, int], own: dict[str, float]) -> float:

@@ -2,8 +2,9 @@
 
 Inputs, weights and the float64 references are made on the CPU; the device sees host-to-device copies, our kernels
 (involution plain / with the BN-ReLU epilogue / generic K, fused involution, CMAM, pointwise convolution with its
-bias / residual / ReLU epilogue, with K split over blocks and with a projection shortcut) on small odd shapes in fp32, fp16 and bf16, and
-device-to-host copies — so memcheck and racecheck instrument our kernels and nothing of PyTorch's.
+bias / residual / ReLU epilogue, with K split over blocks and with a projection shortcut, implicit-GEMM conv2d) on
+small odd shapes in fp32, fp16 and bf16, and device-to-host copies — so memcheck and racecheck instrument our
+kernels and nothing of PyTorch's.
 
     compute-sanitizer --tool memcheck python benchmarks/gpu/sanitize_ops.py [--json FILE]
 Exit status 0 when every output is within tolerance (normwise vs float64: fp32 1e-4, fp16 4e-3, bf16 3e-2), 1 when
@@ -103,6 +104,16 @@ def run() -> list[dict[str, Any]]:
         y = ops.pointwise_conv(xd, wd, dev(bias, dt), None, True, workspace=ws, shortcut=dev(sc, dt),
                                shortcut_stride=stride)
         check(f"pointwise_conv {b}x{cin}+{cs}->{cout}x{h}x{w} shortcut s{stride}", prec, y, ref)
+        # implicit-GEMM convolution: a 3x3 stride-2 padded conv on an odd map, and a 2x2 stride-2 one with K split
+        for b, cin, cout, h, w, k, s, p in ((2, 5, 9, 11, 9, 3, 2, 1), (1, 256, 40, 6, 6, 2, 2, 0)):
+            x = torch.randn(b, cin, h, w, generator=g).to(dt)
+            wt = (torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5).to(dt)
+            bias = torch.randn(cout, generator=g).to(dt)
+            ref = R.conv2d_ref(x.double(), wt.double(), bias.double(), None, True, s, p)
+            xd, wd = dev(x, dt), dev(wt, dt)
+            ws = ops.conv2d_workspace(xd, wd, s, p) if DEVICE == "cuda" else None
+            y = ops.conv2d(xd, wd, dev(bias, dt), None, True, s, p, workspace=ws)
+            check(f"conv2d {b}x{cin}->{cout}x{h}x{w} k{k} s{s} p{p}", prec, y, ref)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     return out

@@ -5,6 +5,7 @@
 //   cmir_cuda_emu_driver cmam DIR dtype B C H W dim heads eps            (art, pv, wa, wp -> art_out, pv_out)
 //   cmir_cuda_emu_driver pointwise DIR dtype B Cin Cout H W relu ws      (x, w, bias[, residual] -> y)
 //     ... ws Cs Hs Ws stride                                          (+ a projection shortcut: shortcut.bin)
+//   cmir_cuda_emu_driver conv2d DIR dtype B Cin Cout H W kh kw stride pad relu ws  (x, w, bias[, residual] -> y)
 //   cmir_cuda_emu_driver convert DIR f2h|h2f|f2bf|bf2f                   (in -> out)
 //   cmir_cuda_emu_driver selftest NAME                                   (emulator semantics, see selftest())
 //
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "cmam.cuh"
+#include "conv2d.cuh"
 #include "dtype.cuh"
 #include "involution.cuh"
 #include "pointwise.cuh"
@@ -221,6 +223,50 @@ int run_pointwise(const std::string& dir, char** a, bool with_shortcut) {
   return 0;
 }
 
+// ws = 1: a split-K workspace (counters zeroed, partials 0xff), the launch run twice on it as for pointwise.
+int run_conv2d(const std::string& dir, char** a) {
+  const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
+  const int b = arg_int(a, 1), cin = arg_int(a, 2), cout = arg_int(a, 3), h = arg_int(a, 4), w = arg_int(a, 5),
+            kh = arg_int(a, 6), kw = arg_int(a, 7), stride = arg_int(a, 8), pad = arg_int(a, 9), relu = arg_int(a, 10),
+            use_ws = arg_int(a, 11);
+  if (conv2d_unsupported(b, cin, cout, h, w, kh, kw, stride, pad) != nullptr) {
+    Dev x(16), wt(16), bias(16), y(16);  // distinct non-null buffers: only the sizes can be refused
+    const uint64_t launches = cmir_emu::launch_count();
+    if (conv2d_workspace_size(b, cin, cout, h, w, kh, kw, stride, pad) != 0) die("workspace size for refused sizes");
+    const cudaError_t e = launch_conv2d(nullptr, dtype, x.p, wt.p, bias.p, nullptr, y.p, nullptr, 0, b, cin, cout, h,
+                                        w, kh, kw, stride, pad, relu);
+    if (cmir_emu::launch_count() != launches) die("a refused launch ran a kernel");
+    return e == cudaSuccess ? 0 : report(e);
+  }
+  const size_t es = cmir_cuda::dtype_size(dtype);
+  const size_t out_pix = static_cast<size_t>(b) * conv2d_output_size(h, kh, stride, pad) *
+                         conv2d_output_size(w, kw, stride, pad);
+  Dev x(dir + "/x.bin", static_cast<size_t>(b) * cin * h * w * es),
+      wt(dir + "/w.bin", static_cast<size_t>(cout) * cin * kh * kw * es),
+      bias(dir + "/bias.bin", static_cast<size_t>(cout) * es);
+  const bool has_res = exists(dir + "/residual.bin");
+  Dev res(has_res ? dir + "/residual.bin" : "/dev/null", has_res ? out_pix * cout * es : 0);
+  Dev y(out_pix * cout * es, 0xff);
+  const size_t ws_bytes = use_ws ? conv2d_workspace_size(b, cin, cout, h, w, kh, kw, stride, pad) : 0;
+  Dev ws(ws_bytes, 0xff);
+  const size_t counter_bytes = std::min(ws_bytes, kPointwiseWorkspaceZeroBytes);
+  if (counter_bytes > 0 && cudaMemset(ws.p, 0, counter_bytes) != cudaSuccess) die("cudaMemset failed");
+  const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
+  const cudaError_t e = launch_conv2d(nullptr, dtype, x.p, wt.p, bias.p, has_res ? res.p : nullptr, y.p,
+                                      use_ws ? ws.p : nullptr, ws_bytes, b, cin, cout, h, w, kh, kw, stride, pad,
+                                      relu);
+  if (e != cudaSuccess) return report(e);
+  print_counts(launches, memsets);
+  std::vector<unsigned char> c(counter_bytes);
+  if (counter_bytes > 0 && cudaMemcpy(c.data(), ws.p, counter_bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
+    die("cudaMemcpy");
+  }
+  std::printf("workspace=%zu counters_zero=%d\n", ws_bytes,
+              std::all_of(c.begin(), c.end(), [](unsigned char v) { return v == 0; }) ? 1 : 0);
+  y.save(dir + "/y.bin");
+  return 0;
+}
+
 int run_convert(const std::string& dir, const std::string& mode) {
   std::FILE* f = std::fopen((dir + "/in.bin").c_str(), "rb");
   if (f == nullptr) die("cannot open in.bin");
@@ -260,7 +306,9 @@ int run_convert(const std::string& dir, const std::string& mode) {
 int selftest(const std::string& name);  // emu_selftest.cpp
 
 int main(int argc, char** argv) {
-  if (argc < 3) die("usage: cmir_cuda_emu_driver involution|fused|cmam|pointwise|convert DIR ... | selftest NAME");
+  if (argc < 3) {
+    die("usage: cmir_cuda_emu_driver involution|fused|cmam|pointwise|conv2d|convert DIR ... | selftest NAME");
+  }
   const std::string op = argv[1];
   if (op == "selftest") return selftest(argv[2]);
   const std::string dir = argv[2];
@@ -268,6 +316,7 @@ int main(int argc, char** argv) {
   if (op == "fused" && argc == 13) return run_involution(dir, argv + 3, true);
   if (op == "cmam" && argc == 11) return run_cmam(dir, argv + 3);
   if (op == "pointwise" && (argc == 11 || argc == 15)) return run_pointwise(dir, argv + 3, argc == 15);
+  if (op == "conv2d" && argc == 15) return run_conv2d(dir, argv + 3);
   if (op == "convert" && argc == 4) return run_convert(dir, argv[3]);
   die("bad arguments for " + op);
 }

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
     """(name, file, original text or "@offset:text", replacement) for the kernels in `cuda`."""
     out = []
-    for fname in ("involution.cu", "cmam.cu", "gemm.cuh", "pointwise.cu"):
+    for fname in ("involution.cu", "cmam.cu", "gemm.cuh", "pointwise.cu", "conv2d.cu"):
         src = (cuda / fname).read_text(encoding="utf-8")
         for call in ("__syncthreads()", "__syncwarp()"):
             for i, m in enumerate(re.finditer(re.escape(call), src)):
@@ -77,6 +77,12 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "return kGather && k0 >= gb.k_seg;", "return kGather && k0 > gb.k_seg;"),
         ("pointwise.cu shortcut rows split at the input's width", "pointwise.cu", "gb.g_ow = width;",
          "gb.g_ow = s.width + 0 * width;"),
+        ("gemm.cuh gathered segment: taps read transposed (ky <-> kx)", "gemm.cuh",
+         "const int iy = iy0 + ky, ix = ix0 + kx;", "const int iy = iy0 + kx, ix = ix0 + ky;"),
+        ("gemm.cuh gathered segment: left padding read from memory, not zero", "gemm.cuh",
+         "if (iy >= 0 && iy < gb.g_h && ix >= 0 && ix < gb.g_w) {",
+         "if (iy >= 0 && iy < gb.g_h && ix >= -1 && ix < gb.g_w) {"),
+        ("conv2d.cu output width taken from the input", "conv2d.cu", "gb.g_ow = wo;", "gb.g_ow = wo + 0 * width;"),
         # (the parameters stay used: an unused one would not build under -Werror)
         ("pointwise.cu residual dropped", "pointwise.cu", "p.res = residual;",
          "p.res = residual != nullptr ? nullptr : nullptr;"),
@@ -128,8 +134,10 @@ def main() -> int:
 TESTS = {
     "involution.cu": ["tests/test_cuda_emu.py", "-k", "involution"],
     "cmam.cu": ["tests/test_cuda_emu.py", "-k", "cmam"],
-    "gemm.cuh": ["tests/test_cuda_emu.py", "tests/test_cuda_emu_pointwise.py", "-k", "cmam or pointwise"],
+    "gemm.cuh": ["tests/test_cuda_emu.py", "tests/test_cuda_emu_pointwise.py", "tests/test_cuda_emu_conv2d.py", "-k",
+                 "cmam or pointwise or conv2d"],
     "pointwise.cu": ["tests/test_cuda_emu_pointwise.py"],
+    "conv2d.cu": ["tests/test_cuda_emu_conv2d.py"],
 }
 
 

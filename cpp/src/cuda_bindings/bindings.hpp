@@ -29,5 +29,6 @@ inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaSt
 void register_involution(pybind11::module_& m);
 void register_cmam(pybind11::module_& m);
 void register_pointwise(pybind11::module_& m);
+void register_conv2d(pybind11::module_& m);
 
 }  // namespace cmir_bindings

@@ -50,8 +50,8 @@ void register_pointwise(py::module_& m) {
   m.def(
       "pointwise_shortcut_unsupported",
       [](int cin, int height, int width, int channels, int s_height, int s_width, int stride) -> py::object {
-        const char* why = pointwise_shortcut_unsupported(cin, height, width,
-                                                         PointwiseShortcut{nullptr, channels, s_height, s_width, stride});
+        const PointwiseShortcut s{nullptr, channels, s_height, s_width, stride};
+        const char* why = pointwise_shortcut_unsupported(cin, height, width, s);
         return why == nullptr ? py::object(py::none()) : py::object(py::str(why));
       },
       py::arg("cin"), py::arg("height"), py::arg("width"), py::arg("channels"), py::arg("shortcut_height"),

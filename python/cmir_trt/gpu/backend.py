@@ -67,6 +67,17 @@ class _ReferenceOps:
         with record_function("cmir_trt::pointwise_conv"):
             return pointwise_conv_ref(x, weight, bias, residual, relu, shortcut, shortcut_stride).to(x.dtype)
 
+    @staticmethod
+    def conv2d(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False, stride: int = 1,
+               padding: int = 0, workspace: Any = None) -> Any:
+        del workspace
+        from torch.profiler import record_function
+
+        from ..ops.reference import conv2d_ref
+
+        with record_function("cmir_trt::conv2d"):
+            return conv2d_ref(x, weight, bias, residual, relu, stride, padding).to(x.dtype)
+
 
 def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
     """nn.Module replacements, defined lazily so that importing this file needs no torch."""
@@ -82,24 +93,35 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
     ops: Any = cuda_ops if impl == "cuda" else _ReferenceOps
 
     class SplitWorkspace:
-        """The split-K workspace of every pointwise launch of one prepared model (they run one after another on one
-        stream): grown to the largest size a call needs, allocated zeroed by the eager warm-up before a CUDA graph
-        captures the calls. Every buffer ever handed out stays alive: a graph captured earlier still uses it."""
+        """The split-K workspace of every pointwise_conv / conv2d launch of one prepared model (they run one after
+        another on one stream): grown to the largest size a call needs, allocated zeroed by the eager warm-up before
+        a CUDA graph captures the calls. Every buffer ever handed out stays alive: a graph captured earlier still
+        uses it."""
 
         def __init__(self) -> None:
             self.buffers: list[torch.Tensor] = []
 
-        def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-            if impl != "cuda":
-                return None
-            b, _, h, w = x.shape
-            need = cuda_ops.pointwise_workspace_size(b, weight.shape[1], weight.shape[0], h, w)  # K: with a shortcut
+        def _get(self, x: torch.Tensor, need: int) -> torch.Tensor | None:
             if need == 0:
                 return None
             last = self.buffers[-1] if self.buffers else None
             if last is None or last.numel() < need or last.device != x.device:
-                self.buffers.append(cuda_ops.pointwise_workspace(x, weight, 0 if last is None else last.numel()))
+                self.buffers.append(torch.zeros(max(need, 0 if last is None else last.numel()), dtype=torch.uint8,
+                                                device=x.device))
             return self.buffers[-1]
+
+        def pointwise(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+            if impl != "cuda":
+                return None
+            b, _, h, w = x.shape  # the GEMM's K is weight's second dimension (Cin + shortcut channels)
+            return self._get(x, cuda_ops.pointwise_workspace_size(b, weight.shape[1], weight.shape[0], h, w))
+
+        def conv(self, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor | None:
+            if impl != "cuda":
+                return None
+            b, cin, h, w = x.shape
+            cout, _, kh, kw = weight.shape
+            return self._get(x, cuda_ops.conv2d_workspace_size(b, cin, cout, h, w, kh, kw, stride, padding))
 
     split_ws = SplitWorkspace()
 
@@ -127,6 +149,13 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             # in their epilogues). Buffers, so that model.to(dtype) casts them with the activations.
             for n in ("w1", "b1", "w2", "b2"):
                 self.register_buffer(n, gen[n].to(device=device, dtype=dtype).contiguous())
+            # Strided: the s x s average pool of the generation's input folded into its first 1x1 convolution — an
+            # s x s convolution at stride s with w1 / s^2 at every tap (exact when s divides H and W: no partial
+            # window), one conv2d launch instead of a pool and a pointwise_conv.
+            s = self.stride
+            if s > 1:
+                pooled = (gen["w1"].double() / (s * s))[:, :, None, None].expand(-1, -1, s, s)
+                self.register_buffer("w1_pool", pooled.to(device=device, dtype=dtype).contiguous())
             self.scale = self.shift = None
             if bn is not None:
                 with torch.no_grad():
@@ -140,10 +169,17 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             if self.fused:
                 return ops.involution_fused(x, self.w1_f32, self.b1_f32, self.w2_f32, self.b2_f32, self.k,
                                             self.stride, self.gc, self.scale, self.shift, self.relu)
-            t = x if self.stride == 1 else F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+            s = self.stride
+            if self.pointwise and s > 1 and x.shape[2] % s == 0 and x.shape[3] % s == 0:
+                hid = ops.conv2d(x, self.w1_pool, self.b1, None, True, s, 0, split_ws.conv(x, self.w1_pool, s, 0))
+                wgt = ops.pointwise_conv(hid, self.w2, self.b2, None, False, split_ws.pointwise(hid, self.w2))
+                b, _, h, w = wgt.shape
+                kernel = wgt.view(b, self.groups, self.k, self.k, h, w)
+                return ops.involution(x, kernel, self.k, self.stride, self.scale, self.shift, self.relu)
+            t = x if s == 1 else F.avg_pool2d(x, s, s, ceil_mode=True)
             if self.pointwise:
-                hid = ops.pointwise_conv(t, self.w1, self.b1, None, True, split_ws(t, self.w1))
-                wgt = ops.pointwise_conv(hid, self.w2, self.b2, None, False, split_ws(hid, self.w2))
+                hid = ops.pointwise_conv(t, self.w1, self.b1, None, True, split_ws.pointwise(t, self.w1))
+                wgt = ops.pointwise_conv(hid, self.w2, self.b2, None, False, split_ws.pointwise(hid, self.w2))
             else:  # cuDNN (each convolution + its bias add) and a ReLU: the backend before issue 13's third round
                 wgt = F.conv2d(F.relu(F.conv2d(t, self.w1[:, :, None, None], self.b1)), self.w2[:, :, None, None],
                                self.b2)
@@ -184,12 +220,31 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             r = None if residual is None else residual.contiguous()
             sc = None if shortcut is None else shortcut.contiguous()
             x = x.contiguous()
-            return ops.pointwise_conv(x, self.weight, self.bias, r, self.relu, split_ws(x, self.weight), sc,
+            return ops.pointwise_conv(x, self.weight, self.bias, r, self.relu, split_ws.pointwise(x, self.weight), sc,
                                       max(1, self.shortcut_stride))
 
         def extra_repr(self) -> str:
             sc = f", shortcut_stride={self.shortcut_stride}" if self.shortcut_stride else ""
             return f"{self.weight.shape[1]}, {self.weight.shape[0]}, relu={self.relu}{sc}"
+
+    class CudaConv(nn.Module):
+        """A Conv2d (BN folded in) [+ ReLU] of any kernel size as one conv2d launch (implicit GEMM on the shared
+        tensor-core GEMM; cuDNN runs it as the convolution, its bias add and the ReLU)."""
+
+        def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool, stride: int, padding: int) -> None:
+            super().__init__()
+            self.register_buffer("weight", weight.detach().contiguous())
+            self.register_buffer("bias", bias.detach().contiguous())
+            self.relu, self.stride, self.padding = relu, stride, padding
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.contiguous()
+            return ops.conv2d(x, self.weight, self.bias, None, self.relu, self.stride, self.padding,
+                              split_ws.conv(x, self.weight, self.stride, self.padding))
+
+        def extra_repr(self) -> str:
+            cout, cin, kh, kw = self.weight.shape
+            return f"{cin}, {cout}, kernel={kh}x{kw}, stride={self.stride}, padding={self.padding}, relu={self.relu}"
 
     class CudaBottleneck(nn.Module):
         """Bottleneck with conv3 + identity + ReLU in one pointwise_conv launch (conv3's residual epilogue); with a
@@ -208,7 +263,7 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             return self.conv3(h, identity)
 
     return {"CudaInvolution": CudaInvolution, "CudaCMAM": CudaCMAM, "CudaPointwise": CudaPointwise,
-            "CudaBottleneck": CudaBottleneck}
+            "CudaConv": CudaConv, "CudaBottleneck": CudaBottleneck}
 
 
 def _is_pointwise(conv: Any) -> bool:
@@ -217,6 +272,15 @@ def _is_pointwise(conv: Any) -> bool:
     (a copy + the op) as cuDNN's convolution + its separate bias add."""
     return (tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (0, 0)
             and tuple(conv.dilation) == (1, 1) and conv.groups == 1)
+
+
+def _is_gemm_conv(conv: Any) -> bool:
+    """A Conv2d the conv2d op computes: one group, dilation 1, a square stride, the same padding on both sides of
+    each axis (ints, smaller than the kernel)."""
+    pad = conv.padding
+    return (conv.groups == 1 and tuple(conv.dilation) == (1, 1) and conv.stride[0] == conv.stride[1]
+            and isinstance(pad, tuple) and pad[0] == pad[1] and pad[0] < min(conv.kernel_size)
+            and conv.padding_mode == "zeros")
 
 
 def fusable_shortcut(conv3: Any, downsample: Any) -> bool:
@@ -236,11 +300,13 @@ def fusable_shortcut(conv3: Any, downsample: Any) -> bool:
 def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fused_involution: bool = False,
                   impl: str = "cuda", pointwise_conv: bool = True) -> Any:
     """A copy of a CMIR model for the GPU: conv+BN folded, involution blocks and CMAM on cmir_trt's kernels, every
-    stride-1 1x1 convolution (with its ReLU, and a bottleneck's conv3 with the residual add and the block's ReLU) on
-    the pointwise_conv kernel, moved to `device` in `precision`. The input model is not modified.
+    stride-1 1x1 convolution (with its ReLU, and a bottleneck's conv3 with the residual add, the block's ReLU and —
+    where it has one of the right form — its 1x1 downsample as a projection shortcut) on the pointwise_conv kernel,
+    the other convolution + BN [+ ReLU] sequences (the stems' 3x3) and the strided involutions' pooled generation
+    input on the conv2d kernel, moved to `device` in `precision`. The input model is not modified.
     impl="reference" puts the float64 reference ops in place of the CUDA kernels (any device; for checking the
-    rewrite without a GPU). pointwise_conv=False keeps every convolution on cuDNN (the backend before the pointwise
-    op; for launch counts and A/B timing)."""
+    rewrite without a GPU). pointwise_conv=False keeps every convolution on cuDNN (the backend before the
+    pointwise and conv2d ops; for launch counts and A/B timing)."""
     import torch
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -255,15 +321,19 @@ def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fus
 
     def conv_seq(seq: nn.Sequential, relu_after: bool | None = None) -> nn.Module:
         """Sequential(Conv2d, BatchNorm2d, [ReLU], ...) with the BN folded: one CudaPointwise (the ReLU fused) for a
-        pointwise conv, else the folded Conv2d (cuDNN). relu_after overrides the ReLU (a bottleneck's conv3 takes
-        the block's final ReLU, applied after its residual)."""
+        pointwise conv, one CudaConv for another conv the conv2d op takes, else the folded Conv2d (cuDNN).
+        relu_after overrides the ReLU (a bottleneck's conv3 takes the block's final ReLU, applied after its
+        residual)."""
         kids = list(seq.children())
         fused = fuse_conv_bn_eval(kids[0], kids[1])
-        if not pointwise_conv or not _is_pointwise(fused):
+        if not pointwise_conv or not (_is_pointwise(fused) or _is_gemm_conv(fused)):
             return nn.Sequential(fused, *kids[2:])
         has_relu = len(kids) > 2 and isinstance(kids[2], nn.ReLU)
         relu = has_relu if relu_after is None else relu_after
-        new = wrappers["CudaPointwise"](fused.weight, fused.bias, relu)
+        if _is_pointwise(fused):
+            new = wrappers["CudaPointwise"](fused.weight, fused.bias, relu)
+        else:
+            new = wrappers["CudaConv"](fused.weight, fused.bias, relu, int(fused.stride[0]), int(fused.padding[0]))
         rest = kids[2 + has_relu:]
         return nn.Sequential(new, *rest) if rest else new
 

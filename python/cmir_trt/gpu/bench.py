@@ -202,17 +202,22 @@ def roofline_us(cost: dict[str, float], spec: CardSpec, tflops: float | None = N
 def model_shapes(config: Any = None) -> dict[str, Any]:
     """Involution, CMAM and pointwise-convolution input shapes of the CMIR model (batch 1), found by running it once
     on the CPU with hooks: {"involution": [{"name", "count", "C", "H", "W", "K", "stride", "group_channels"}],
-    "cmam": {...} or None, "pointwise": [{"name", "count", "Cin", "Cout", "H", "W", "residual", "shortcut"}]}.
+    "cmam": {...} or None, "pointwise": [{"name", "count", "Cin", "Cout", "H", "W", "residual", "shortcut"}],
+    "conv2d": [{"name", "count", "Cin", "Cout", "H", "W", "kh", "kw", "stride", "pad"}]}.
     "pointwise": the launches of pointwise_conv in the GPU backend: the stride-1 1x1 convolutions (the bottlenecks'
     and the involutions' generation convolutions); a bottleneck's conv3 carries the identity as its residual, or,
     where its downsample is fused (``backend.fusable_shortcut``), that downsample's input channels as "shortcut"
-    (the GEMM's K is then Cin + shortcut; the downsample is no launch of its own)."""
+    (the GEMM's K is then Cin + shortcut; the downsample is no launch of its own). "conv2d": the launches of conv2d
+    (H, W: its input): the other convolutions except the SA module's (the stems' 3x3, strided downsamples not
+    fused) and a strided involution's first generation convolution with its average pool folded in (an s x s
+    convolution at stride s of the involution's input, where s divides H and W)."""
     import torch
 
     from ..model.cmam import CMAM
     from ..model.cmir import CMIRConfig, build_model
     from ..model.involution import Involution2d
     from ..model.resnet import Bottleneck
+    from ..model.spatial import SpatialAttention
     from .backend import fusable_shortcut
 
     cfg = config or CMIRConfig()
@@ -225,10 +230,18 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
     conv3 = {id(m.conv3[0]): (m.downsample[0].in_channels if fusable_shortcut(m.conv3, m.downsample) else 0)
              for m in blocks}
     fused_ds = {id(m.downsample[0]) for m in blocks if fusable_shortcut(m.conv3, m.downsample)}
+    pooled = {id(m.reduce) for m in model.modules() if isinstance(m, Involution2d) and m.stride > 1}
+    sa_convs = {id(m.conv) for m in model.modules() if isinstance(m, SpatialAttention)}
+    conv: dict[tuple[int, ...], dict[str, Any]] = {}
     hooks = []
 
+    def add_conv(name: str, cin: int, cout: int, h: int, w: int, k: int, stride: int, pad: int) -> None:
+        conv.setdefault((cin, cout, h, w, k, stride, pad), {
+            "name": name, "count": 0, "Cin": cin, "Cout": cout, "H": h, "W": w, "kh": k, "kw": k, "stride": stride,
+            "pad": pad})["count"] += 1
+
     def on_pointwise(name: str, m: Any, x: Any) -> None:
-        if id(m) in fused_ds:
+        if id(m) in fused_ds or id(m) in pooled:  # no launch of its own / counted by on_inv
             return
         _, cin, h, w = x.shape
         sc = conv3.get(id(m), 0)
@@ -238,6 +251,13 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
 
     def on_inv(name: str, m: Any, x: Any) -> None:
         _, c, h, w = x.shape
+        s = m.stride
+        if s > 1 and h % s == 0 and w % s == 0:  # the pooled generation input: one s x s conv2d at stride s
+            add_conv(f"{name}.reduce (pool folded)", c, m.reduce.out_channels, h, w, s, s, 0)
+        elif s > 1:  # an average pool and a pointwise_conv on the pooled map
+            key = (c, m.reduce.out_channels, -(-h // s), -(-w // s), 0, 0)
+            pw.setdefault(key, {"name": f"{name}.reduce", "count": 0, "Cin": c, "Cout": m.reduce.out_channels,
+                                "H": key[2], "W": key[3], "residual": 0, "shortcut": 0})["count"] += 1
         key = (c, h, w, m.kernel_size, m.stride, m.group_channels)
         entry = inv.setdefault(key, {"name": name, "count": 0, "C": c, "H": h, "W": w, "K": m.kernel_size,
                                      "stride": m.stride, "group_channels": m.group_channels})
@@ -253,13 +273,18 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
         elif (isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.stride) == (1, 1)
               and m.groups == 1):
             hooks.append(m.register_forward_hook(lambda mod, args, out, name=name: on_pointwise(name, mod, args[0])))
+        elif isinstance(m, torch.nn.Conv2d) and id(m) not in fused_ds and id(m) not in sa_convs and m.groups == 1:
+            hooks.append(m.register_forward_hook(lambda mod, args, out, name=name: add_conv(
+                name, args[0].shape[1], mod.out_channels, args[0].shape[2], args[0].shape[3], mod.kernel_size[0],
+                mod.stride[0], mod.padding[0])))
     s = cfg.image_size
     with torch.no_grad():
         model(torch.zeros(1, cfg.in_channels, s, s), torch.zeros(1, cfg.in_channels, s, s),
               torch.zeros(1, cfg.num_clinical))
     for hk in hooks:
         hk.remove()
-    return {"involution": list(inv.values()), "cmam": cmam or None, "pointwise": list(pw.values())}
+    return {"involution": list(inv.values()), "cmam": cmam or None, "pointwise": list(pw.values()),
+            "conv2d": list(conv.values())}
 
 
 # ---------------------------------------------------------------- timing

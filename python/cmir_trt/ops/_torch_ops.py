@@ -1,5 +1,5 @@
 """torch custom ops over the CUDA launchers: ``torch.ops.cmir_trt.involution``, ``.involution_fused``, ``.cmam``,
-``.pointwise_conv``.
+``.pointwise_conv``, ``.conv2d``.
 
 Registered with torch.library (CUDA implementation + fake implementation), so eager code, torch.compile (the fake
 impl gives output shapes) and CUDA graph capture (no host sync, outputs from the caching allocator) all see one op.
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._arrays import DTYPE_CODES, describe
 from .cmam import check_cmam_args
+from .conv2d import check_conv2d_args, conv2d_output_size, conv2d_workspace_size
 from .involution import check_fused_args, check_involution_args, output_size
 from .pointwise import check_pointwise_args, check_workspace, pointwise_workspace_size
 
@@ -134,6 +135,30 @@ def _pointwise_conv_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Opti
     return x.new_empty((b, weight.shape[0], h, w))
 
 
+@torch.library.custom_op("cmir_trt::conv2d", mutates_args=("workspace",), device_types="cuda")
+def _conv2d_op(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool, stride: int,
+               padding: int, workspace: Optional[Tensor] = None) -> Tensor:
+    b, cin, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    ho, wo = conv2d_output_size(h, kh, stride, padding), conv2d_output_size(w, kw, stride, padding)
+    y = torch.empty((b, cout, ho, wo), dtype=x.dtype, device=x.device)
+    with torch.cuda.device(x.device):
+        _cuda_module().conv2d(_dtype_code(x), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), _ptr(residual),
+                              y.data_ptr(), b, cin, cout, h, w, kh, kw, stride=stride, pad=padding, relu=relu,
+                              workspace=_ptr(workspace), workspace_bytes=0 if workspace is None else workspace.numel(),
+                              stream=_stream(x))
+    return y
+
+
+@_conv2d_op.register_fake
+def _conv2d_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool, stride: int,
+                 padding: int, workspace: Optional[Tensor] = None) -> Tensor:
+    b, _, h, w = x.shape
+    _, _, kh, kw = weight.shape
+    return x.new_empty((b, weight.shape[0], conv2d_output_size(h, kh, stride, padding),
+                        conv2d_output_size(w, kw, stride, padding)))
+
+
 def _info(t: Optional[Tensor], name: str):  # noqa: ANN202
     return None if t is None else describe(t, name)
 
@@ -189,3 +214,17 @@ def torch_pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor, residual: Opti
                         pointwise_workspace_size(b, cin + cs, cout, h, w))
     return torch.ops.cmir_trt.pointwise_conv(x, weight, bias, residual, bool(relu), workspace, shortcut,
                                              int(shortcut_stride))
+
+
+def torch_conv2d(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Tensor] = None, relu: bool = False,
+                 stride: int = 1, padding: int = 0, workspace: Optional[Tensor] = None) -> Tensor:
+    for n, t in (("weight", weight), ("bias", bias), ("residual", residual), ("workspace", workspace)):
+        if not isinstance(t, Tensor) and not (n in ("residual", "workspace") and t is None):
+            raise TypeError(f"{n} must be a torch.Tensor like x, got {type(t).__name__}")
+    xi = describe(x, "x")
+    b, cin, cout, h, w, kh, kw, _, _ = check_conv2d_args(xi, describe(weight, "weight"), describe(bias, "bias"),
+                                                         _info(residual, "residual"), stride, padding)
+    if workspace is not None:
+        check_workspace(describe(workspace, "workspace"), xi.device,
+                        conv2d_workspace_size(b, cin, cout, h, w, kh, kw, stride, padding))
+    return torch.ops.cmir_trt.conv2d(x, weight, bias, residual, bool(relu), int(stride), int(padding), workspace)

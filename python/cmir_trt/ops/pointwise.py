@@ -43,17 +43,22 @@ def pointwise_workspace(x: Any, weight: Any, nbytes: int = 0) -> Any:
     one stream at a time (calls that may overlap in time need their own). With a shortcut, weight's second
     dimension (Cin + Cs) is the GEMM's K the size depends on."""
     b, _, h, w = (int(s) for s in x.shape)
-    need = max(pointwise_workspace_size(b, int(weight.shape[1]), int(weight.shape[0]), h, w), int(nbytes))
-    if need == 0:
+    return zeroed_workspace(x, max(pointwise_workspace_size(b, int(weight.shape[1]), int(weight.shape[0]), h, w),
+                                   int(nbytes)))
+
+
+def zeroed_workspace(x: Any, nbytes: int) -> Any:
+    """nbytes of zeros on x's device, of x's kind (uint8 torch tensor or cupy array); None for 0 bytes."""
+    if nbytes == 0:
         return None
     if is_torch_tensor(x):
         import torch
 
-        return torch.zeros(need, dtype=torch.uint8, device=x.device)
+        return torch.zeros(nbytes, dtype=torch.uint8, device=x.device)
     import cupy
 
     with cupy.cuda.Device(x.device.id):
-        return cupy.zeros(need, dtype=cupy.uint8)
+        return cupy.zeros(nbytes, dtype=cupy.uint8)
 
 
 def check_workspace(ws: ArrayInfo, device: str, need: int) -> int:

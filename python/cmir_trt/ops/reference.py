@@ -134,3 +134,15 @@ def pointwise_conv_ref(x: Any, weight: Any, bias: Any = None, residual: Any = No
     if residual is not None:
         y = y + residual.double()
     return y.clamp_min(0.0) if relu else y
+
+
+def conv2d_ref(x: Any, weight: Any, bias: Any = None, residual: Any = None, relu: bool = False, stride: int = 1,
+               padding: int = 0) -> Any:
+    """relu?(conv2d(x, weight, stride, padding) + bias + residual) in float64 (one group, dilation 1; NCHW)."""
+    import torch.nn.functional as F
+
+    y = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), stride=stride,
+                 padding=padding)
+    if residual is not None:
+        y = y + residual.double()
+    return y.clamp_min(0.0) if relu else y
