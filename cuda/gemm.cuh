@@ -215,7 +215,12 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
 
   // A through registers (row-major A, fp32 A with a 16-bit T, unaligned tokens): loaded when its stage is issued,
   // stored after that step's MMAs.
+  // Register sets of A (the register path): one, or — kLead2, the gathered 16-row variants — two used in turn, so
+  // that a k-step's loads are issued two steps before they are stored (see the k loop). (The 64-row variants would
+  // spill at their 128-register bound: 48-56 bytes.)
+  constexpr bool kLead2 = kGather && MF == 1;
   TA areg[kAPerThread];
+  TA areg2[kLead2 ? kAPerThread : 1];
   // Tile position (row mm, k index kk) of a thread's i-th A element: along m for NCHW tokens, along k otherwise.
   auto a_pos = [&](int i, int& mm, int& kk) {
     const int e = tid + i * kWmmaThreads;
@@ -227,7 +232,7 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
   // The gathered segment (gb.gather: a_m_contig, checked by launch_gemm): a thread's elements share its row
   // (BM divides the block), so the pixel's position is worked out once per k-step; element i is k index
   // kk0 + i * (threads / BM).
-  auto load_gather = [&](int k0) {
+  auto load_gather = [&](int k0, TA(&regs)[kAPerThread]) {
     static_assert(kWmmaThreads % BM == 0, "a thread's gathered elements share one row");
     int mm, kk0;
     a_pos(0, mm, kk0);
@@ -249,13 +254,13 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
           v = __ldg(img + (static_cast<int64_t>(c) * gb.g_h + iy) * gb.g_w + ix);
         }
       }
-      areg[i] = v;
+      regs[i] = v;
     }
   };
-  auto load_a = [&](int k0) {
+  auto load_a = [&](int k0, TA(&regs)[kAPerThread]) {
     if constexpr (kGather) {
       if (gathered(k0)) {
-        load_gather(k0);
+        load_gather(k0, regs);
         return;
       }
     }
@@ -269,18 +274,18 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
         const int b = m / gb.rows, r = m - (m / gb.rows) * gb.rows;
         v = __ldg(a + b * p.a_bs + r * p.a_rs + k * p.a_ks);
       }
-      areg[i] = v;
+      regs[i] = v;
     }
   };
-  auto store_a = [&](int stage) {
+  auto store_a = [&](int stage, const TA(&regs)[kAPerThread]) {
 #pragma unroll
     for (int i = 0; i < kAPerThread; ++i) {
       int mm, kk;
       a_pos(i, mm, kk);
       if constexpr (std::is_same<TA, T>::value) {
-        As[stage][kk][mm] = areg[i];
+        As[stage][kk][mm] = regs[i];
       } else {
-        As[stage][kk][mm] = from_f32<T>(areg[i]);
+        As[stage][kk][mm] = from_f32<T>(regs[i]);
       }
     }
   };
@@ -335,13 +340,14 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
   };
   // A of the k-step at k0 staged by cp.async (else through registers: load_a, then store_a after the MMAs).
   auto a_by_async = [&](int k0) { return gb.a_async != 0 && !gathered(k0); };
-  // Issue the loads of the k-step at k0 into `stage`; A through registers is stored by the caller (store_a).
-  auto issue = [&](int stage, int k0) {
+  // Issue the loads of the k-step at k0 into `stage`; A through registers goes to `regs`, stored by the caller
+  // (store_a).
+  auto issue = [&](int stage, int k0, TA(&regs)[kAPerThread]) {
     stage_w(stage, k0);
     if (a_by_async(k0)) {
       stage_a_async(stage, k0);
     } else {
-      load_a(k0);
+      load_a(k0, regs);
     }
   };
 
@@ -349,23 +355,35 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
 #pragma unroll
   for (int i = 0; i < MF; ++i) wmma::fill_fragment(acc[i], 0.f);
   // Prologue: the first kStages-1 k-steps. One commit group per k-step, empty or not, so that "all but the newest
-  // kStages-2 groups" is always exactly "up to this k-step".
+  // kStages-2 groups" is always exactly "up to this k-step". kLead2: the register-path A of the last prologue step
+  // stays in areg2, stored after the first step's MMAs (below).
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     const int k0 = k_begin + s * kWK;
     if (k0 < k_end) {
-      issue(s, k0);
-      if (!a_by_async(k0)) store_a(s);
+      bool stored_later = false;
+      if constexpr (kLead2) {
+        if (s == kStages - 2) {
+          issue(s, k0, areg2);
+          stored_later = true;
+        }
+      }
+      if (!stored_later) {
+        issue(s, k0, areg);
+        if (!a_by_async(k0)) store_a(s, areg);
+      }
     }
     __pipeline_commit();
   }
-  int stage = 0;
-  for (int k0 = k_begin; k0 < k_end; k0 += kWK, stage = stage == kStages - 1 ? 0 : stage + 1) {
+  // One k-step: wait for its stage, refill the stage read in the previous step with step k0 + kStages-1 (A through
+  // registers into `load_regs`), multiply, then store register-path A: without kLead2 the step just loaded (one step
+  // of MMAs to land); with kLead2 the next step's, loaded one step earlier into `store_regs` (two steps of MMAs).
+  auto k_step = [&](int k0, int stage, TA(&load_regs)[kAPerThread], TA(&store_regs)[kAPerThread]) {
     __pipeline_wait_prior(kStages - 2);  // this thread's copies of this k-step have landed
     __syncthreads();  // ... everyone's; and the stage refilled below was last read in the previous step
     const int k_ahead = k0 + (kStages - 1) * kWK;
     const int ahead = stage == 0 ? kStages - 1 : stage - 1;  // (stage + kStages - 1) % kStages
-    if (k_ahead < k_end) issue(ahead, k_ahead);
+    if (k_ahead < k_end) issue(ahead, k_ahead, load_regs);
     __pipeline_commit();
 #pragma unroll 1
     for (int kk = 0; kk < kWK; kk += kMK) {
@@ -392,7 +410,31 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
         }
       }
     }
-    if (k_ahead < k_end && !a_by_async(k_ahead)) store_a(ahead);
+    if constexpr (kLead2) {
+      // Step k0 + kWK lives in stage + 1, read from the next step's barrier on.
+      const int k_next = k0 + kWK, next = stage == kStages - 1 ? 0 : stage + 1;
+      if (k_next < k_end && !a_by_async(k_next)) store_a(next, store_regs);
+    } else {
+      (void)store_regs;
+      if (k_ahead < k_end && !a_by_async(k_ahead)) store_a(ahead, load_regs);
+    }
+  };
+  auto next_stage = [](int s) { return s == kStages - 1 ? 0 : s + 1; };
+  int stage = 0;
+  if constexpr (kLead2) {
+#pragma unroll 1
+    for (int k0 = k_begin; k0 < k_end;) {  // two k-steps per turn: the register sets trade places
+      k_step(k0, stage, areg, areg2);
+      k0 += kWK;
+      stage = next_stage(stage);
+      if (k0 >= k_end) break;
+      k_step(k0, stage, areg2, areg);
+      k0 += kWK;
+      stage = next_stage(stage);
+    }
+  } else {
+#pragma unroll 1
+    for (int k0 = k_begin; k0 < k_end; k0 += kWK, stage = next_stage(stage)) k_step(k0, stage, areg, areg);
   }
   __pipeline_wait_prior(0);  // only empty groups remain; nothing may land on the C tile
   __syncthreads();           // every warp's last MMAs have read the stages that the C tile overwrites

@@ -239,7 +239,7 @@ def fused_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec
 
 def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: float, spec: CardSpec,
              a_async: bool = True, a_lat: float = LAT_US, max_splits: int | None = None,
-             out_bytes: float | None = None, typed_split: bool = False) -> dict[str, Any]:
+             out_bytes: float | None = None, typed_split: bool = False, gathered: bool = False) -> dict[str, Any]:
     """One batched GEMM launch of cuda/gemm.cuh as cmam.cu plans it (cmam_gemm_plan), tensor cores in every dtype:
     tile 16*MF x 128 x 32, 8 warps, CMAM_STAGES stages (the MMAs of k-step s read one stage while the copies of
     steps s+1 and s+2 fly). Per block and k-step:
@@ -254,6 +254,9 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     time = rounds * (LAT + ksteps * step) + LAT (the prologue's first round trip, the epilogue's loads);
     floor: DRAM time of W + A + the fp32 outputs (partials included), or `out_bytes` (a typed output: the 1x1
     convolutions).
+    gathered: A (some of it) is the gathered segment (conv2d, the pointwise shortcut), through registers: with
+    16-row tiles two register sets alternate (loads two steps ahead: lead as cp.async), with 64-row tiles one (lead
+    one step); the whole launch is modelled at the gathered steps' lead.
     typed_split: a typed output split over K in the kernel (the pointwise op with its workspace): each split stores
     its fp32 partial tile (L2) and counts in; the last block of a tile adds all partials and stores the output: + one
     fence and one atomic round trip, then bm*128/256 elements x splits L2 loads per thread, 8 elements x 2 splits
@@ -275,7 +278,8 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     c1 = max(wf / CLK, mma_flops / per_sm_rate) * 1e6
     outs = 4 * problems * p["splits"] * m * n_out if out_bytes is None else out_bytes
     dram = _dram_us(problems * n_out * k_dim * e + a_bytes + outs, spec)
-    step = max(r * c1, LAT_US / (CMAM_STAGES - 1), a_lat / (CMAM_STAGES - 1 if a_async else 1))
+    a_lead = CMAM_STAGES - 1 if a_async or (gathered and bm == 16) else 1
+    step = max(r * c1, LAT_US / (CMAM_STAGES - 1), a_lat / a_lead)
     t = rounds * (LAT_US + ksteps * step) + LAT_US
     if typed_split and p["splits"] > 1:
         t += L2_LAT_US * (2 + bm * bn // 256 // 8 * _cdiv(p["splits"], 2))
@@ -284,26 +288,25 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
 
 def conv2d_us(sh: dict[str, Any], prec: str, spec: CardSpec) -> dict[str, Any]:
     """One launch of cuda/conv2d.cu at batch 1 (model_shapes()["conv2d"] entry): _gemm_us with M = Ho*Wo, K =
-    Cin*kh*kw, A gathered through registers (lead one k-step; bytes: the input once), the typed output, split-K with
-    the backend's workspace."""
+    Cin*kh*kw, A the gathered segment (bytes: the input once), the typed output, split-K with the backend's
+    workspace."""
     e = 4 if prec == "fp32" else 2
     ho = (sh["H"] + 2 * sh["pad"] - sh["kh"]) // sh["stride"] + 1
     wo = (sh["W"] + 2 * sh["pad"] - sh["kw"]) // sh["stride"] + 1
     k = sh["Cin"] * sh["kh"] * sh["kw"]
     return _gemm_us(ho * wo, sh["Cout"], k, 1, prec, e * sh["Cin"] * sh["H"] * sh["W"], spec, a_async=False,
-                    out_bytes=e * sh["Cout"] * ho * wo, typed_split=True)
+                    out_bytes=e * sh["Cout"] * ho * wo, typed_split=True, gathered=True)
 
 
 def pointwise_us(cin: int, cout: int, hw: int, residual: bool, prec: str, spec: CardSpec,
                  split: bool = True, shortcut: int = 0) -> dict[str, Any]:
     """One launch of cuda/pointwise.cu at batch 1 (M = H*W): _gemm_us with the typed output's bytes; split=True:
     with the split-K workspace the GPU backend passes (the planner's own split count), else max_splits = 1.
-    shortcut: a fused projection shortcut's channels (K = cin + shortcut; its columns are gathered through
-    registers, so the whole launch is modelled with A staged through registers: lead one k-step)."""
+    shortcut: a fused projection shortcut's channels (K = cin + shortcut; its columns are the gathered segment)."""
     e = 4 if prec == "fp32" else 2
     k = cin + shortcut
     return _gemm_us(hw, cout, k, 1, prec, e * k * hw, spec, a_async=shortcut == 0, max_splits=None if split else 1,
-                    out_bytes=e * (1 + residual) * cout * hw, typed_split=split)
+                    out_bytes=e * (1 + residual) * cout * hw, typed_split=split, gathered=shortcut > 0)
 
 
 def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: CardSpec) -> dict[str, Any]:

@@ -82,14 +82,19 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
         ("gemm.cuh gathered segment: left padding read from memory, not zero", "gemm.cuh",
          "if (iy >= 0 && iy < gb.g_h && ix >= 0 && ix < gb.g_w) {",
          "if (iy >= 0 && iy < gb.g_h && ix >= -1 && ix < gb.g_w) {"),
-        ("conv2d.cu output width taken from the input", "conv2d.cu", "gb.g_ow = wo;", "gb.g_ow = wo + 0 * width;"),
+        ("conv2d.cu output width taken from the input", "conv2d.cu", "gb.g_ow = wo;", "gb.g_ow = width;"),
+        ("gemm.cuh two register sets: the next step's A stored into the stage just read", "gemm.cuh",
+         "if (k_next < k_end && !a_by_async(k_next)) store_a(next, store_regs);",
+         "if (k_next < k_end && !a_by_async(k_next)) store_a(stage + 0 * next, store_regs);"),
+        ("gemm.cuh two register sets: the second step loads into the set it stores", "gemm.cuh",
+         "k_step(k0, stage, areg2, areg);", "k_step(k0, stage, areg, areg);"),
         # (the parameters stay used: an unused one would not build under -Werror)
         ("pointwise.cu residual dropped", "pointwise.cu", "p.res = residual;",
          "p.res = residual != nullptr ? nullptr : nullptr;"),
         ("pointwise.cu ReLU never applied", "pointwise.cu", "gb.relu = relu;", "gb.relu = relu * 0;"),
         ("pointwise.cu residual read with the input's batch stride", "pointwise.cu",
-         "p.r_bs = p.o_bs = static_cast<int64_t>(cout) * hw;",
-         "p.o_bs = static_cast<int64_t>(cout) * hw;\n  p.r_bs = static_cast<int64_t>(cin) * hw;"),
+         "cmir_gemm::nchw_output(p, cout, hw);",
+         "cmir_gemm::nchw_output(p, cout, hw);\n  p.r_bs = static_cast<int64_t>(cin) * hw;"),
     ]
     # Text patterns follow the kernels as they are written; one that no longer occurs is left out (and listed).
     kept = []
