@@ -284,11 +284,14 @@ def test_cmam_latency_chain_constants_are_the_kernels(predicted: Any) -> None:
     # registers one step ahead (stored after the step's MMAs)
     body = _function(GEMM_CUH, "gemm_wmma_kernel(GemmBatch gb) {")
     assert body.count("__pipeline_memcpy_async(dst") == 2 and "__pipeline_wait_prior(0)" in body
-    loop = body[body.index("for (int k0 = k_begin"):body.index("__pipeline_wait_prior(0);  // only empty groups")]
+    loop = body[body.index("auto k_step = [&]"):body.index("__pipeline_wait_prior(0);  // only empty groups")]
     assert loop.count("__syncthreads()") == 1 and "__pipeline_wait_prior(kStages - 2)" in loop
-    assert "const int k_ahead = k0 + (kStages - 1) * kWK;" in loop and "issue(ahead, k_ahead)" in loop
-    assert "if (k_ahead < k_end && !a_by_async(k_ahead)) store_a(ahead);" in loop
-    # ... and the gathered segment (conv2d, the pointwise shortcut) always through registers: lead one k-step
+    assert "const int k_ahead = k0 + (kStages - 1) * kWK;" in loop and "issue(ahead, k_ahead, load_regs)" in loop
+    assert "if (k_ahead < k_end && !a_by_async(k_ahead)) store_a(ahead, load_regs);" in loop
+    # two register sets for the gathered 16-row variants: the next step's A stored, loaded one step earlier
+    assert "constexpr bool kLead2 = kGather && MF == 1;" in body
+    assert "if (k_next < k_end && !a_by_async(k_next)) store_a(next, store_regs);" in loop
+    # ... and the gathered segment (conv2d, the pointwise shortcut) always through registers
     assert "return gb.a_async != 0 && !gathered(k0);" in body
     # the occupancy the model assumes: __launch_bounds__ minimum blocks, and shared memory that allows them
     assert "__launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2)" in GEMM_CUH
@@ -356,8 +359,13 @@ def _reference_ops(monkeypatch: pytest.MonkeyPatch, broken: bool = False) -> Non
         return R.conv2d_ref(x.double(), w.double(), b.double(), None if res is None else res.double(), relu, stride,
                             padding).to(x.dtype)
 
+    def spatial_attention(a: Any, p: Any, w: Any, b: Any) -> Any:
+        ya, yp, att = R.spatial_attention_ref(a, p, w, b)
+        return ya.to(a.dtype), yp.to(p.dtype), att.to(a.dtype)
+
     monkeypatch.setattr(ops, "pointwise_conv", pointwise)
     monkeypatch.setattr(ops, "conv2d", conv2d)
+    monkeypatch.setattr(ops, "spatial_attention", spatial_attention)
 
 
 @pytest.mark.parametrize("broken", [False, True])
@@ -369,7 +377,8 @@ def test_sanitizer_workload_checks_every_op(broken: bool, monkeypatch: pytest.Mo
     _reference_ops(monkeypatch, broken)
     checks = mod.run()
     names = {r["check"].split()[0] for r in checks}
-    assert names == {"involution", "involution+bn+relu", "involution_fused", "cmam", "pointwise_conv", "conv2d"}
+    assert names == {"involution", "involution+bn+relu", "involution_fused", "cmam", "pointwise_conv", "conv2d",
+                     "spatial_attention"}
     assert {r["check"].split()[-1] for r in checks} == {"fp32", "fp16", "bf16"}
     bad = {r["check"].split()[0] for r in checks if not r["ok"]}
     assert bad == ({"involution", "involution+bn+relu"} if broken else set())

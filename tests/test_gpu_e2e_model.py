@@ -121,11 +121,14 @@ def test_e2e_estimate_counts_the_rewritten_model(predict: Any) -> None:
     # multiple of 32, so it stays a launch of its own) + the stem involution's 2 generation convs, less the 3 strided
     # blocks' first generation convs (their 2x2 average pool folded in: conv2d launches); the 3 strided downsamples
     # (mid 32, 64, 128) are projection shortcuts inside their conv3 launch; the 2 stem 3x3 convs (+ ReLU) are conv2d
-    # launches; cuDNN keeps only the 2 SA convs, each with its bias add; no BN, pool or residual add is left.
+    # launches; the 2 SA modules (concatenation, statistics, conv + bias, sigmoid, both multiplies: 9 kernels each)
+    # are 2 launches each; no cuDNN convolution, BN, pool or residual add is left, and of the 5 concatenations only
+    # the head's.
     assert ours["cmir_trt::pointwise_conv"] == 2 * (8 * 4 + 1 + 2 - 3)
     assert ours["cmir_trt::conv2d"] == 2 * (2 + 3)
-    assert ours["aten::convolution"] == ours[predict.CONV_BIAS_ADD] == 2
-    assert "aten::avg_pool2d" not in ours
+    assert ours["cmir_trt::spatial_attention"] == 2 * 2
+    assert "aten::convolution" not in ours and predict.CONV_BIAS_ADD not in ours and "aten::amax" not in ours
+    assert "aten::avg_pool2d" not in ours and ours["aten::cat"] == 1
     assert ours["cmir_trt::involution"] == 18 and ours["cmir_trt::cmam"] == predict.CMAM_LAUNCHES
     assert "aten::batch_norm" not in ours and "aten::add_" not in ours
     assert e["eager_by_kind"][predict.CONV_BIAS_ADD] == 2 * 9 + 2  # the involutions' span convs and the SA convs
@@ -134,5 +137,7 @@ def test_e2e_estimate_counts_the_rewritten_model(predict: Any) -> None:
     own = e["own_kernel_us"]
     assert own["cmir_trt::pointwise_conv"] >= ours["cmir_trt::pointwise_conv"] * predict.GRAPH_KERNEL_US
     assert own["cmir_trt::cmam"] >= predict.CMAM_LAUNCHES * predict.GRAPH_KERNEL_US
+    assert own["cmir_trt::spatial_attention"] >= ours["cmir_trt::spatial_attention"] * predict.GRAPH_KERNEL_US
+    assert own["cmir_trt::conv2d"] >= ours["cmir_trt::conv2d"] * predict.GRAPH_KERNEL_US
     rest = sum(n for k, n in ours.items() if k not in own)
     assert e["ours_graph_us"] == pytest.approx(sum(own.values()) + rest * predict.GRAPH_KERNEL_US)

@@ -343,6 +343,47 @@ def test_conv2d(case: tuple[int, ...], prec: str) -> None:
         assert torch.equal(ops.conv2d(x, wt, bias, None, True, s, p, workspace=ws), y)
 
 
+SA_CASES = [  # B, Ca, Cp, H, W, k
+    (1, 1024, 1024, 8, 8, 7),   # CMIR's sa3 at S = 128
+    (1, 2048, 2048, 4, 4, 7),   # sa4
+    (3, 40, 24, 17, 19, 3),     # odd, batch 3, more pixels than threads
+    (2, 48, 0, 6, 5, 5),        # one map
+]
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", SA_CASES, ids=_ids(SA_CASES))
+def test_spatial_attention(case: tuple[int, ...], prec: str) -> None:
+    """Both attended maps and the attention map vs float64; fp16/bf16 within 2x the error of PyTorch's own SA
+    (cat, mean, amax, cat, conv2d, sigmoid, multiplies) in that dtype."""
+    import torch.nn.functional as F
+
+    dtype = DTYPES[prec]
+    b, ca, cp, h, w, k = case
+    g = generator(90 + SA_CASES.index(case))
+    a = torch.randn(b, ca, h, w, generator=g).to(DEV, dtype)
+    p = torch.randn(b, cp, h, w, generator=g).to(DEV, dtype) if cp else None
+    wt = (torch.randn(1, 2, k, k, generator=g) / k).to(DEV)
+    bias = (torch.randn(1, generator=g) * 0.3).to(DEV)
+    got = ops.spatial_attention(a, p, wt, bias)
+    torch.cuda.synchronize()
+    refs = R.spatial_attention_ref(a.double(), None if p is None else p.double(), wt.double(), bias.double())
+    x = a if p is None else torch.cat([a, p], dim=1)
+    stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+    att = torch.sigmoid(F.conv2d(stats, wt.to(dtype), bias.to(dtype), padding=(k - 1) // 2))
+    theirs = (a * att, None if p is None else p * att, att)
+    for name, y, ref, t in zip(("a", "p", "att"), got, refs, theirs, strict=True):
+        if ref is None:
+            assert y is None
+            continue
+        assert_no_nan(y, f"sa {case} {name}")
+        if prec == "fp32":
+            assert rel_err(y, ref) <= 1e-5, (case, name, SEED)
+        else:
+            floor = _scale(dtype) * float(ref.abs().max())
+            assert_low_precision_bound(max_err(y, ref), max_err(t, ref), f"sa {prec} {case} {name}", floor)
+
+
 # ---------------------------------------------------------------- streams, graphs, cupy, torch.compile
 def test_ops_run_on_the_callers_stream_and_in_cuda_graphs() -> None:
     case = (2, 48, 13, 13, 7, 2, 16)

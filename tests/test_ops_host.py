@@ -351,6 +351,41 @@ def test_conv2d_reference_and_pool_fold() -> None:
     assert rel_err(folded, pooled) < 1e-12
 
 
+def test_spatial_attention_argument_checks_and_reference() -> None:
+    """Argument checks before any launch; the float64 reference is the model's SpatialAttention.apply_pair."""
+    from cmir_trt.model.spatial import SpatialAttention
+
+    a, p = torch.randn(2, 6, 5, 7), torch.randn(2, 10, 5, 7)
+    w, b = torch.randn(1, 2, 7, 7), torch.randn(1)
+    with pytest.raises(ValueError, match="CUDA device"):  # well-formed: only the device is wrong
+        ops.spatial_attention(a, p, w, b)
+    with pytest.raises(ValueError, match=r"p must be \[B=2, Cp, 5, 7\]"):
+        ops.spatial_attention(a, p[:, :, :4], w, b)
+    with pytest.raises(ValueError, match=r"weight must be the SA conv's \[1, 2, k, k\]"):
+        ops.spatial_attention(a, p, w[:, :1], b)
+    with pytest.raises(ValueError, match="odd"):
+        ops.spatial_attention(a, p, torch.randn(1, 2, 4, 4), b)
+    with pytest.raises(ValueError, match="H\\*W = 2304 exceeds"):
+        ops.spatial_attention(torch.randn(1, 2, 48, 48), None, w, b)
+    with pytest.raises(TypeError, match="float32"):
+        ops.spatial_attention(a, p, w.half(), b)
+    with pytest.raises(TypeError, match="one dtype"):
+        ops.spatial_attention(a, p.half(), w, b)
+    m = _cuda_module()
+    assert m.spatial_attention_unsupported(2, 6, 10, 5, 7, 7) is None
+    assert "2048" in m.spatial_attention_unsupported(1, 2, 0, 48, 48, 7)
+    assert m.spatial_attention_workspace_size(2, 6, 10, 5, 7) == 4 * 2 * 1 * 2 * 35  # one 32-channel slice
+    sa = SpatialAttention(7).double().eval()
+    g = generator(62)
+    a64, p64 = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64), torch.randn(2, 10, 5, 7, generator=g,
+                                                                                    dtype=torch.float64)
+    with torch.no_grad():
+        want = sa.apply_pair(a64, p64)
+    got = R.spatial_attention_ref(a64, p64, sa.conv.weight.detach(), sa.conv.bias.detach())
+    for x, y in zip(got, want, strict=True):
+        assert rel_err(x, y) < 1e-12
+
+
 def test_pointwise_reference_matches_conv2d() -> None:
     g = generator(6)
     x = torch.randn(3, 24, 5, 7, generator=g, dtype=torch.float64)
@@ -386,6 +421,9 @@ def test_fake_impls_give_output_shapes() -> None:
                                                                                   dtype=torch.float16)
     y = torch.ops.cmir_trt.pointwise_conv(a, pw, pb, None, True)
     assert y.shape == (1, 40, 3, 5) and y.dtype == torch.float16
+    ya, yp, att = torch.ops.cmir_trt.spatial_attention(a, a, torch.empty(1, 2, 7, 7, device="meta"),
+                                                       torch.empty(1, device="meta"))
+    assert ya.shape == yp.shape == a.shape and att.shape == (1, 1, 3, 5) and att.dtype == torch.float16
     cw = torch.empty(40, 64, 3, 3, device="meta", dtype=torch.float16)
     y = torch.ops.cmir_trt.conv2d(a, cw, pb, None, True, 2, 1)
     assert y.shape == (1, 40, 2, 3) and y.dtype == torch.float16

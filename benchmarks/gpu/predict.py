@@ -298,6 +298,25 @@ def conv2d_us(sh: dict[str, Any], prec: str, spec: CardSpec) -> dict[str, Any]:
                     out_bytes=e * sh["Cout"] * ho * wo, typed_split=True, gathered=True)
 
 
+def spatial_attention_us(sh: dict[str, Any], prec: str, spec: CardSpec, n: int = 1) -> dict[str, float]:
+    """The two launches of cuda/spatial_attention.cu (model_shapes()["spatial_attention"] entry, batch n): 256
+    threads a block, blocks = n * ceil(C / 32) channel slices (one round: 32 registers), `subs` = 256 / HW threads
+    per pixel.
+    1. statistics: each thread ceil(32 / subs) channel loads from DRAM, 4 in flight: ceil(loads / 4) round trips.
+    2. apply: the slices' partials (L2), 8 in flight per thread: ceil(slices / subs / 8) L2 round trips; the k x k
+       conv (2 k^2 shared-memory FMAs per pixel: ~0.3 us); the slice's 32 * HW products, 4 in flight per thread
+       (a and p just read: L2): ceil(32 * HW / 256 / 4) L2 round trips.
+    Each launch at least its DRAM time (the maps read once, written once)."""
+    e = 4 if prec == "fp32" else 2
+    c, hw = sh["C"], sh["H"] * sh["W"]
+    slices = _cdiv(c, 32)
+    subs = max(1, 256 // hw)
+    stats = FLOOR_US + max(_cdiv(_cdiv(32, subs), ILP) * LAT_US, _dram_us(n * c * hw * e, spec))
+    apply = FLOOR_US + max(_cdiv(_cdiv(slices, subs), 8) * L2_LAT_US + 0.3
+                           + _cdiv(_cdiv(32 * hw, 256), ILP) * L2_LAT_US, _dram_us(n * c * hw * e, spec))
+    return {"stats": stats, "apply": apply, "us": stats + apply}
+
+
 def pointwise_us(cin: int, cout: int, hw: int, residual: bool, prec: str, spec: CardSpec,
                  split: bool = True, shortcut: int = 0) -> dict[str, Any]:
     """One launch of cuda/pointwise.cu at batch 1 (M = H*W): _gemm_us with the typed output's bytes; split=True:
@@ -455,7 +474,8 @@ CONV_BIAS_ADD = "cudnn bias add"
 # cmir_trt's ops (torch.ops.cmir_trt.*, or the profiler ranges of the reference ops standing in for them on the CPU):
 # kernels per call; the aten calls nested under them are the reference's own arithmetic, not launches.
 CUSTOM_OP_KERNELS = {"cmir_trt::pointwise_conv": 1, "cmir_trt::conv2d": 1, "cmir_trt::involution": 1,
-                     "cmir_trt::involution_fused": 1, "cmir_trt::cmam": CMAM_LAUNCHES}
+                     "cmir_trt::involution_fused": 1, "cmir_trt::cmam": CMAM_LAUNCHES,
+                     "cmir_trt::spatial_attention": 2}
 HOST_US = {"aten::convolution": 15.0}  # eager host dispatch per op (cuDNN convolutions cost more; the bias add
 HOST_US_OTHER = 6.0                    # is dispatched inside aten::convolution, so its host time is in those 15 us)
 GRAPH_KERNEL_US = 3.5  # one small kernel inside a CUDA graph at batch 1 (launch gap + a sub-wave of work)
@@ -551,8 +571,10 @@ def own_kernel_us(precision: str, shapes: dict[str, Any], card: str = "H100 SXM"
     cm = shapes["cmam"]
     parts = cmam_expected(1, cm["C"], cm["tokens"], cm["dim"], cm["heads"], precision, spec)
     cmam = sum(max(GRAPH_KERNEL_US, parts[k]) for k in ("proj", "attention", "out_proj", "layernorm"))
+    sa = sum(sh["count"] * sum(max(GRAPH_KERNEL_US, v) for k, v in spatial_attention_us(sh, precision, spec).items()
+                               if k != "us") for sh in shapes["spatial_attention"])
     return {"cmir_trt::pointwise_conv": pw, "cmir_trt::conv2d": conv, "cmir_trt::involution": inv,
-            "cmir_trt::cmam": cmam}
+            "cmir_trt::cmam": cmam, "cmir_trt::spatial_attention": sa}
 
 
 def graph_us(kinds: dict[str, int], own: dict[str, float]) -> float:

@@ -2,9 +2,9 @@
 
 Inputs, weights and the float64 references are made on the CPU; the device sees host-to-device copies, our kernels
 (involution plain / with the BN-ReLU epilogue / generic K, fused involution, CMAM, pointwise convolution with its
-bias / residual / ReLU epilogue, with K split over blocks and with a projection shortcut, implicit-GEMM conv2d) on
-small odd shapes in fp32, fp16 and bf16, and device-to-host copies — so memcheck and racecheck instrument our
-kernels and nothing of PyTorch's.
+bias / residual / ReLU epilogue, with K split over blocks and with a projection shortcut, implicit-GEMM conv2d,
+spatial attention) on small odd shapes in fp32, fp16 and bf16, and device-to-host copies — so memcheck and racecheck
+instrument our kernels and nothing of PyTorch's.
 
     compute-sanitizer --tool memcheck python benchmarks/gpu/sanitize_ops.py [--json FILE]
 Exit status 0 when every output is within tolerance (normwise vs float64: fp32 1e-4, fp16 4e-3, bf16 3e-2), 1 when
@@ -114,6 +114,16 @@ def run() -> list[dict[str, Any]]:
             ws = ops.conv2d_workspace(xd, wd, s, p) if DEVICE == "cuda" else None
             y = ops.conv2d(xd, wd, dev(bias, dt), None, True, s, p, workspace=ws)
             check(f"conv2d {b}x{cin}->{cout}x{h}x{w} k{k} s{s} p{p}", prec, y, ref)
+        # spatial attention of two maps (the a/p boundary inside a 32-channel slice; more pixels than threads)
+        for b, ca, cp, h, w, k in ((2, 20, 28, 5, 6, 7), (1, 8, 40, 17, 19, 3)):
+            a = torch.randn(b, ca, h, w, generator=g).to(dt)
+            pm = torch.randn(b, cp, h, w, generator=g).to(dt)
+            wt = torch.randn(1, 2, k, k, generator=g) / k
+            bias = torch.randn(1, generator=g) * 0.3
+            refs = R.spatial_attention_ref(a.double(), pm.double(), wt.double(), bias.double())
+            got = ops.spatial_attention(dev(a, dt), dev(pm, dt), dev(wt, torch.float32), dev(bias, torch.float32))
+            for name, y, ref in zip(("a", "p", "att"), got, refs, strict=True):
+                check(f"spatial_attention {b}x{ca}+{cp}x{h}x{w} k{k} {name}", prec, y, ref)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     return out

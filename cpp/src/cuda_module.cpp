@@ -62,4 +62,5 @@ PYBIND11_MODULE(_cuda, m) {
   cmir_bindings::register_cmam(m);
   cmir_bindings::register_pointwise(m);
   cmir_bindings::register_conv2d(m);
+  cmir_bindings::register_spatial_attention(m);
 }

@@ -6,6 +6,7 @@
 //   cmir_cuda_emu_driver pointwise DIR dtype B Cin Cout H W relu ws      (x, w, bias[, residual] -> y)
 //     ... ws Cs Hs Ws stride                                          (+ a projection shortcut: shortcut.bin)
 //   cmir_cuda_emu_driver conv2d DIR dtype B Cin Cout H W kh kw stride pad relu ws  (x, w, bias[, residual] -> y)
+//   cmir_cuda_emu_driver sa DIR dtype B Ca Cp H W k          (a[, p], w, bias -> ya[, yp], att; w/bias fp32)
 //   cmir_cuda_emu_driver convert DIR f2h|h2f|f2bf|bf2f                   (in -> out)
 //   cmir_cuda_emu_driver selftest NAME                                   (emulator semantics, see selftest())
 //
@@ -28,6 +29,7 @@
 #include "dtype.cuh"
 #include "involution.cuh"
 #include "pointwise.cuh"
+#include "spatial_attention.cuh"
 
 namespace {
 
@@ -267,6 +269,43 @@ int run_conv2d(const std::string& dir, char** a) {
   return 0;
 }
 
+// The workspace starts as 0xff bytes (NaN partials): the second launch must read only what the first wrote.
+int run_sa(const std::string& dir, char** a) {
+  const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
+  const int b = arg_int(a, 1), ca = arg_int(a, 2), cp = arg_int(a, 3), h = arg_int(a, 4), w = arg_int(a, 5),
+            k = arg_int(a, 6);
+  if (spatial_attention_unsupported(b, ca, cp, h, w, k) != nullptr) {
+    Dev x(16), y(16), att(16), wt(16), bias(16), ws(64);  // distinct non-null buffers: only the sizes are refused
+    const uint64_t launches = cmir_emu::launch_count();
+    const cudaError_t e = launch_spatial_attention(nullptr, dtype, x.p, cp > 0 ? x.p : nullptr,
+                                                   static_cast<const float*>(wt.p), static_cast<const float*>(bias.p),
+                                                   y.p, cp > 0 ? y.p : nullptr, att.p, static_cast<float*>(ws.p), 64,
+                                                   b, ca, cp, h, w, k);
+    if (cmir_emu::launch_count() != launches) die("a refused launch ran a kernel");
+    return e == cudaSuccess ? 0 : report(e);
+  }
+  const size_t es = cmir_cuda::dtype_size(dtype);
+  const size_t hw = static_cast<size_t>(h) * w;
+  Dev xa(dir + "/a.bin", static_cast<size_t>(b) * ca * hw * es);
+  Dev xp(cp > 0 ? dir + "/p.bin" : "/dev/null", static_cast<size_t>(b) * cp * hw * es);
+  Dev wt(dir + "/w.bin", sizeof(float) * 2 * k * k), bias(dir + "/bias.bin", sizeof(float));
+  Dev ya(static_cast<size_t>(b) * ca * hw * es, 0xff), yp(static_cast<size_t>(b) * cp * hw * es, 0xff),
+      att(static_cast<size_t>(b) * hw * es, 0xff);
+  const size_t ws_bytes = spatial_attention_workspace_size(b, ca, cp, h, w);
+  Dev ws(ws_bytes, 0xff);
+  const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
+  const cudaError_t e = launch_spatial_attention(nullptr, dtype, xa.p, cp > 0 ? xp.p : nullptr,
+                                                 static_cast<const float*>(wt.p), static_cast<const float*>(bias.p),
+                                                 ya.p, cp > 0 ? yp.p : nullptr, att.p, static_cast<float*>(ws.p),
+                                                 ws_bytes, b, ca, cp, h, w, k);
+  if (e != cudaSuccess) return report(e);
+  print_counts(launches, memsets);
+  ya.save(dir + "/ya.bin");
+  if (cp > 0) yp.save(dir + "/yp.bin");
+  att.save(dir + "/att.bin");
+  return 0;
+}
+
 int run_convert(const std::string& dir, const std::string& mode) {
   std::FILE* f = std::fopen((dir + "/in.bin").c_str(), "rb");
   if (f == nullptr) die("cannot open in.bin");
@@ -307,7 +346,7 @@ int selftest(const std::string& name);  // emu_selftest.cpp
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    die("usage: cmir_cuda_emu_driver involution|fused|cmam|pointwise|conv2d|convert DIR ... | selftest NAME");
+    die("usage: cmir_cuda_emu_driver involution|fused|cmam|pointwise|conv2d|sa|convert DIR ... | selftest NAME");
   }
   const std::string op = argv[1];
   if (op == "selftest") return selftest(argv[2]);
@@ -317,6 +356,7 @@ int main(int argc, char** argv) {
   if (op == "cmam" && argc == 11) return run_cmam(dir, argv + 3);
   if (op == "pointwise" && (argc == 11 || argc == 15)) return run_pointwise(dir, argv + 3, argc == 15);
   if (op == "conv2d" && argc == 15) return run_conv2d(dir, argv + 3);
+  if (op == "sa" && argc == 10) return run_sa(dir, argv + 3);
   if (op == "convert" && argc == 4) return run_convert(dir, argv[3]);
   die("bad arguments for " + op);
 }

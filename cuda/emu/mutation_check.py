@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
     """(name, file, original text or "@offset:text", replacement) for the kernels in `cuda`."""
     out = []
-    for fname in ("involution.cu", "cmam.cu", "gemm.cuh", "pointwise.cu", "conv2d.cu"):
+    for fname in ("involution.cu", "cmam.cu", "gemm.cuh", "pointwise.cu", "conv2d.cu", "spatial_attention.cu"):
         src = (cuda / fname).read_text(encoding="utf-8")
         for call in ("__syncthreads()", "__syncwarp()"):
             for i, m in enumerate(re.finditer(re.escape(call), src)):
@@ -88,6 +88,13 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "if (k_next < k_end && !a_by_async(k_next)) store_a(stage + 0 * next, store_regs);"),
         ("gemm.cuh two register sets: the second step loads into the set it stores", "gemm.cuh",
          "k_step(k0, stage, areg2, areg);", "k_step(k0, stage, areg, areg);"),
+        ("spatial_attention.cu mean over the slice, not over all channels", "spatial_attention.cu",
+         "smem[q] = sum / static_cast<float>(channels);", "smem[q] = sum / static_cast<float>(kSlice + 0 * channels);"),
+        ("spatial_attention.cu conv taps mirrored (correlation turned into convolution)", "spatial_attention.cu",
+         "__ldg(s.w + (c * s.k + ky) * s.k + kx)", "__ldg(s.w + (c * s.k + (s.k - 1 - ky)) * s.k + kx)"),
+        ("spatial_attention.cu p's channels read from a", "spatial_attention.cu",
+         ": static_cast<const T*>(s.p) + (static_cast<int64_t>(b) * s.cp + (c - s.ca)) * s.hw;",
+         ": static_cast<const T*>(s.a) + (static_cast<int64_t>(b) * s.cp + (c - s.ca)) * s.hw;"),
         # (the parameters stay used: an unused one would not build under -Werror)
         ("pointwise.cu residual dropped", "pointwise.cu", "p.res = residual;",
          "p.res = residual != nullptr ? nullptr : nullptr;"),
@@ -143,6 +150,7 @@ TESTS = {
                  "cmam or pointwise or conv2d"],
     "pointwise.cu": ["tests/test_cuda_emu_pointwise.py"],
     "conv2d.cu": ["tests/test_cuda_emu_conv2d.py"],
+    "spatial_attention.cu": ["tests/test_cuda_emu_spatial_attention.py"],
 }
 
 

@@ -30,5 +30,6 @@ void register_involution(pybind11::module_& m);
 void register_cmam(pybind11::module_& m);
 void register_pointwise(pybind11::module_& m);
 void register_conv2d(pybind11::module_& m);
+void register_spatial_attention(pybind11::module_& m);
 
 }  // namespace cmir_bindings

@@ -68,6 +68,16 @@ class _ReferenceOps:
             return pointwise_conv_ref(x, weight, bias, residual, relu, shortcut, shortcut_stride).to(x.dtype)
 
     @staticmethod
+    def spatial_attention(a: Any, p: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any]:
+        from torch.profiler import record_function
+
+        from ..ops.reference import spatial_attention_ref
+
+        with record_function("cmir_trt::spatial_attention"):
+            ya, yp, att = spatial_attention_ref(a, p, weight, bias)
+            return ya.to(a.dtype), None if yp is None else yp.to(p.dtype), att.to(a.dtype)
+
+    @staticmethod
     def conv2d(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False, stride: int = 1,
                padding: int = 0, workspace: Any = None) -> Any:
         del workspace
@@ -87,6 +97,7 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
 
     from .. import ops as cuda_ops
     from ..ops import fold_generator, pack_cmam_module
+    from ..ops.spatial_attention import MAX_PIXELS as cuda_ops_sa_max_pixels
 
     if impl not in ("cuda", "reference"):
         raise ValueError(f"impl must be 'cuda' or 'reference', got {impl!r}")
@@ -246,6 +257,39 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             cout, cin, kh, kw = self.weight.shape
             return f"{cin}, {cout}, kernel={kh}x{kw}, stride={self.stride}, padding={self.padding}, relu={self.relu}"
 
+    class CudaSpatialAttention(nn.Module):
+        """SpatialAttention on the spatial_attention op: apply_pair(a, p) — the concatenation, the statistics, the
+        conv, the sigmoid and both multiplies — in two launches (PyTorch: nine kernels). The conv's weight and bias
+        stay fp32 (plain attributes: model.to(dtype) leaves them). Maps over the op's pixel limit take PyTorch's
+        path."""
+
+        def __init__(self, sa: nn.Module, device: Any) -> None:
+            super().__init__()
+            self.kernel_size = sa.kernel_size
+            self.w_f32 = sa.conv.weight.detach().to(device=device, dtype=torch.float32).contiguous()
+            self.b_f32 = sa.conv.bias.detach().to(device=device, dtype=torch.float32).contiguous()
+
+        def _fits(self, x: torch.Tensor) -> bool:
+            return x.shape[2] * x.shape[3] <= cuda_ops_sa_max_pixels
+
+        def attention(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.contiguous()
+            if not self._fits(x):
+                stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+                return torch.sigmoid(F.conv2d(stats, self.w_f32.to(x.dtype), self.b_f32.to(x.dtype),
+                                              padding=(self.kernel_size - 1) // 2))
+            return ops.spatial_attention(x, None, self.w_f32, self.b_f32)[2]
+
+        def apply_pair(self, a: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            if not self._fits(a):
+                att = self.attention(torch.cat([a, p], dim=1))
+                return a * att, p * att, att
+            return ops.spatial_attention(a.contiguous(), p.contiguous(), self.w_f32, self.b_f32)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            att = self.attention(x)
+            return x * att, att
+
     class CudaBottleneck(nn.Module):
         """Bottleneck with conv3 + identity + ReLU in one pointwise_conv launch (conv3's residual epilogue); with a
         projection shortcut folded into conv3 (its weights appended to conv3's, read at the downsample's stride),
@@ -263,7 +307,7 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             return self.conv3(h, identity)
 
     return {"CudaInvolution": CudaInvolution, "CudaCMAM": CudaCMAM, "CudaPointwise": CudaPointwise,
-            "CudaConv": CudaConv, "CudaBottleneck": CudaBottleneck}
+            "CudaConv": CudaConv, "CudaSpatialAttention": CudaSpatialAttention, "CudaBottleneck": CudaBottleneck}
 
 
 def _is_pointwise(conv: Any) -> bool:
@@ -303,10 +347,11 @@ def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fus
     stride-1 1x1 convolution (with its ReLU, and a bottleneck's conv3 with the residual add, the block's ReLU and —
     where it has one of the right form — its 1x1 downsample as a projection shortcut) on the pointwise_conv kernel,
     the other convolution + BN [+ ReLU] sequences (the stems' 3x3) and the strided involutions' pooled generation
-    input on the conv2d kernel, moved to `device` in `precision`. The input model is not modified.
+    input on the conv2d kernel, the SA modules on the spatial_attention kernels, moved to `device` in `precision`.
+    The input model is not modified.
     impl="reference" puts the float64 reference ops in place of the CUDA kernels (any device; for checking the
-    rewrite without a GPU). pointwise_conv=False keeps every convolution on cuDNN (the backend before the
-    pointwise and conv2d ops; for launch counts and A/B timing)."""
+    rewrite without a GPU). pointwise_conv=False keeps every convolution on cuDNN and the SA modules on PyTorch
+    (the backend before the pointwise, conv2d and spatial_attention ops; for launch counts and A/B timing)."""
     import torch
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -314,6 +359,7 @@ def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fus
     from ..model.cmam import CMAM
     from ..model.involution import Involution2d
     from ..model.resnet import Bottleneck
+    from ..model.spatial import SpatialAttention
 
     dtype = _torch_dtype(precision)
     wrappers = _build_wrappers(impl)
@@ -387,6 +433,8 @@ def prepare_model(model: Any, precision: str = "fp32", device: Any = "cuda", fus
                                                                   dtype, pointwise_conv))
             elif isinstance(child, CMAM):
                 setattr(parent, name, wrappers["CudaCMAM"](child, device, dtype))
+            elif isinstance(child, SpatialAttention) and pointwise_conv:
+                setattr(parent, name, wrappers["CudaSpatialAttention"](child, device))
             elif is_conv_bn(child):
                 setattr(parent, name, conv_seq(child))
             else:

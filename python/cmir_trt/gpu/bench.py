@@ -203,7 +203,8 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
     """Involution, CMAM and pointwise-convolution input shapes of the CMIR model (batch 1), found by running it once
     on the CPU with hooks: {"involution": [{"name", "count", "C", "H", "W", "K", "stride", "group_channels"}],
     "cmam": {...} or None, "pointwise": [{"name", "count", "Cin", "Cout", "H", "W", "residual", "shortcut"}],
-    "conv2d": [{"name", "count", "Cin", "Cout", "H", "W", "kh", "kw", "stride", "pad"}]}.
+    "conv2d": [{"name", "count", "Cin", "Cout", "H", "W", "kh", "kw", "stride", "pad"}],
+    "spatial_attention": [{"name", "count", "C", "H", "W", "k"}] (C: the two phases' channels together)}.
     "pointwise": the launches of pointwise_conv in the GPU backend: the stride-1 1x1 convolutions (the bottlenecks'
     and the involutions' generation convolutions); a bottleneck's conv3 carries the identity as its residual, or,
     where its downsample is fused (``backend.fusable_shortcut``), that downsample's input channels as "shortcut"
@@ -233,6 +234,7 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
     pooled = {id(m.reduce) for m in model.modules() if isinstance(m, Involution2d) and m.stride > 1}
     sa_convs = {id(m.conv) for m in model.modules() if isinstance(m, SpatialAttention)}
     conv: dict[tuple[int, ...], dict[str, Any]] = {}
+    sa: dict[tuple[int, ...], dict[str, Any]] = {}
     hooks = []
 
     def add_conv(name: str, cin: int, cout: int, h: int, w: int, k: int, stride: int, pad: int) -> None:
@@ -248,6 +250,11 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
         key = (cin, m.out_channels, h, w, int(id(m) in conv3 and sc == 0), sc)
         pw.setdefault(key, {"name": name, "count": 0, "Cin": cin, "Cout": m.out_channels, "H": h, "W": w,
                             "residual": key[-2], "shortcut": sc})["count"] += 1
+
+    def on_sa(name: str, m: Any, a: Any, p: Any) -> None:
+        _, ca, h, w = a.shape
+        key = (ca + p.shape[1], h, w, m.kernel_size)
+        sa.setdefault(key, {"name": name, "count": 0, "C": key[0], "H": h, "W": w, "k": m.kernel_size})["count"] += 1
 
     def on_inv(name: str, m: Any, x: Any) -> None:
         _, c, h, w = x.shape
@@ -266,6 +273,9 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
     for name, m in model.named_modules():
         if isinstance(m, Involution2d):
             hooks.append(m.register_forward_hook(lambda mod, args, out, name=name: on_inv(name, mod, args[0])))
+        elif isinstance(m, SpatialAttention):
+            # CMIR calls apply_pair (not forward: no hook fires); this model is ours alone, so wrap the method
+            m.apply_pair = lambda a, p, m=m, name=name, call=m.apply_pair: (on_sa(name, m, a, p), call(a, p))[1]
         elif isinstance(m, CMAM):
             hooks.append(m.register_forward_hook(lambda mod, args, out: cmam.update(
                 C=args[0].shape[1], tokens=args[0].shape[2] * args[0].shape[3],
@@ -284,7 +294,7 @@ def model_shapes(config: Any = None) -> dict[str, Any]:
     for hk in hooks:
         hk.remove()
     return {"involution": list(inv.values()), "cmam": cmam or None, "pointwise": list(pw.values()),
-            "conv2d": list(conv.values())}
+            "conv2d": list(conv.values()), "spatial_attention": list(sa.values())}
 
 
 # ---------------------------------------------------------------- timing

@@ -132,8 +132,7 @@ class CMIR(nn.Module):
         p = self._stages(self.pv_backbone, pv, 0, 3) if self.pv_backbone is not None else None
         a3_map = None
         if self.sa3 is not None and p is not None:
-            a3_map = self.sa3.attention(torch.cat([a, p], dim=1))
-            a, p = a * a3_map, p * a3_map
+            a, p, a3_map = self.sa3.apply_pair(a, p)
         a = self._stages(self.art_backbone, a, 3, 4)
         if p is not None and self.pv_backbone is not None:
             p = self._stages(self.pv_backbone, p, 3, 4)
@@ -141,8 +140,7 @@ class CMIR(nn.Module):
             a, p = self.cmam(a, p)
         a4_map = None
         if self.sa4 is not None and p is not None:
-            a4_map = self.sa4.attention(torch.cat([a, p], dim=1))
-            a, p = a * a4_map, p * a4_map
+            a, p, a4_map = self.sa4.apply_pair(a, p)
 
         feats = [a.mean(dim=(2, 3))]
         if p is not None:

@@ -20,6 +20,12 @@ class SpatialAttention(nn.Module):
         stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return torch.sigmoid(self.conv(stats))
 
+    def apply_pair(self, a: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The attention of the two phases' channel concatenation applied to each: (a * A, p * A, A). One method,
+        so that a GPU backend can replace the whole step (the concatenation, the statistics and the multiplies)."""
+        att = self.attention(torch.cat([a, p], dim=1))
+        return a * att, p * att, att
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         a = self.attention(x)
         return x * a, a

@@ -9,6 +9,7 @@ or cupy arrays, no copies, on the caller's current stream.
   ``pointwise_workspace`` (its split-K workspace)
 - ``conv2d(x, weight, bias, residual=None, relu=False, stride=1, padding=0, workspace=None)`` (implicit-GEMM
   convolution + bias [+ residual] [+ ReLU]) and ``conv2d_workspace``
+- ``spatial_attention(a, p, weight, bias)`` (CMIR's SA over [a; p]: both maps multiplied, and the attention map)
 
 Importing this package needs neither torch nor cupy; the first call with a torch tensor registers the custom ops
 (``register_torch_ops()`` does it explicitly, e.g. before torch.compile).
@@ -20,12 +21,15 @@ from .cmam import cmam, pack_cmam_module, pack_cmam_weights, packed_weights_size
 from .conv2d import conv2d, conv2d_workspace, conv2d_workspace_size
 from .involution import fold_generator, involution, involution_fused, output_size
 from .pointwise import pointwise_conv, pointwise_workspace, pointwise_workspace_size
+from .spatial_attention import spatial_attention
 
 __all__ = ["cmam", "conv2d", "conv2d_workspace", "conv2d_workspace_size", "fold_generator", "involution",
            "involution_fused", "output_size", "pack_cmam_module", "pack_cmam_weights", "packed_weights_size",
-           "pointwise_conv", "pointwise_workspace", "pointwise_workspace_size", "register_torch_ops"]
+           "pointwise_conv", "pointwise_workspace", "pointwise_workspace_size", "register_torch_ops",
+           "spatial_attention"]
 
 
 def register_torch_ops() -> None:
-    """Register torch.ops.cmir_trt.{involution, involution_fused, cmam, pointwise_conv, conv2d} (imports torch)."""
+    """Register torch.ops.cmir_trt.{involution, involution_fused, cmam, pointwise_conv, conv2d, spatial_attention}
+    (imports torch)."""
     from . import _torch_ops  # noqa: F401

@@ -1,5 +1,5 @@
 """torch custom ops over the CUDA launchers: ``torch.ops.cmir_trt.involution``, ``.involution_fused``, ``.cmam``,
-``.pointwise_conv``, ``.conv2d``.
+``.pointwise_conv``, ``.conv2d``, ``.spatial_attention``.
 
 Registered with torch.library (CUDA implementation + fake implementation), so eager code, torch.compile (the fake
 impl gives output shapes) and CUDA graph capture (no host sync, outputs from the caching allocator) all see one op.
@@ -20,6 +20,7 @@ from .cmam import check_cmam_args
 from .conv2d import check_conv2d_args, conv2d_output_size, conv2d_workspace_size
 from .involution import check_fused_args, check_involution_args, output_size
 from .pointwise import check_pointwise_args, check_workspace, pointwise_workspace_size
+from .spatial_attention import check_spatial_attention_args
 
 _mod = None
 
@@ -159,6 +160,31 @@ def _conv2d_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Ten
                         conv2d_output_size(w, kw, stride, padding)))
 
 
+@torch.library.custom_op("cmir_trt::spatial_attention", mutates_args=(), device_types="cuda")
+def _spatial_attention_op(a: Tensor, p: Optional[Tensor], weight: Tensor,
+                          bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    b, ca, h, w = a.shape
+    cp = 0 if p is None else p.shape[1]
+    ya = torch.empty_like(a)
+    yp = torch.empty_like(p) if p is not None else a.new_empty((0,))
+    att = a.new_empty((b, 1, h, w))
+    with torch.cuda.device(a.device):
+        mod = _cuda_module()
+        nbytes = mod.spatial_attention_workspace_size(b, ca, cp, h, w)
+        ws = torch.empty(nbytes // 4, dtype=torch.float32, device=a.device)  # partial statistics, no initial contents
+        mod.spatial_attention(_dtype_code(a), a.data_ptr(), _ptr(p), weight.data_ptr(), bias.data_ptr(),
+                              ya.data_ptr(), 0 if p is None else yp.data_ptr(), att.data_ptr(), ws.data_ptr(), nbytes,
+                              b, ca, cp, h, w, weight.shape[-1], stream=_stream(a))
+    return ya, yp, att
+
+
+@_spatial_attention_op.register_fake
+def _spatial_attention_fake(a: Tensor, p: Optional[Tensor], weight: Tensor,
+                            bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    b, _, h, w = a.shape
+    return torch.empty_like(a), torch.empty_like(p) if p is not None else a.new_empty((0,)), a.new_empty((b, 1, h, w))
+
+
 def _info(t: Optional[Tensor], name: str):  # noqa: ANN202
     return None if t is None else describe(t, name)
 
@@ -228,3 +254,13 @@ def torch_conv2d(x: Tensor, weight: Tensor, bias: Tensor, residual: Optional[Ten
         check_workspace(describe(workspace, "workspace"), xi.device,
                         conv2d_workspace_size(b, cin, cout, h, w, kh, kw, stride, padding))
     return torch.ops.cmir_trt.conv2d(x, weight, bias, residual, bool(relu), int(stride), int(padding), workspace)
+
+
+def torch_spatial_attention(a: Tensor, p: Optional[Tensor], weight: Tensor,
+                            bias: Tensor) -> tuple[Tensor, Optional[Tensor], Tensor]:
+    for n, t in (("p", p), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, Tensor) and not (n == "p" and t is None):
+            raise TypeError(f"{n} must be a torch.Tensor like a, got {type(t).__name__}")
+    check_spatial_attention_args(describe(a, "a"), _info(p, "p"), describe(weight, "weight"), describe(bias, "bias"))
+    ya, yp, att = torch.ops.cmir_trt.spatial_attention(a, p, weight, bias)
+    return ya, (yp if p is not None else None), att

@@ -146,3 +146,16 @@ def conv2d_ref(x: Any, weight: Any, bias: Any = None, residual: Any = None, relu
     if residual is not None:
         y = y + residual.double()
     return y.clamp_min(0.0) if relu else y
+
+
+def spatial_attention_ref(a: Any, p: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any]:
+    """(a * att, p * att, att) in float64, att = sigmoid(conv([mean_c(x), max_c(x)], weight, bias, padding=(k-1)/2))
+    over x = [a; p] (p may be None: the second result is then None) — CMIR's SpatialAttention on the concatenation."""
+    import torch
+    import torch.nn.functional as F
+
+    x = a.double() if p is None else torch.cat([a.double(), p.double()], dim=1)
+    stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+    k = weight.shape[-1]
+    att = torch.sigmoid(F.conv2d(stats, weight.double(), bias.double(), padding=(k - 1) // 2))
+    return a.double() * att, None if p is None else p.double() * att, att
