@@ -871,8 +871,9 @@ def bench_e2e(checkpoint: str | os.PathLike[str] | None = None, batches: Sequenc
                           ("ours_ms", lambda p=prec: TorchCudaBackend(base, p, cuda_graph=False, allow_tf32=tf32)),
                           ("ours_graph_ms", lambda p=prec: TorchCudaBackend(base, p, cuda_graph=True,
                                                                            allow_tf32=tf32)),
-                          # the same graph with cuDNN 1x1 convolutions (bias and ReLU as separate kernels): what
-                          # the fused pointwise op saves, i.e. the launch model of RESULTS.md checked on the card
+                          # the same graph with every convolution on cuDNN (bias and ReLU as separate kernels) and
+                          # PyTorch's SA: what the pointwise / conv2d / spatial-attention ops save, i.e. the launch
+                          # model of RESULTS.md checked on the card
                           ("ours_cudnn_graph_ms", lambda p=prec: TorchCudaBackend(base, p, cuda_graph=True,
                                                                                  allow_tf32=tf32,
                                                                                  pointwise_conv=False))):
