@@ -175,6 +175,9 @@ class ExportSpatialAttention(nn.Module):
         stats = torch.cat([x.mean(dim=1, keepdim=True), torch.max(x, dim=1, keepdim=True)[0]], dim=1)
         return torch.sigmoid(self.conv(stats))
 
+    # CMIR.forward's step (concatenation, attention, both multiplies), over this module's attention
+    apply_pair = SpatialAttention.apply_pair
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         a = self.attention(x)
         return x * a, a
