@@ -32,6 +32,22 @@ inline bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
   return pa < pb + bn && pb < pa + an;
 }
 
+// Whether no input range overlaps an output range and no two outputs overlap (null pointers skipped): launchers
+// refuse outputs (and workspaces) that alias what the kernel reads or writes elsewhere.
+inline bool disjoint(const void* const* ins, const size_t* in_bytes, int n_in, const void* const* outs,
+                     const size_t* out_bytes, int n_out) {
+  for (int o = 0; o < n_out; ++o) {
+    if (outs[o] == nullptr) continue;
+    for (int i = 0; i < n_in; ++i) {
+      if (ins[i] != nullptr && overlaps(ins[i], in_bytes[i], outs[o], out_bytes[o])) return false;
+    }
+    for (int j = o + 1; j < n_out; ++j) {
+      if (outs[j] != nullptr && overlaps(outs[j], out_bytes[j], outs[o], out_bytes[o])) return false;
+    }
+  }
+  return true;
+}
+
 // Every kernel launch goes through here: `<<<...>>>` under nvcc, the CPU emulator under the host compiler
 // (cuda/emu, tests only). Arguments convert to the kernel's parameter types as in a direct launch. Returns
 // cudaGetLastError() of the launch, so a bad configuration (threads, grid, shared memory) is reported at once.

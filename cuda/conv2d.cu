@@ -8,8 +8,6 @@
 #include "dtype.cuh"
 #include "gemm.cuh"
 
-using cmir_cuda::overlaps;
-
 namespace {
 
 // The GEMM of one call (pointers unset): rows m = b * Ho*Wo + output pixel, K = Cin * kh * kw (c, ky, kx).
@@ -77,12 +75,9 @@ cudaError_t launch_conv2d(cudaStream_t stream, CmirDType dtype, const void* x, c
   const void* ins[] = {x, w, bias, residual};
   const size_t sizes[] = {static_cast<size_t>(batch) * cin * height * width * es,
                           static_cast<size_t>(cout) * cin * kh * kw * es, static_cast<size_t>(cout) * es, y_bytes};
-  for (int i = 0; i < 4; ++i) {
-    if (ins[i] == nullptr) continue;
-    if (overlaps(ins[i], sizes[i], y, y_bytes)) return cudaErrorInvalidValue;
-    if (workspace != nullptr && overlaps(ins[i], sizes[i], workspace, workspace_bytes)) return cudaErrorInvalidValue;
-  }
-  if (workspace != nullptr && overlaps(y, y_bytes, workspace, workspace_bytes)) return cudaErrorInvalidValue;
+  const void* outs[] = {y, workspace};
+  const size_t out_sizes[] = {y_bytes, workspace_bytes};
+  if (!cmir_cuda::disjoint(ins, sizes, 4, outs, out_sizes, 2)) return cudaErrorInvalidValue;
   int sms = 0;
   CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
   const cmir_gemm::GemmBatch gb = conv_gemm(batch, cin, cout, height, width, kh, kw, stride, pad, relu);

@@ -8,8 +8,6 @@
 #include "dtype.cuh"
 #include "gemm.cuh"
 
-using cmir_cuda::overlaps;
-
 static_assert(kPointwiseWorkspaceZeroBytes == cmir_gemm::kSplitCounterBytes, "the documented zeroed prefix");
 
 namespace {
@@ -99,12 +97,9 @@ cudaError_t launch_pointwise_conv(cudaStream_t stream, CmirDType dtype, const vo
   const void* ins[] = {x, w, bias, residual, shortcut == nullptr ? nullptr : shortcut->x};
   const size_t sizes[] = {x_bytes, static_cast<size_t>(cout) * k_total * es, static_cast<size_t>(cout) * es,
                           y_bytes, s_bytes};
-  for (int i = 0; i < 5; ++i) {
-    if (ins[i] == nullptr) continue;
-    if (overlaps(ins[i], sizes[i], y, y_bytes)) return cudaErrorInvalidValue;
-    if (workspace != nullptr && overlaps(ins[i], sizes[i], workspace, workspace_bytes)) return cudaErrorInvalidValue;
-  }
-  if (workspace != nullptr && overlaps(y, y_bytes, workspace, workspace_bytes)) return cudaErrorInvalidValue;
+  const void* outs[] = {y, workspace};
+  const size_t out_sizes[] = {y_bytes, workspace_bytes};
+  if (!cmir_cuda::disjoint(ins, sizes, 5, outs, out_sizes, 2)) return cudaErrorInvalidValue;
   int sms = 0;
   CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
   const int n = static_cast<int>(hw);

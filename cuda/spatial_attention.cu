@@ -9,7 +9,6 @@
 using cmir_cuda::ceil_div;
 using cmir_cuda::from_f32;
 using cmir_cuda::ldg_f32;
-using cmir_cuda::overlaps;
 
 namespace {
 
@@ -171,15 +170,7 @@ cudaError_t launch_spatial_attention(cudaStream_t stream, CmirDType dtype, const
   const size_t out_sizes[] = {a_bytes, p_bytes, static_cast<size_t>(batch) * hw * es, workspace_bytes};
   const void* ins[] = {a, cp > 0 ? p : nullptr, w, bias};
   const size_t in_sizes[] = {a_bytes, p_bytes, sizeof(float) * 2 * k * k, sizeof(float)};
-  for (int o = 0; o < 4; ++o) {
-    if (outs[o] == nullptr) continue;
-    for (int i = 0; i < 4; ++i) {
-      if (ins[i] != nullptr && overlaps(ins[i], in_sizes[i], outs[o], out_sizes[o])) return cudaErrorInvalidValue;
-    }
-    for (int j = o + 1; j < 4; ++j) {
-      if (outs[j] != nullptr && overlaps(outs[j], out_sizes[j], outs[o], out_sizes[o])) return cudaErrorInvalidValue;
-    }
-  }
+  if (!cmir_cuda::disjoint(ins, in_sizes, 4, outs, out_sizes, 4)) return cudaErrorInvalidValue;
   const SaArgs s{a, cp > 0 ? p : nullptr, w, bias, ya, cp > 0 ? yp : nullptr, att, workspace, ca, cp,
                  static_cast<int>(hw), height, width, k, slices(ca, cp)};
   switch (dtype) {

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._arrays import (
-    DTYPE_CODES,
-    ArrayInfo,
-    check_contiguous,
-    check_cuda,
-    check_float,
-    check_same_dtype,
-    describe,
-    is_torch_tensor,
-)
-from .pointwise import check_workspace
+from ._arrays import DTYPE_CODES, ArrayInfo, describe, is_torch_tensor
+from .pointwise import MAX_ROWS, check_gemm_conv_epilogue, check_workspace
 
-# The launcher's limits (cuda/conv2d.cuh): int GEMM rows (B * Ho * Wo) and K (Cin * kh * kw); Cout in 65535 tiles.
-MAX_ROWS = 2**30
+# The launcher's limits (cuda/conv2d.cuh): the GEMM's (MAX_ROWS output pixels, MAX_COUT as pointwise_conv's) and int
+# K (Cin * kh * kw).
 MAX_K = 2**30
-MAX_COUT = 65535 * 128
+__all__ = ["MAX_K", "MAX_ROWS", "check_conv2d_args", "conv2d", "conv2d_output_size", "conv2d_workspace",
+           "conv2d_workspace_size"]
 
 
 def conv2d_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -54,24 +46,9 @@ def check_conv2d_args(x: ArrayInfo, weight: ArrayInfo, bias: ArrayInfo, residual
     ho, wo = conv2d_output_size(h, kh, stride, padding), conv2d_output_size(w, kw, stride, padding)
     if ho < 1 or wo < 1:
         raise ValueError(f"the {kh}x{kw} kernel does not fit the {h}x{w} input padded by {padding}")
-    if bias.shape != (cout,):
-        raise ValueError(f"bias must have shape ({cout},), got {bias.shape}")
-    if residual is not None and residual.shape != (b, cout, ho, wo):
-        raise ValueError(f"residual must have the output's shape {(b, cout, ho, wo)}, got {residual.shape}")
-    if b * ho * wo > MAX_ROWS:
-        raise ValueError(f"B*Ho*Wo = {b * ho * wo} exceeds the kernel's limit {MAX_ROWS}")
     if cin * kh * kw > MAX_K:
         raise ValueError(f"Cin*kh*kw = {cin * kh * kw} exceeds the kernel's limit {MAX_K}")
-    if cout > MAX_COUT:
-        raise ValueError(f"Cout = {cout} exceeds the kernel's limit {MAX_COUT}")
-    infos = {"x": x, "weight": weight, "bias": bias}
-    if residual is not None:
-        infos["residual"] = residual
-    for n, i in infos.items():
-        check_float(i, n)
-    check_same_dtype(infos)
-    check_contiguous(infos)
-    check_cuda(infos)
+    check_gemm_conv_epilogue({"x": x, "weight": weight}, bias, residual, (b, cout, ho, wo))
     return b, cin, cout, h, w, kh, kw, ho, wo
 
 

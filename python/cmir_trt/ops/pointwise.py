@@ -107,25 +107,29 @@ def check_pointwise_args(x: ArrayInfo, weight: ArrayInfo, bias: ArrayInfo, resid
         what = f"Cin={cin}" if cs == 0 else f"Cin + Cs = {cin} + {cs}"
         raise ValueError(f"weight must be [Cout, {what}] or [Cout, {k}, 1, 1], got shape {weight.shape}")
     cout = weight.shape[0]
+    check_gemm_conv_epilogue({"x": x, "weight": weight, "shortcut": shortcut}, bias, residual, (b, cout, h, w))
+    return b, cin, cout, h, w, cs
+
+
+def check_gemm_conv_epilogue(inputs: dict[str, ArrayInfo | None], bias: ArrayInfo, residual: ArrayInfo | None,
+                             out_shape: tuple[int, int, int, int]) -> None:
+    """The checks the GEMM convolutions (pointwise_conv, conv2d) share: bias [Cout], residual of the output's shape,
+    the launchers' row / Cout limits, and one float dtype, contiguous, one CUDA device for every array given."""
+    b, cout, ho, wo = out_shape
     if bias.shape != (cout,):
         raise ValueError(f"bias must have shape ({cout},), got {bias.shape}")
-    if residual is not None and residual.shape != (b, cout, h, w):
-        raise ValueError(f"residual must have the output's shape {(b, cout, h, w)}, got {residual.shape}")
-    if b * h * w > MAX_ROWS:
-        raise ValueError(f"B*H*W = {b * h * w} exceeds the kernel's limit {MAX_ROWS}")
+    if residual is not None and residual.shape != out_shape:
+        raise ValueError(f"residual must have the output's shape {out_shape}, got {residual.shape}")
+    if b * ho * wo > MAX_ROWS:
+        raise ValueError(f"B*H*W of the output = {b * ho * wo} exceeds the kernel's limit {MAX_ROWS}")
     if cout > MAX_COUT:
         raise ValueError(f"Cout = {cout} exceeds the kernel's limit {MAX_COUT}")
-    infos = {"x": x, "weight": weight, "bias": bias}
-    if residual is not None:
-        infos["residual"] = residual
-    if shortcut is not None:
-        infos["shortcut"] = shortcut
+    infos = {n: i for n, i in {**inputs, "bias": bias, "residual": residual}.items() if i is not None}
     for n, i in infos.items():
         check_float(i, n)
     check_same_dtype(infos)
     check_contiguous(infos)
     check_cuda(infos)
-    return b, cin, cout, h, w, cs
 
 
 def pointwise_conv(x: Any, weight: Any, bias: Any, residual: Any = None, relu: bool = False,
