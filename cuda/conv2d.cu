@@ -36,19 +36,6 @@ cmir_gemm::GemmBatch conv_gemm(int batch, int cin, int cout, int height, int wid
   return gb;
 }
 
-template <typename T>
-cudaError_t launch_typed(cudaStream_t stream, cmir_gemm::GemmBatch gb, const void* x, const void* w,
-                         const void* bias, const void* residual, void* y, void* ws, size_t ws_bytes, int sms) {
-  cmir_gemm::GemmProblem& p = gb.p[0];
-  p.g_src = x;
-  p.w = w;
-  p.bias = bias;
-  p.res = residual;
-  p.out_t = y;
-  CMIR_CUDA_TRY(cmir_gemm::plan_typed(gb, 1, sms, ws, ws_bytes));
-  return cmir_gemm::launch_gemm<T, true>(stream, gb, 1, false);
-}
-
 }  // namespace
 
 size_t conv2d_workspace_size(int batch, int cin, int cout, int height, int width, int kh, int kw, int stride,
@@ -83,11 +70,14 @@ cudaError_t launch_conv2d(cudaStream_t stream, CmirDType dtype, const void* x, c
   const cmir_gemm::GemmBatch gb = conv_gemm(batch, cin, cout, height, width, kh, kw, stride, pad, relu);
   switch (dtype) {
     case CmirDType::kFloat32:
-      return launch_typed<float>(stream, gb, x, w, bias, residual, y, workspace, workspace_bytes, sms);
+      return cmir_gemm::launch_typed_conv<float, true>(stream, gb, nullptr, x, w, bias, residual, y, workspace,
+                                                       workspace_bytes, sms);
     case CmirDType::kFloat16:
-      return launch_typed<__half>(stream, gb, x, w, bias, residual, y, workspace, workspace_bytes, sms);
+      return cmir_gemm::launch_typed_conv<__half, true>(stream, gb, nullptr, x, w, bias, residual, y, workspace,
+                                                        workspace_bytes, sms);
     case CmirDType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(stream, gb, x, w, bias, residual, y, workspace, workspace_bytes, sms);
+      return cmir_gemm::launch_typed_conv<__nv_bfloat16, true>(stream, gb, nullptr, x, w, bias, residual, y, workspace,
+                                                               workspace_bytes, sms);
   }
   return cudaErrorInvalidValue;
 }

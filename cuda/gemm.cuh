@@ -665,6 +665,22 @@ inline cudaError_t plan_typed(GemmBatch& gb, int problems, int sms, void* ws, si
   return cudaSuccess;
 }
 
+// The convolution ops' launch (pointwise.cu, conv2d.cu): one problem with these pointers (a: the strided A, g_src:
+// the gathered segment's input; either may be null when unused), planned by plan_typed and launched.
+template <typename T, bool kGather>
+cudaError_t launch_typed_conv(cudaStream_t stream, GemmBatch gb, const void* a, const void* g_src, const void* w,
+                              const void* bias, const void* res, void* out, void* ws, size_t ws_bytes, int sms) {
+  GemmProblem& p = gb.p[0];
+  p.a = a;
+  p.g_src = g_src;
+  p.w = w;
+  p.bias = bias;
+  p.res = res;
+  p.out_t = out;
+  CMIR_CUDA_TRY(plan_typed(gb, 1, sms, ws, ws_bytes));
+  return launch_gemm<T, kGather>(stream, gb, 1, false);
+}
+
 // plan_gemm + launch_gemm: the entry point of a single GEMM op (e.g. a 1x1 convolution).
 template <typename T>
 cudaError_t plan_and_launch_gemm(cudaStream_t stream, GemmBatch& gb, int problems, bool a_is_float, int sms,

@@ -32,7 +32,8 @@ cmir_gemm::GemmBatch pointwise_gemm(int batch, int cin, int cout, int hw, int re
   return gb;
 }
 
-// The shortcut as the GEMM's gathered segment: K columns Cin .. Cin + channels - 1, a 1x1 kernel at `stride`.
+// The shortcut as the GEMM's gathered segment: K columns Cin .. Cin + channels - 1, a 1x1 kernel at `stride`
+// (p.g_src is set at launch).
 void add_shortcut(cmir_gemm::GemmBatch& gb, int cin, int width, const PointwiseShortcut& s) {
   gb.gather = 1;
   gb.k_seg = cin;
@@ -44,7 +45,6 @@ void add_shortcut(cmir_gemm::GemmBatch& gb, int cin, int width, const PointwiseS
   gb.g_stride = s.stride;
   gb.g_pad = 0;
   gb.g_ow = width;
-  gb.p[0].g_src = s.x;
 }
 
 template <typename T>
@@ -52,16 +52,11 @@ cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* w, cons
                          void* y, void* ws, size_t ws_bytes, int batch, int cin, int cout, int width, int hw,
                          int relu, const PointwiseShortcut* shortcut, int sms) {
   cmir_gemm::GemmBatch gb = pointwise_gemm(batch, cin, cout, hw, relu);
-  if (shortcut != nullptr) add_shortcut(gb, cin, width, *shortcut);
-  cmir_gemm::GemmProblem& p = gb.p[0];
-  p.a = x;
-  p.w = w;
-  p.bias = bias;
-  p.res = residual;
-  p.out_t = y;
-  CMIR_CUDA_TRY(cmir_gemm::plan_typed(gb, 1, sms, ws, ws_bytes));
-  if (shortcut != nullptr) return cmir_gemm::launch_gemm<T, true>(stream, gb, 1, false);
-  return cmir_gemm::launch_gemm<T>(stream, gb, 1, false);
+  if (shortcut == nullptr) {
+    return cmir_gemm::launch_typed_conv<T, false>(stream, gb, x, nullptr, w, bias, residual, y, ws, ws_bytes, sms);
+  }
+  add_shortcut(gb, cin, width, *shortcut);
+  return cmir_gemm::launch_typed_conv<T, true>(stream, gb, x, shortcut->x, w, bias, residual, y, ws, ws_bytes, sms);
 }
 
 }  // namespace

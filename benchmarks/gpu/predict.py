@@ -286,13 +286,20 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     return {"us": FLOOR_US + max(t, dram), "plan": p, "c1": c1, "step": step}
 
 
+def _conv_out(sh: dict[str, Any]) -> tuple[int, int]:
+    """Output map (Ho, Wo) of a model_shapes()["conv2d"] entry."""
+    from cmir_trt.ops.conv2d import conv2d_output_size
+
+    return (conv2d_output_size(sh["H"], sh["kh"], sh["stride"], sh["pad"]),
+            conv2d_output_size(sh["W"], sh["kw"], sh["stride"], sh["pad"]))
+
+
 def conv2d_us(sh: dict[str, Any], prec: str, spec: CardSpec) -> dict[str, Any]:
     """One launch of cuda/conv2d.cu at batch 1 (model_shapes()["conv2d"] entry): _gemm_us with M = Ho*Wo, K =
     Cin*kh*kw, A the gathered segment (bytes: the input once), the typed output, split-K with the backend's
     workspace."""
     e = 4 if prec == "fp32" else 2
-    ho = (sh["H"] + 2 * sh["pad"] - sh["kh"]) // sh["stride"] + 1
-    wo = (sh["W"] + 2 * sh["pad"] - sh["kw"]) // sh["stride"] + 1
+    ho, wo = _conv_out(sh)
     k = sh["Cin"] * sh["kh"] * sh["kw"]
     return _gemm_us(ho * wo, sh["Cout"], k, 1, prec, e * sh["Cin"] * sh["H"] * sh["W"], spec, a_async=False,
                     out_bytes=e * sh["Cout"] * ho * wo, typed_split=True, gathered=True)
@@ -453,8 +460,7 @@ def rows(config: Any = None) -> list[dict[str, Any]]:
         out.append(row)
     for cv in shapes["conv2d"]:
         prec, e = "fp16", 2
-        ho = (cv["H"] + 2 * cv["pad"] - cv["kh"]) // cv["stride"] + 1
-        wo = (cv["W"] + 2 * cv["pad"] - cv["kw"]) // cv["stride"] + 1
+        ho, wo = _conv_out(cv)
         k = cv["Cin"] * cv["kh"] * cv["kw"]
         # compulsory: x, W, bias, y once each; FLOPs 2*Ho*Wo*K*Cout
         cost = {"bytes": e * (cv["Cin"] * cv["H"] * cv["W"] + cv["Cout"] * k + cv["Cout"] + cv["Cout"] * ho * wo),

@@ -152,6 +152,23 @@ void print_counts(uint64_t launches, uint64_t memsets) {
               static_cast<unsigned long long>(cmir_emu::memset_count() - memsets));
 }
 
+// A split-K workspace as a caller keeps it: its counters zeroed once, its partials poisoned (0xff: NaN), so a last
+// block reading anything this launch's splits did not store shows.
+struct SplitWs {
+  Dev buf;
+  size_t counter_bytes;
+  explicit SplitWs(size_t bytes) : buf(bytes, 0xff), counter_bytes(std::min(bytes, kPointwiseWorkspaceZeroBytes)) {
+    if (counter_bytes > 0 && cudaMemset(buf.p, 0, counter_bytes) != cudaSuccess) die("cudaMemset failed");
+  }
+  int counters_zero() const {  // every launch must leave them zero
+    std::vector<unsigned char> c(counter_bytes);
+    if (counter_bytes > 0 && cudaMemcpy(c.data(), buf.p, counter_bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
+      die("cudaMemcpy");
+    }
+    return std::all_of(c.begin(), c.end(), [](unsigned char v) { return v == 0; }) ? 1 : 0;
+  }
+};
+
 int run_pointwise(const std::string& dir, char** a, bool with_shortcut) {
   const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
   const int b = arg_int(a, 1), cin = arg_int(a, 2), cout = arg_int(a, 3), h = arg_int(a, 4), w = arg_int(a, 5),
@@ -185,23 +202,12 @@ int run_pointwise(const std::string& dir, char** a, bool with_shortcut) {
   // ws = 2: room for the counters and one partial float only (a split plan must be refused, launching nothing).
   const size_t ws_need = use_ws ? pointwise_conv_workspace_size(b, k_total, cout, h, w) : 0;
   const size_t ws_bytes = use_ws == 2 && ws_need > 0 ? kPointwiseWorkspaceZeroBytes + 4 : ws_need;
-  Dev ws(ws_bytes, 0xff);  // partials poisoned: the last block must read only what this launch's splits stored
-  const size_t counter_bytes = std::min(ws_bytes, kPointwiseWorkspaceZeroBytes);
-  if (counter_bytes > 0 && cudaMemset(ws.p, 0, counter_bytes) != cudaSuccess) die("cudaMemset failed");
-  auto counters_zero = [&] {
-    std::vector<unsigned char> c(counter_bytes);
-    if (counter_bytes > 0 && cudaMemcpy(c.data(), ws.p, counter_bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
-      die("cudaMemcpy");
-    }
-    for (const unsigned char v : c) {
-      if (v != 0) return 0;
-    }
-    return 1;
-  };
+  const SplitWs ws(ws_bytes);
   const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
   auto launch = [&] {
     return launch_pointwise_conv(nullptr, dtype, x.p, wt.p, bias.p, has_res ? res.p : nullptr, y.p,
-                                 use_ws ? ws.p : nullptr, ws_bytes, b, cin, cout, h, w, relu, has_sc ? &sc : nullptr);
+                                 use_ws ? ws.buf.p : nullptr, ws_bytes, b, cin, cout, h, w, relu,
+                                 has_sc ? &sc : nullptr);
   };
   cudaError_t e = launch();
   if (e != cudaSuccess) {
@@ -211,7 +217,7 @@ int run_pointwise(const std::string& dir, char** a, bool with_shortcut) {
   print_counts(launches, memsets);
   y.save(dir + "/y.bin");
   if (use_ws) {
-    const int zero1 = counters_zero();
+    const int zero1 = ws.counters_zero();
     std::vector<char> first(y.n);
     if (y.n > 0 && cudaMemcpy(first.data(), y.p, y.n, cudaMemcpyDeviceToHost) != cudaSuccess) die("cudaMemcpy");
     if (cudaMemset(y.p, 0xff, y.n) != cudaSuccess) die("cudaMemset failed");
@@ -219,13 +225,13 @@ int run_pointwise(const std::string& dir, char** a, bool with_shortcut) {
     if (e != cudaSuccess) return report(e);
     std::vector<char> second(y.n);
     if (y.n > 0 && cudaMemcpy(second.data(), y.p, y.n, cudaMemcpyDeviceToHost) != cudaSuccess) die("cudaMemcpy");
-    std::printf("workspace=%zu counters_zero=%d,%d repeat_identical=%d\n", ws_bytes, zero1, counters_zero(),
+    std::printf("workspace=%zu counters_zero=%d,%d repeat_identical=%d\n", ws_bytes, zero1, ws.counters_zero(),
                 first == second ? 1 : 0);
   }
   return 0;
 }
 
-// ws = 1: a split-K workspace (counters zeroed, partials 0xff), the launch run twice on it as for pointwise.
+// ws = 1: a split-K workspace (SplitWs); the counters must be zero again after the launch.
 int run_conv2d(const std::string& dir, char** a) {
   const auto dtype = static_cast<CmirDType>(arg_int(a, 0));
   const int b = arg_int(a, 1), cin = arg_int(a, 2), cout = arg_int(a, 3), h = arg_int(a, 4), w = arg_int(a, 5),
@@ -250,21 +256,14 @@ int run_conv2d(const std::string& dir, char** a) {
   Dev res(has_res ? dir + "/residual.bin" : "/dev/null", has_res ? out_pix * cout * es : 0);
   Dev y(out_pix * cout * es, 0xff);
   const size_t ws_bytes = use_ws ? conv2d_workspace_size(b, cin, cout, h, w, kh, kw, stride, pad) : 0;
-  Dev ws(ws_bytes, 0xff);
-  const size_t counter_bytes = std::min(ws_bytes, kPointwiseWorkspaceZeroBytes);
-  if (counter_bytes > 0 && cudaMemset(ws.p, 0, counter_bytes) != cudaSuccess) die("cudaMemset failed");
+  const SplitWs ws(ws_bytes);
   const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
   const cudaError_t e = launch_conv2d(nullptr, dtype, x.p, wt.p, bias.p, has_res ? res.p : nullptr, y.p,
-                                      use_ws ? ws.p : nullptr, ws_bytes, b, cin, cout, h, w, kh, kw, stride, pad,
+                                      use_ws ? ws.buf.p : nullptr, ws_bytes, b, cin, cout, h, w, kh, kw, stride, pad,
                                       relu);
   if (e != cudaSuccess) return report(e);
   print_counts(launches, memsets);
-  std::vector<unsigned char> c(counter_bytes);
-  if (counter_bytes > 0 && cudaMemcpy(c.data(), ws.p, counter_bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
-    die("cudaMemcpy");
-  }
-  std::printf("workspace=%zu counters_zero=%d\n", ws_bytes,
-              std::all_of(c.begin(), c.end(), [](unsigned char v) { return v == 0; }) ? 1 : 0);
+  std::printf("workspace=%zu counters_zero=%d\n", ws_bytes, ws.counters_zero());
   y.save(dir + "/y.bin");
   return 0;
 }

@@ -97,6 +97,7 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
 
     from .. import ops as cuda_ops
     from ..ops import fold_generator, pack_cmam_module
+    from ..ops.pointwise import zeroed_workspace
     from ..ops.spatial_attention import MAX_PIXELS as cuda_ops_sa_max_pixels
 
     if impl not in ("cuda", "reference"):
@@ -117,8 +118,7 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
                 return None
             last = self.buffers[-1] if self.buffers else None
             if last is None or last.numel() < need or last.device != x.device:
-                self.buffers.append(torch.zeros(max(need, 0 if last is None else last.numel()), dtype=torch.uint8,
-                                                device=x.device))
+                self.buffers.append(zeroed_workspace(x, max(need, 0 if last is None else last.numel())))
             return self.buffers[-1]
 
         def pointwise(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
