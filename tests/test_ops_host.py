@@ -386,6 +386,26 @@ def test_spatial_attention_argument_checks_and_reference() -> None:
         assert rel_err(x, y) < 1e-12
 
 
+def test_backend_spatial_attention_falls_back_over_the_pixel_limit() -> None:
+    """The backend's SA module: the op (here its float64 stand-in) up to MAX_PIXELS, the original module beyond —
+    the same function either way."""
+    from cmir_trt.gpu.backend import _build_wrappers
+    from cmir_trt.model.spatial import SpatialAttention
+    from cmir_trt.ops.spatial_attention import MAX_PIXELS
+
+    sa = SpatialAttention(7).eval()
+    cuda_sa = _build_wrappers("reference")["CudaSpatialAttention"](sa, "cpu")
+    g = generator(63)
+    for side in (8, 48):  # 64 and 2304 pixels
+        assert (side * side > MAX_PIXELS) == (side == 48)
+        a, p = torch.randn(1, 6, side, side, generator=g), torch.randn(1, 10, side, side, generator=g)
+        with torch.no_grad():
+            got, want = cuda_sa.apply_pair(a, p), sa.apply_pair(a, p)
+            assert rel_err(cuda_sa.attention(a), sa.attention(a)) < 1e-5
+        for x, y in zip(got, want, strict=True):
+            assert rel_err(x, y) < 1e-5
+
+
 def test_pointwise_reference_matches_conv2d() -> None:
     g = generator(6)
     x = torch.randn(3, 24, 5, 7, generator=g, dtype=torch.float64)

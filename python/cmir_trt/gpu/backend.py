@@ -260,12 +260,13 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
     class CudaSpatialAttention(nn.Module):
         """SpatialAttention on the spatial_attention op: apply_pair(a, p) — the concatenation, the statistics, the
         conv, the sigmoid and both multiplies — in two launches (PyTorch: nine kernels). The conv's weight and bias
-        stay fp32 (plain attributes: model.to(dtype) leaves them). Maps over the op's pixel limit take PyTorch's
-        path."""
+        stay fp32 (plain attributes: model.to(dtype) leaves them). Maps over the op's pixel limit take the original
+        module's path."""
 
         def __init__(self, sa: nn.Module, device: Any) -> None:
             super().__init__()
             self.kernel_size = sa.kernel_size
+            self.torch_sa = sa  # PyTorch's path for maps over the op's limit (cast with the model)
             self.w_f32 = sa.conv.weight.detach().to(device=device, dtype=torch.float32).contiguous()
             self.b_f32 = sa.conv.bias.detach().to(device=device, dtype=torch.float32).contiguous()
 
@@ -273,17 +274,13 @@ def _build_wrappers(impl: str = "cuda") -> dict[str, type]:
             return x.shape[2] * x.shape[3] <= cuda_ops_sa_max_pixels
 
         def attention(self, x: torch.Tensor) -> torch.Tensor:
-            x = x.contiguous()
             if not self._fits(x):
-                stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-                return torch.sigmoid(F.conv2d(stats, self.w_f32.to(x.dtype), self.b_f32.to(x.dtype),
-                                              padding=(self.kernel_size - 1) // 2))
-            return ops.spatial_attention(x, None, self.w_f32, self.b_f32)[2]
+                return self.torch_sa.attention(x)
+            return ops.spatial_attention(x.contiguous(), None, self.w_f32, self.b_f32)[2]
 
         def apply_pair(self, a: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             if not self._fits(a):
-                att = self.attention(torch.cat([a, p], dim=1))
-                return a * att, p * att, att
+                return self.torch_sa.apply_pair(a, p)
             return ops.spatial_attention(a.contiguous(), p.contiguous(), self.w_f32, self.b_f32)
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
