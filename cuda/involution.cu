@@ -6,9 +6,11 @@
 // flight while the current ones are computed. All arithmetic fp32.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "dtype.cuh"
 #include "involution.cuh"
+#include "mma_sync.cuh"
 
 namespace {
 
@@ -42,8 +44,8 @@ struct InvGeom {
   int relu;
 };
 
-template <typename T>
-__device__ __forceinline__ T epilogue(float acc, const InvGeom& g, int c) {
+template <typename T, typename Geom>
+__device__ __forceinline__ T epilogue(float acc, const Geom& g, int c) {
   if (g.scale != nullptr) acc *= __ldg(g.scale + c);
   if (g.shift != nullptr) acc += __ldg(g.shift + c);
   if (g.relu) acc = fmaxf(acc, 0.f);
@@ -323,6 +325,188 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
   }
 }
 
+// ---------------------------------------------------------------- tensor-core aggregation (fp16/bf16, stride 1)
+// One block = (image, group, tile of up to kMmaSegs x 8 columns and kMmaRows rows); warp s owns the tile's 8-column
+// segment s in every row. For one output row and one tap row r, a segment's 8 outputs x 16 channels are one
+// m16n8k16 MMA:  Y[ch, n] += X[ch, k] * Band[k, n]  over k = 16 input columns starting `pad` left of the segment, with
+// Band[k, n] = weight(pixel n, tap (r, k - n)), zero outside 0..K-1 (at K = 7, 7 of each column's 16 entries).
+// A (channels x columns of one input row) comes from the staged tile by ldmatrix and feeds the MMAs of every output
+// row whose window contains that input row (up to K of them). B is each lane's own pixel: lane (group, t) holds
+// Band rows 2t, 2t+1 (b[0]) and 2t+8, 2t+9 (b[1]) of column `group`, i.e. taps 2t - group (+1) or (+8, +9), of which
+// at most one pair is inside 0..K-1. The weights are staged per pixel as [j][tap row] words, word j holding taps
+// 2j - s and 2j + 1 - s (s = the column's parity), so a lane's pair is always one aligned word and two 16-byte
+// loads give it all K tap rows. fp32 accumulation. Non-finite inputs: a band zero times inf is NaN, so an inf input
+// reaches the outputs of its row segment's neighbours too (the CUDA-core kernel multiplies only window taps).
+constexpr int kMmaRows = 8;      // output rows per tile (each warp computes all of them for its segment)
+constexpr int kMmaSegs = 4;      // 8-column segments per tile (tile width <= 32), one warp each
+constexpr int kMmaTapSlots = 8;  // tap-row slots per (pixel, j) word group: two 16-byte loads
+constexpr size_t kMmaSmemMax = 96 * 1024;
+
+struct MmaGeom {
+  int C, H, W, Ho, Wo, K, G, gc;
+  int segs, tile_h, tiles_w, tiles;
+  int in_h;     // staged input rows: tile_h + K - 1
+  int x_pitch;  // halves per staged input row: segs * 8 + 8 (segment s reads columns 8s .. 8s + 15)
+  int x_plane;  // halves per staged channel: in_h * x_pitch rounded up to an odd number of 16-byte units, so the
+                // 8 channels one ldmatrix matrix reads lie in 8 different bank quads
+  int w_words;  // 32-bit words per pixel of the staged weights: J * kMmaTapSlots + 4 (an odd number of 16-byte units:
+                // 8 neighbouring pixels' 16-byte loads and stores hit 8 different bank quads)
+  const float* scale;
+  const float* shift;
+  int relu;
+};
+
+template <typename T, int KS>
+__global__ void __launch_bounds__(kMmaSegs * 32, 4)
+    involution_mma_fwd(const T* __restrict__ x, const T* __restrict__ wk, T* __restrict__ y, MmaGeom g) {
+  constexpr int kJ = (KS + 2) / 2;  // words per tap row: KS taps shifted by the column parity
+  constexpr int kPad = (KS - 1) / 2;
+  constexpr int kKK = KS * KS;
+  CMIR_DYNAMIC_SHARED(float, smem_raw);
+  uint16_t* const xs = reinterpret_cast<uint16_t*>(smem_raw);  // [gc][in_h][x_pitch], plane x_plane
+  uint32_t* const ws = reinterpret_cast<uint32_t*>(xs + static_cast<size_t>(g.gc) * g.x_plane);  // [pixel][w_words]
+  int bid = blockIdx.x;
+  const int tile = bid % g.tiles;
+  bid /= g.tiles;
+  const int grp = bid % g.G;
+  const int n = bid / g.G;
+  const int tw = g.segs * 8;
+  const int oh0 = (tile / g.tiles_w) * g.tile_h, ow0 = (tile % g.tiles_w) * tw;
+  const int ih0 = oh0 - kPad, iw0 = ow0 - kPad;
+  const size_t in_hw = static_cast<size_t>(g.H) * g.W, out_hw = static_cast<size_t>(g.Ho) * g.Wo;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int nwarps = static_cast<int>(blockDim.x) >> 5;  // = segs
+
+  // 1) The group's haloed input rows, zero outside the image: one warp per row, lanes along the columns (coalesced),
+  //    kRowUnroll rows' loads in flight before their stores.
+  const T* xg = x + (static_cast<size_t>(n) * g.C + static_cast<size_t>(grp) * g.gc) * in_hw;
+  const int rows = g.gc * g.in_h;
+  constexpr int kRowUnroll = 4;
+  for (int r0 = warp; r0 < rows; r0 += nwarps * kRowUnroll) {
+    uint16_t v[kRowUnroll][2];
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int rr = r0 + u * nwarps;
+      const int ch = rr / g.in_h;
+      const int ih = ih0 + rr - ch * g.in_h;
+      const bool row_in = rr < rows && ih >= 0 && ih < g.H;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int col = lane + 32 * h, iw = iw0 + col;
+        v[u][h] = (row_in && col < g.x_pitch && iw >= 0 && iw < g.W)
+                      ? to_bits(__ldg(xg + ch * in_hw + static_cast<size_t>(ih) * g.W + iw))
+                      : static_cast<uint16_t>(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int rr = r0 + u * nwarps;
+      if (rr >= rows) break;
+      const int ch = rr / g.in_h;
+      uint16_t* dst = xs + static_cast<size_t>(ch) * g.x_plane + (rr - ch * g.in_h) * g.x_pitch;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (lane + 32 * h < g.x_pitch) dst[lane + 32 * h] = v[u][h];
+      }
+    }
+  }
+
+  // 2) The tile's weights: word (j, r) of a pixel = taps (r, 2j - s) [low half] and (r, 2j + 1 - s) [high half],
+  //    zero for taps outside 0..K-1, rows r >= K and pixels outside the map. Each thread owns one pixel column (the
+  //    block is 4 rows of it wide: coalesced global loads) and writes 16 bytes per store.
+  const T* wg = wk + (static_cast<size_t>(n) * g.G + grp) * kKK * out_hw;
+  const int px = tid % tw;
+  const int par = px & 1;
+  const int ow_w = ow0 + px;
+  for (int py = tid / tw; py < g.tile_h; py += 4) {
+    const int oh = oh0 + py;
+    const bool inside = oh < g.Ho && ow_w < g.Wo;
+    const T* wp = wg + (inside ? static_cast<size_t>(oh) * g.Wo + ow_w : 0);
+    uint32_t* dst = ws + static_cast<size_t>(py * tw + px) * g.w_words;
+#pragma unroll 1
+    for (int j = 0; j < kJ; ++j) {  // not unrolled: 16 loads in flight per j, not 16 * kJ registers of them
+#pragma unroll
+      for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
+        uint32_t wd[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = q4 * 4 + u;
+          uint32_t word = 0;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int kw = 2 * j + h - par;
+            if (r < KS && inside && kw >= 0 && kw < KS) {
+              word |= static_cast<uint32_t>(to_bits(__ldg(wp + static_cast<size_t>(r * KS + kw) * out_hw)))
+                      << (16 * h);
+            }
+          }
+          wd[u] = word;
+        }
+        *reinterpret_cast<uint4*>(dst + j * kMmaTapSlots + q4 * 4) = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+      }
+    }
+  }
+  __syncthreads();
+
+  // 3) The lane's band word slot: pixel (output row o, column `grp_l` of the segment), word group jj.
+  const int seg = warp;
+  const int grp_l = lane >> 2, t = lane & 3;
+  const int j1 = (2 * t - grp_l + (grp_l & 1)) / 2;  // exact: the numerator is even
+  const bool second = j1 < 0;  // the lane's in-window taps are Band rows 2t+8, 2t+9 (b[1]), not 2t, 2t+1 (b[0])
+  const int jj = second ? j1 + 4 : j1;
+  const bool has = jj < kJ;  // else both pairs lie outside the window (K = 3, 5)
+  const int rows_here = min(g.tile_h, g.Ho - oh0);
+  const uint32_t* wlane = ws + static_cast<size_t>(seg * 8 + grp_l) * g.w_words + jj * kMmaTapSlots;
+
+  // 4) Per 16 channels: every input row of the window once (ldmatrix), one MMA per (output row, tap row).
+  //    ldmatrix row address of this lane: matrix i = lane / 8 holds channels 8 (i & 1) .. + 7 and columns
+  //    8 (i >> 1) .. + 7 of the segment's 16 (a[0..3] = A rows 0-7 / 8-15 x columns 0-7 / 8-15).
+  const int mi = lane >> 3;
+  for (int mt = 0; mt < g.gc / 16; ++mt) {
+    const uint16_t* arow = xs + static_cast<size_t>(mt * 16 + (lane & 7) + 8 * (mi & 1)) * g.x_plane + seg * 8 +
+                           8 * (mi >> 1);
+    float acc[kMmaRows][4];
+    uint32_t bw[kMmaRows][kMmaTapSlots];  // row o's words, loaded when its first input row comes (few live at once)
+#pragma unroll
+    for (int o = 0; o < kMmaRows; ++o) acc[o][0] = acc[o][1] = acc[o][2] = acc[o][3] = 0.f;
+#pragma unroll
+    for (int ir = 0; ir < kMmaRows + KS - 1; ++ir) {
+      if (ir >= rows_here + KS - 1) break;  // warp-uniform
+      if (ir < kMmaRows) {
+        uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+        if (ir < rows_here && has) {
+          lo = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * tw * g.w_words);
+          hi = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * tw * g.w_words + 4);
+        }
+        const uint32_t words[kMmaTapSlots] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int r = 0; r < kMmaTapSlots; ++r) bw[ir][r] = words[r];
+      }
+      uint32_t a[4];
+      cmir_mma::ldmatrix_x4(a, arow + ir * g.x_pitch);
+#pragma unroll
+      for (int o = 0; o < kMmaRows; ++o) {
+        const int r = ir - o;
+        if (r < 0 || r >= KS || o >= rows_here) continue;
+        const uint32_t b[2] = {second ? 0u : bw[o][r], second ? bw[o][r] : 0u};
+        cmir_mma::mma_16816<T>(acc[o], a, b);
+      }
+    }
+    // 5) Epilogue and stores: acc[o][e] = channel grp_l (+8 for e >= 2), column 2t + (e & 1) of the segment.
+#pragma unroll
+    for (int o = 0; o < kMmaRows; ++o) {
+      if (o >= rows_here) break;
+      const size_t row_off = static_cast<size_t>(oh0 + o) * g.Wo;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = grp * g.gc + mt * 16 + grp_l + (e >= 2 ? 8 : 0);
+        const int ow = ow0 + seg * 8 + 2 * t + (e & 1);
+        if (ow < g.Wo) y[(static_cast<size_t>(n) * g.C + c) * out_hw + row_off + ow] = epilogue<T>(acc[o][e], g, c);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- fused generation + aggregation
 constexpr int kFusedMaxPx = 64;   // pixels (= threads) per block of the fused kernel
 constexpr int kHiddenBlock = 8;   // hidden units accumulated in registers at a time
@@ -560,8 +744,69 @@ void plan_steps(InvGeom& g, int sms, int kch) {
   }
 }
 
+// Plan of the tensor-core kernel; false where it does not apply (stride > 1, K other than 3/5/7, group_channels not
+// a multiple of 16, or shared memory above kMmaSmemMax). Tiles: <= 32 columns (near-equal, rounded up to 8-column
+// segments) x <= kMmaRows rows (near-equal: 28 rows -> 4 tiles of 7).
+bool plan_mma(const InvGeom& g, MmaGeom& m, size_t& smem) {
+  if (g.stride != 1 || g.gc % 16 != 0 || (g.K != 3 && g.K != 5 && g.K != 7)) return false;
+  m = MmaGeom{};
+  m.C = g.C;
+  m.H = g.H;
+  m.W = g.W;
+  m.Ho = g.Ho;
+  m.Wo = g.Wo;
+  m.K = g.K;
+  m.G = g.G;
+  m.gc = g.gc;
+  m.scale = g.scale;
+  m.shift = g.shift;
+  m.relu = g.relu;
+  m.tiles_w = ceil_div(g.Wo, kMmaSegs * 8);
+  m.segs = ceil_div(ceil_div(g.Wo, m.tiles_w), 8);
+  const int nth = ceil_div(g.Ho, kMmaRows);
+  m.tile_h = ceil_div(g.Ho, nth);
+  m.tiles = m.tiles_w * nth;
+  m.in_h = m.tile_h + g.K - 1;
+  m.x_pitch = m.segs * 8 + 8;
+  m.x_plane = (m.in_h * m.x_pitch / 8 | 1) * 8;  // an odd number of 16-byte units
+  m.w_words = (g.K + 2) / 2 * kMmaTapSlots + 4;
+  smem = static_cast<size_t>(m.gc) * m.x_plane * sizeof(uint16_t) +
+         static_cast<size_t>(m.tile_h) * m.segs * 8 * m.w_words * sizeof(uint32_t);
+  return smem <= kMmaSmemMax;
+}
+
+template <typename T>
+cudaError_t launch_mma(cudaStream_t stream, const void* x, const void* kernel, void* y, int batch, const MmaGeom& m,
+                       size_t smem) {
+  const int64_t blocks = static_cast<int64_t>(batch) * m.G * m.tiles;
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const dim3 block(static_cast<unsigned>(m.segs * 32));
+  const T* xt = static_cast<const T*>(x);
+  const T* kt = static_cast<const T*>(kernel);
+  T* yt = static_cast<T*>(y);
+  auto run = [&](auto kernel_fn) -> cudaError_t {
+    if (smem > kSmemLimit) {
+      CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+    }
+    return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, xt, kt, yt, m);
+  };
+  switch (m.K) {
+    case 3: return run(involution_mma_fwd<T, 3>);
+    case 5: return run(involution_mma_fwd<T, 5>);
+    case 7: return run(involution_mma_fwd<T, 7>);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 template <typename T>
 cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel, void* y, InvGeom g) {
+  if constexpr (!std::is_same<T, float>::value) {  // fp16 / bf16: the tensor-core kernel where it applies
+    MmaGeom m;
+    size_t smem = 0;
+    if (plan_mma(g, m, smem)) return launch_mma<T>(stream, x, kernel, y, g.B, m, smem);
+  }
   plan_tile_rows(g, kMaxThreads);
   // Two unpadded buffers of one word always fit 48 KiB (at most 2,641 words: K=15, stride 4, a 32x2 tile).
   if (2 * static_cast<size_t>(g.in_h) * g.in_w * sizeof(float) > kSmemLimit) return cudaErrorInvalidValue;

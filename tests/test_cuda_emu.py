@@ -60,6 +60,12 @@ INV_CASES = [
     (1, 16, 5, 33, 5, 2, 16),    # K 5, stride 2, Ho 3 (the last row pair's second row outside), 17 columns
     (1, 16, 2, 9, 3, 2, 16),     # Ho 1: every thread's second row outside the image
     (2, 10, 2, 9, 1, 2, 5),      # K 1 (generic path), Ho 1, odd group_channels
+    # the tensor-core kernel (fp16/bf16, stride 1, K 3/5/7, group_channels a multiple of 16; issue 13, fifth round);
+    # fp32 and the other shapes keep the CUDA-core kernel:
+    (1, 64, 9, 12, 5, 1, 32),    # group_channels 32: two 16-channel MMA tiles share each lane's band words
+    (2, 16, 17, 40, 3, 1, 16),   # K 3, 40 columns -> 2 tile columns of 3 segments, 17 rows -> 3 tiles of 6
+    (1, 32, 8, 32, 7, 1, 32),    # 73 KB of shared memory: the launcher's opt-in above 48 KiB
+    (1, 24, 12, 10, 7, 1, 8),    # group_channels 8: fp16/bf16 K 7 on the CUDA-core two-row path
 ]
 
 

@@ -87,6 +87,10 @@ enum cudaDeviceAttr {
 struct uint3 {
   unsigned int x, y, z;
 };
+struct alignas(16) uint4 {  // 16-byte vector: one 128-bit load / store on the GPU
+  unsigned int x, y, z, w;
+};
+inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return uint4{x, y, z, w}; }
 struct dim3 {
   unsigned int x, y, z;
   constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
