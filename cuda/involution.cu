@@ -351,6 +351,7 @@ struct MmaGeom {
                 // 8 channels one ldmatrix matrix reads lie in 8 different bank quads
   int w_words;  // 32-bit words per pixel of the staged weights: J * kMmaTapSlots + 4 (an odd number of 16-byte units:
                 // 8 neighbouring pixels' 16-byte loads and stores hit 8 different bank quads)
+  int pair_store;  // even width and a 4-byte aligned y: a lane's two neighbouring outputs as one 32-bit store
   const float* scale;
   const float* shift;
   int relu;
@@ -492,16 +493,27 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 4)
         cmir_mma::mma_16816<T>(acc[o], a, b);
       }
     }
-    // 5) Epilogue and stores: acc[o][e] = channel grp_l (+8 for e >= 2), column 2t + (e & 1) of the segment.
+    // 5) Epilogue and stores: acc[o][e] = channel grp_l (+8 for e >= 2), column 2t + (e & 1) of the segment. The
+    //    two columns of a lane are neighbours: one 32-bit store when the rows are 4-byte aligned (even width).
 #pragma unroll
     for (int o = 0; o < kMmaRows; ++o) {
       if (o >= rows_here) break;
       const size_t row_off = static_cast<size_t>(oh0 + o) * g.Wo;
+      const int ow = ow0 + seg * 8 + 2 * t;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = grp * g.gc + mt * 16 + grp_l + (e >= 2 ? 8 : 0);
-        const int ow = ow0 + seg * 8 + 2 * t + (e & 1);
-        if (ow < g.Wo) y[(static_cast<size_t>(n) * g.C + c) * out_hw + row_off + ow] = epilogue<T>(acc[o][e], g, c);
+      for (int hh = 0; hh < 2; ++hh) {
+        const int c = grp * g.gc + mt * 16 + grp_l + 8 * hh;
+        T* yp = y + (static_cast<size_t>(n) * g.C + c) * out_hw + row_off + ow;
+        const T v0 = epilogue<T>(acc[o][2 * hh], g, c), v1 = epilogue<T>(acc[o][2 * hh + 1], g, c);
+        if (g.pair_store) {
+          if (ow < g.Wo) {
+            *reinterpret_cast<uint32_t*>(yp) = static_cast<uint32_t>(to_bits(v0)) |
+                                               (static_cast<uint32_t>(to_bits(v1)) << 16);
+          }
+        } else {
+          if (ow < g.Wo) yp[0] = v0;
+          if (ow + 1 < g.Wo) yp[1] = v1;
+        }
       }
     }
   }
@@ -780,6 +792,8 @@ cudaError_t launch_mma(cudaStream_t stream, const void* x, const void* kernel, v
                        size_t smem) {
   const int64_t blocks = static_cast<int64_t>(batch) * m.G * m.tiles;
   if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  MmaGeom mg = m;
+  mg.pair_store = m.Wo % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 4 == 0 ? 1 : 0;
   const dim3 grid(static_cast<unsigned>(blocks));
   const dim3 block(static_cast<unsigned>(m.segs * 32));
   const T* xt = static_cast<const T*>(x);
@@ -790,7 +804,7 @@ cudaError_t launch_mma(cudaStream_t stream, const void* x, const void* kernel, v
       CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
     }
-    return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, xt, kt, yt, m);
+    return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, xt, kt, yt, mg);
   };
   switch (m.K) {
     case 3: return run(involution_mma_fwd<T, 3>);

@@ -46,6 +46,9 @@ INV_CASES = [
     (2, 6, 11, 6, 9, 2, 3),
 ]
 PAIR_CASES = INV_CASES[-3:]
+# fp16/bf16 tensor-core kernel (stride 1, K 3/5/7, group_channels a multiple of 16): two 16-channel MMA tiles per
+# group, several tile columns with partial segments, the shared-memory opt-in above 48 KiB, the target shape
+MMA_CASES = [(1, 64, 9, 12, 5, 1, 32), (2, 16, 17, 40, 3, 1, 16), (1, 32, 8, 32, 7, 1, 32), (64, 256, 28, 28, 7, 1, 16)]
 
 
 def _ids(cases: list[tuple[int, ...]]) -> list[str]:
@@ -98,8 +101,11 @@ def test_involution_epilogue(case: tuple[int, ...]) -> None:
     assert rel_err(y2, R.involution_ref(x, kern, k, s, None, shift, False)) <= 2e-5
 
 
+LOW_CASES = INV_CASES[:5] + PAIR_CASES + MMA_CASES
+
+
 @pytest.mark.parametrize("prec", ["fp16", "bf16"])
-@pytest.mark.parametrize("case", INV_CASES[:5] + PAIR_CASES, ids=_ids(INV_CASES[:5] + PAIR_CASES))
+@pytest.mark.parametrize("case", LOW_CASES, ids=_ids(LOW_CASES))
 def test_involution_low_precision_vs_pytorch(case: tuple[int, ...], prec: str) -> None:
     dtype = LOW_PRECISION[prec]
     b, c, h, w, k, s, gc = case
