@@ -414,36 +414,37 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 4)
 
   // 2) The tile's weights: word (j, r) of a pixel = taps (r, 2j - s) [low half] and (r, 2j + 1 - s) [high half],
   //    zero for taps outside 0..K-1, rows r >= K and pixels outside the map. Each thread owns one pixel column (the
-  //    block is 4 rows of it wide: coalesced global loads) and writes 16 bytes per store.
+  //    block is 4 rows of it wide): every tap is one coalesced load (all lanes read the same tap plane), the words
+  //    are paired by the column's parity in registers and written 4 tap rows (16 bytes) per store.
   const T* wg = wk + (static_cast<size_t>(n) * g.G + grp) * kKK * out_hw;
   const int px = tid % tw;
-  const int par = px & 1;
+  const bool odd = (px & 1) != 0;
   const int ow_w = ow0 + px;
   for (int py = tid / tw; py < g.tile_h; py += 4) {
     const int oh = oh0 + py;
     const bool inside = oh < g.Ho && ow_w < g.Wo;
     const T* wp = wg + (inside ? static_cast<size_t>(oh) * g.Wo + ow_w : 0);
     uint32_t* dst = ws + static_cast<size_t>(py * tw + px) * g.w_words;
-#pragma unroll 1
-    for (int j = 0; j < kJ; ++j) {  // not unrolled: 16 loads in flight per j, not 16 * kJ registers of them
 #pragma unroll
-      for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
-        uint32_t wd[4];
+    for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
+      uint32_t wd[kJ][4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = q4 * 4 + u;
-          uint32_t word = 0;
+      for (int u = 0; u < 4; ++u) {
+        const int r = q4 * 4 + u;
+        uint32_t v[KS + 2];  // v[kw + 1] = tap (r, kw); zero for kw = -1 and kw = K
+        v[0] = v[KS + 1] = 0;
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int kw = 2 * j + h - par;
-            if (r < KS && inside && kw >= 0 && kw < KS) {
-              word |= static_cast<uint32_t>(to_bits(__ldg(wp + static_cast<size_t>(r * KS + kw) * out_hw)))
-                      << (16 * h);
-            }
-          }
-          wd[u] = word;
+        for (int kw = 0; kw < KS; ++kw) {
+          v[kw + 1] = (r < KS && inside) ? to_bits(__ldg(wp + static_cast<size_t>(r * KS + kw) * out_hw)) : 0u;
         }
-        *reinterpret_cast<uint4*>(dst + j * kMmaTapSlots + q4 * 4) = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+#pragma unroll
+        for (int j = 0; j < kJ; ++j) {  // even column: taps 2j, 2j + 1; odd: 2j - 1, 2j
+          wd[j][u] = (odd ? v[2 * j] : v[2 * j + 1]) | ((odd ? v[2 * j + 1] : v[2 * j + 2]) << 16);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kJ; ++j) {
+        *reinterpret_cast<uint4*>(dst + j * kMmaTapSlots + q4 * 4) = make_uint4(wd[j][0], wd[j][1], wd[j][2], wd[j][3]);
       }
     }
   }
@@ -493,27 +494,39 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 4)
         cmir_mma::mma_16816<T>(acc[o], a, b);
       }
     }
-    // 5) Epilogue and stores: acc[o][e] = channel grp_l (+8 for e >= 2), column 2t + (e & 1) of the segment. The
-    //    two columns of a lane are neighbours: one 32-bit store when the rows are 4-byte aligned (even width).
+    // 5) Epilogue, then the tile through shared memory so that y is written in whole rows: acc[o][e] = channel
+    //    grp_l (+8 for e >= 2), column 2t + (e & 1) of the segment; the 16 channels' input planes are free once every
+    //    warp is past its last ldmatrix of this channel tile (the barrier), and other tiles' planes are untouched.
+    __syncthreads();
 #pragma unroll
     for (int o = 0; o < kMmaRows; ++o) {
       if (o >= rows_here) break;
-      const size_t row_off = static_cast<size_t>(oh0 + o) * g.Wo;
-      const int ow = ow0 + seg * 8 + 2 * t;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int c = grp * g.gc + mt * 16 + grp_l + 8 * hh;
-        T* yp = y + (static_cast<size_t>(n) * g.C + c) * out_hw + row_off + ow;
+        const int cl = mt * 16 + grp_l + 8 * hh;
+        const int c = grp * g.gc + cl;
         const T v0 = epilogue<T>(acc[o][2 * hh], g, c), v1 = epilogue<T>(acc[o][2 * hh + 1], g, c);
-        if (g.pair_store) {
-          if (ow < g.Wo) {
-            *reinterpret_cast<uint32_t*>(yp) = static_cast<uint32_t>(to_bits(v0)) |
-                                               (static_cast<uint32_t>(to_bits(v1)) << 16);
-          }
-        } else {
-          if (ow < g.Wo) yp[0] = v0;
-          if (ow + 1 < g.Wo) yp[1] = v1;
+        // plane cl, row o, columns 8 seg + 2t (+1): one 32-bit store, 32 lanes on 32 banks (x_plane / 2 = 4 x odd)
+        *reinterpret_cast<uint32_t*>(xs + static_cast<size_t>(cl) * g.x_plane + o * tw + seg * 8 + 2 * t) =
+            static_cast<uint32_t>(to_bits(v0)) | (static_cast<uint32_t>(to_bits(v1)) << 16);
+      }
+    }
+    __syncthreads();
+    // Rows (channel, output row) of the tile, one warp each: lanes along the columns, two per 32-bit pair when the
+    // rows are 4-byte aligned in y (even width). The next channel tile's epilogue writes other planes, after its own
+    // barrier.
+    const int cols = min(tw, g.Wo - ow0);
+    for (int rr = warp; rr < 16 * rows_here; rr += nwarps) {
+      const int cl = mt * 16 + rr / rows_here, o = rr % rows_here;
+      const uint16_t* src = xs + static_cast<size_t>(cl) * g.x_plane + o * tw;
+      T* dst =
+          y + (static_cast<size_t>(n) * g.C + grp * g.gc + cl) * out_hw + static_cast<size_t>(oh0 + o) * g.Wo + ow0;
+      if (g.pair_store) {
+        if (2 * lane < cols) {
+          *reinterpret_cast<uint32_t*>(dst + 2 * lane) = *reinterpret_cast<const uint32_t*>(src + 2 * lane);
         }
+      } else if (lane < cols) {
+        dst[lane] = from_bits<T>(src[lane]);
       }
     }
   }
