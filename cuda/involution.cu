@@ -337,10 +337,10 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
 // 2j - s and 2j + 1 - s (s = the column's parity), so a lane's pair is always one aligned word and two 16-byte
 // loads give it all K tap rows. fp32 accumulation. Non-finite inputs: a band zero times inf is NaN, so an inf input
 // reaches the outputs of its row segment's neighbours too (the CUDA-core kernel multiplies only window taps).
-constexpr int kMmaRows = 8;      // output rows per tile (each warp computes all of them for its segment)
+constexpr int kMmaRows = 14;     // output rows per tile (each warp computes all of them for its segment)
 constexpr int kMmaSegs = 4;      // 8-column segments per tile (tile width <= 32), one warp each
 constexpr int kMmaTapSlots = 8;  // tap-row slots per (pixel, j) word group: two 16-byte loads
-constexpr size_t kMmaSmemMax = 96 * 1024;
+constexpr size_t kMmaSmemMax = 112 * 1024;  // two blocks per SM (227 KiB, 1 KiB reserved each)
 
 struct MmaGeom {
   int C, H, W, Ho, Wo, K, G, gc;
@@ -351,14 +351,16 @@ struct MmaGeom {
                 // 8 channels one ldmatrix matrix reads lie in 8 different bank quads
   int w_words;  // 32-bit words per pixel of the staged weights: J * kMmaTapSlots + 4 (an odd number of 16-byte units:
                 // 8 neighbouring pixels' 16-byte loads and stores hit 8 different bank quads)
-  int pair_store;  // even width and a 4-byte aligned y: a lane's two neighbouring outputs as one 32-bit store
+  int w_half;      // slot of the first odd-column pixel's weights: (tile pixels / 2) rounded up to odd
+  int w_pairs;     // even width and a 4-byte aligned kernel tensor: a pixel pair's tap as one 32-bit load
+  int pair_store;  // even width and a 4-byte aligned y: two neighbouring outputs as one 32-bit store
   const float* scale;
   const float* shift;
   int relu;
 };
 
 template <typename T, int KS>
-__global__ void __launch_bounds__(kMmaSegs * 32, 4)
+__global__ void __launch_bounds__(kMmaSegs * 32, 3)
     involution_mma_fwd(const T* __restrict__ x, const T* __restrict__ wk, T* __restrict__ y, MmaGeom g) {
   constexpr int kJ = (KS + 2) / 2;  // words per tap row: KS taps shifted by the column parity
   constexpr int kPad = (KS - 1) / 2;
@@ -413,38 +415,52 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 4)
   }
 
   // 2) The tile's weights: word (j, r) of a pixel = taps (r, 2j - s) [low half] and (r, 2j + 1 - s) [high half],
-  //    zero for taps outside 0..K-1, rows r >= K and pixels outside the map. Each thread owns one pixel column (the
-  //    block is 4 rows of it wide): every tap is one coalesced load (all lanes read the same tap plane), the words
-  //    are paired by the column's parity in registers and written 4 tap rows (16 bytes) per store.
+  //    zero for taps outside 0..K-1, rows r >= K and pixels outside the map. Each thread owns two neighbouring pixels
+  //    (an even and an odd column; the block covers 8 tile rows per pass): every tap plane is one coalesced 32-bit
+  //    load (two 16-bit ones where the pair is not 4-byte aligned in the kernel tensor), the words are paired by
+  //    parity in registers and written 4 tap rows (16 bytes) per store. Pixel p's words live at slot p / 2 (even)
+  //    or w_half + p / 2 (odd; w_half odd), so the 16-byte stores of 8 lanes and the band loads of 8 lanes both hit
+  //    8 different bank quads.
   const T* wg = wk + (static_cast<size_t>(n) * g.G + grp) * kKK * out_hw;
-  const int px = tid % tw;
-  const bool odd = (px & 1) != 0;
+  const int px = 2 * (tid % (tw / 2));
   const int ow_w = ow0 + px;
-  for (int py = tid / tw; py < g.tile_h; py += 4) {
+  for (int py = tid / (tw / 2); py < g.tile_h; py += 8) {
     const int oh = oh0 + py;
-    const bool inside = oh < g.Ho && ow_w < g.Wo;
-    const T* wp = wg + (inside ? static_cast<size_t>(oh) * g.Wo + ow_w : 0);
-    uint32_t* dst = ws + static_cast<size_t>(py * tw + px) * g.w_words;
+    const bool in0 = oh < g.Ho && ow_w < g.Wo, in1 = in0 && ow_w + 1 < g.Wo;
+    const T* wp = wg + (in0 ? static_cast<size_t>(oh) * g.Wo + ow_w : 0);
+    const int slot = (py * tw + px) / 2;
+    uint32_t* dst_even = ws + static_cast<size_t>(slot) * g.w_words;
+    uint32_t* dst_odd = ws + static_cast<size_t>(g.w_half + slot) * g.w_words;
 #pragma unroll
     for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
-      uint32_t wd[kJ][4];
+      uint32_t we[kJ][4], wo[kJ][4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int r = q4 * 4 + u;
-        uint32_t v[KS + 2];  // v[kw + 1] = tap (r, kw); zero for kw = -1 and kw = K
+        uint32_t v[KS + 2];  // v[kw + 1] = tap (r, kw) of the even (low half) and odd (high half) pixel; 0 at -1, K
         v[0] = v[KS + 1] = 0;
 #pragma unroll
         for (int kw = 0; kw < KS; ++kw) {
-          v[kw + 1] = (r < KS && inside) ? to_bits(__ldg(wp + static_cast<size_t>(r * KS + kw) * out_hw)) : 0u;
+          const T* q = wp + static_cast<size_t>(r * KS + kw) * out_hw;
+          uint32_t pair = 0;
+          if (r < KS && in0) {
+            pair = g.w_pairs ? __ldg(reinterpret_cast<const uint32_t*>(q))
+                             : to_bits(__ldg(q)) | (in1 ? static_cast<uint32_t>(to_bits(__ldg(q + 1))) << 16 : 0u);
+          }
+          v[kw + 1] = pair;
         }
 #pragma unroll
         for (int j = 0; j < kJ; ++j) {  // even column: taps 2j, 2j + 1; odd: 2j - 1, 2j
-          wd[j][u] = (odd ? v[2 * j] : v[2 * j + 1]) | ((odd ? v[2 * j + 1] : v[2 * j + 2]) << 16);
+          we[j][u] = (v[2 * j + 1] & 0xffffu) | (v[2 * j + 2] << 16);
+          wo[j][u] = (v[2 * j] >> 16) | (v[2 * j + 1] & 0xffff0000u);
         }
       }
 #pragma unroll
       for (int j = 0; j < kJ; ++j) {
-        *reinterpret_cast<uint4*>(dst + j * kMmaTapSlots + q4 * 4) = make_uint4(wd[j][0], wd[j][1], wd[j][2], wd[j][3]);
+        *reinterpret_cast<uint4*>(dst_even + j * kMmaTapSlots + q4 * 4) = make_uint4(we[j][0], we[j][1], we[j][2],
+                                                                                       we[j][3]);
+        *reinterpret_cast<uint4*>(dst_odd + j * kMmaTapSlots + q4 * 4) = make_uint4(wo[j][0], wo[j][1], wo[j][2],
+                                                                                      wo[j][3]);
       }
     }
   }
@@ -458,7 +474,8 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 4)
   const int jj = second ? j1 + 4 : j1;
   const bool has = jj < kJ;  // else both pairs lie outside the window (K = 3, 5)
   const int rows_here = min(g.tile_h, g.Ho - oh0);
-  const uint32_t* wlane = ws + static_cast<size_t>(seg * 8 + grp_l) * g.w_words + jj * kMmaTapSlots;
+  const uint32_t* wlane =
+      ws + static_cast<size_t>(seg * 4 + (grp_l >> 1) + (grp_l & 1) * g.w_half) * g.w_words + jj * kMmaTapSlots;
 
   // 4) Per 16 channels: every input row of the window once (ldmatrix), one MMA per (output row, tap row).
   //    ldmatrix row address of this lane: matrix i = lane / 8 holds channels 8 (i & 1) .. + 7 and columns
@@ -477,8 +494,8 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 4)
       if (ir < kMmaRows) {
         uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
         if (ir < rows_here && has) {
-          lo = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * tw * g.w_words);
-          hi = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * tw * g.w_words + 4);
+          lo = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * (tw / 2) * g.w_words);
+          hi = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * (tw / 2) * g.w_words + 4);
         }
         const uint32_t words[kMmaTapSlots] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
@@ -770,8 +787,8 @@ void plan_steps(InvGeom& g, int sms, int kch) {
 }
 
 // Plan of the tensor-core kernel; false where it does not apply (stride > 1, K other than 3/5/7, group_channels not
-// a multiple of 16, or shared memory above kMmaSmemMax). Tiles: <= 32 columns (near-equal, rounded up to 8-column
-// segments) x <= kMmaRows rows (near-equal: 28 rows -> 4 tiles of 7).
+// a multiple of 16, or even one-row tiles above kMmaSmemMax). Tiles: <= 32 columns (near-equal, rounded up to
+// 8-column segments) x <= kMmaRows rows (near-equal: 28 rows -> 2 tiles of 14).
 bool plan_mma(const InvGeom& g, MmaGeom& m, size_t& smem) {
   if (g.stride != 1 || g.gc % 16 != 0 || (g.K != 3 && g.K != 5 && g.K != 7)) return false;
   m = MmaGeom{};
@@ -788,16 +805,21 @@ bool plan_mma(const InvGeom& g, MmaGeom& m, size_t& smem) {
   m.relu = g.relu;
   m.tiles_w = ceil_div(g.Wo, kMmaSegs * 8);
   m.segs = ceil_div(ceil_div(g.Wo, m.tiles_w), 8);
-  const int nth = ceil_div(g.Ho, kMmaRows);
-  m.tile_h = ceil_div(g.Ho, nth);
-  m.tiles = m.tiles_w * nth;
-  m.in_h = m.tile_h + g.K - 1;
   m.x_pitch = m.segs * 8 + 8;
-  m.x_plane = (m.in_h * m.x_pitch / 8 | 1) * 8;  // an odd number of 16-byte units
   m.w_words = (g.K + 2) / 2 * kMmaTapSlots + 4;
-  smem = static_cast<size_t>(m.gc) * m.x_plane * sizeof(uint16_t) +
-         static_cast<size_t>(m.tile_h) * m.segs * 8 * m.w_words * sizeof(uint32_t);
-  return smem <= kMmaSmemMax;
+  // The tallest near-equal tiles of <= kMmaRows rows whose staging fits kMmaSmemMax (two blocks per SM).
+  for (int cap = kMmaRows; cap >= 1; --cap) {
+    const int nth = ceil_div(g.Ho, cap);
+    m.tile_h = ceil_div(g.Ho, nth);
+    m.tiles = m.tiles_w * nth;
+    m.in_h = m.tile_h + g.K - 1;
+    m.x_plane = (m.in_h * m.x_pitch / 8 | 1) * 8;  // an odd number of 16-byte units
+    m.w_half = m.tile_h * m.segs * 4 | 1;
+    smem = static_cast<size_t>(m.gc) * m.x_plane * sizeof(uint16_t) +
+           static_cast<size_t>(m.w_half + m.tile_h * m.segs * 4) * m.w_words * sizeof(uint32_t);
+    if (smem <= kMmaSmemMax) return true;
+  }
+  return false;
 }
 
 template <typename T>
@@ -807,6 +829,7 @@ cudaError_t launch_mma(cudaStream_t stream, const void* x, const void* kernel, v
   if (blocks > INT32_MAX) return cudaErrorInvalidValue;
   MmaGeom mg = m;
   mg.pair_store = m.Wo % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 4 == 0 ? 1 : 0;
+  mg.w_pairs = m.Wo % 2 == 0 && reinterpret_cast<uintptr_t>(kernel) % 4 == 0 ? 1 : 0;
   const dim3 grid(static_cast<unsigned>(blocks));
   const dim3 block(static_cast<unsigned>(m.segs * 32));
   const T* xt = static_cast<const T*>(x);

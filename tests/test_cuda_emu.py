@@ -65,6 +65,7 @@ INV_CASES = [
     (1, 64, 9, 12, 5, 1, 32),    # group_channels 32: two 16-channel MMA tiles share each lane's band words
     (2, 16, 17, 40, 3, 1, 16),   # K 3, 40 columns -> 2 tile columns of 3 segments, 17 rows -> 3 tiles of 6
     (1, 32, 8, 32, 7, 1, 32),    # 73 KB of shared memory: the launcher's opt-in above 48 KiB
+    (1, 64, 20, 28, 7, 1, 64),   # group_channels 64: tiles lowered to 7 rows to fit 112 KiB, four MMA channel tiles
     (1, 24, 12, 10, 7, 1, 8),    # group_channels 8: fp16/bf16 K 7 on the CUDA-core two-row path
 ]
 
