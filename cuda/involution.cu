@@ -340,6 +340,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
 constexpr int kMmaRows = 14;     // output rows per tile (each warp computes all of them for its segment)
 constexpr int kMmaSegs = 4;      // 8-column segments per tile (tile width <= 32), one warp each
 constexpr int kMmaTapSlots = 8;  // tap-row slots per (pixel, j) word group: two 16-byte loads
+constexpr int kXBatch = 64;       // staged input elements per thread loaded before they are stored
 constexpr size_t kMmaSmemMax = 112 * 1024;  // two blocks per SM (227 KiB, 1 KiB reserved each)
 
 struct MmaGeom {
@@ -360,7 +361,7 @@ struct MmaGeom {
 };
 
 template <typename T, int KS>
-__global__ void __launch_bounds__(kMmaSegs * 32, 3)
+__global__ void __launch_bounds__(kMmaSegs * 32, 2)
     involution_mma_fwd(const T* __restrict__ x, const T* __restrict__ wk, T* __restrict__ y, MmaGeom g) {
   constexpr int kJ = (KS + 2) / 2;  // words per tap row: KS taps shifted by the column parity
   constexpr int kPad = (KS - 1) / 2;
@@ -380,36 +381,50 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 3)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nwarps = static_cast<int>(blockDim.x) >> 5;  // = segs
 
-  // 1) The group's haloed input rows, zero outside the image: one warp per row, lanes along the columns (coalesced),
-  //    kRowUnroll rows' loads in flight before their stores.
+  // 1) The group's haloed input rows, zero outside the image, as one flat walk over (channel, row, column): lanes
+  //    along the columns (coalesced), positions advanced by additions, kXBatch loads per thread in flight before
+  //    their stores (a 14-row tile of 16 channels in two round trips).
   const T* xg = x + (static_cast<size_t>(n) * g.C + static_cast<size_t>(grp) * g.gc) * in_hw;
-  const int rows = g.gc * g.in_h;
-  constexpr int kRowUnroll = 4;
-  for (int r0 = warp; r0 < rows; r0 += nwarps * kRowUnroll) {
-    uint16_t v[kRowUnroll][2];
-#pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u) {
-      const int rr = r0 + u * nwarps;
-      const int ch = rr / g.in_h;
-      const int ih = ih0 + rr - ch * g.in_h;
-      const bool row_in = rr < rows && ih >= 0 && ih < g.H;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int col = lane + 32 * h, iw = iw0 + col;
-        v[u][h] = (row_in && col < g.x_pitch && iw >= 0 && iw < g.W)
-                      ? to_bits(__ldg(xg + ch * in_hw + static_cast<size_t>(ih) * g.W + iw))
-                      : static_cast<uint16_t>(0);
+  {
+    const int nthreads = static_cast<int>(blockDim.x);
+    const int total = g.gc * g.in_h * g.x_pitch;
+    const int dcol = nthreads % g.x_pitch, drow = nthreads / g.x_pitch;
+    struct Walk {  // (channel, row, column) of the thread's next element
+      int ch, ir, col;
+    };
+    auto advance = [&](Walk& p) {
+      p.col += dcol;
+      p.ir += drow;
+      if (p.col >= g.x_pitch) {
+        p.col -= g.x_pitch;
+        ++p.ir;
       }
+      while (p.ir >= g.in_h) {
+        p.ir -= g.in_h;
+        ++p.ch;
+      }
+    };
+    Walk pos{0, tid / g.x_pitch, tid % g.x_pitch};
+    while (pos.ir >= g.in_h) {
+      pos.ir -= g.in_h;
+      ++pos.ch;
     }
+    for (int e0 = tid; e0 < total; e0 += kXBatch * nthreads) {
+      uint16_t v[kXBatch];
+      const Walk first = pos;
 #pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u) {
-      const int rr = r0 + u * nwarps;
-      if (rr >= rows) break;
-      const int ch = rr / g.in_h;
-      uint16_t* dst = xs + static_cast<size_t>(ch) * g.x_plane + (rr - ch * g.in_h) * g.x_pitch;
+      for (int u = 0; u < kXBatch; ++u) {
+        const int ih = ih0 + pos.ir, iw = iw0 + pos.col;
+        v[u] = (e0 + u * nthreads < total && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+                   ? to_bits(__ldg(xg + pos.ch * in_hw + static_cast<size_t>(ih) * g.W + iw))
+                   : static_cast<uint16_t>(0);
+        advance(pos);
+      }
+      Walk st = first;  // the same walk again for the stores (cheaper than kXBatch stored offsets)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (lane + 32 * h < g.x_pitch) dst[lane + 32 * h] = v[u][h];
+      for (int u = 0; u < kXBatch; ++u) {
+        if (e0 + u * nthreads < total) xs[st.ch * g.x_plane + st.ir * g.x_pitch + st.col] = v[u];
+        advance(st);
       }
     }
   }
@@ -431,28 +446,31 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 3)
     const int slot = (py * tw + px) / 2;
     uint32_t* dst_even = ws + static_cast<size_t>(slot) * g.w_words;
     uint32_t* dst_odd = ws + static_cast<size_t>(g.w_half + slot) * g.w_words;
+    uint32_t v[KS][KS + 2];  // v[r][kw + 1] = tap (r, kw) of the even (low half) and odd (high half) pixel; 0 at -1, K
+#pragma unroll
+    for (int r = 0; r < KS; ++r) {  // every tap of the pair in flight at once
+      v[r][0] = v[r][KS + 1] = 0;
+#pragma unroll
+      for (int kw = 0; kw < KS; ++kw) {
+        const T* q = wp + static_cast<size_t>(r * KS + kw) * out_hw;
+        uint32_t pair = 0;
+        if (in0) {
+          pair = g.w_pairs ? __ldg(reinterpret_cast<const uint32_t*>(q))
+                           : to_bits(__ldg(q)) | (in1 ? static_cast<uint32_t>(to_bits(__ldg(q + 1))) << 16 : 0u);
+        }
+        v[r][kw + 1] = pair;
+      }
+    }
 #pragma unroll
     for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
       uint32_t we[kJ][4], wo[kJ][4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int r = q4 * 4 + u;
-        uint32_t v[KS + 2];  // v[kw + 1] = tap (r, kw) of the even (low half) and odd (high half) pixel; 0 at -1, K
-        v[0] = v[KS + 1] = 0;
 #pragma unroll
-        for (int kw = 0; kw < KS; ++kw) {
-          const T* q = wp + static_cast<size_t>(r * KS + kw) * out_hw;
-          uint32_t pair = 0;
-          if (r < KS && in0) {
-            pair = g.w_pairs ? __ldg(reinterpret_cast<const uint32_t*>(q))
-                             : to_bits(__ldg(q)) | (in1 ? static_cast<uint32_t>(to_bits(__ldg(q + 1))) << 16 : 0u);
-          }
-          v[kw + 1] = pair;
-        }
-#pragma unroll
-        for (int j = 0; j < kJ; ++j) {  // even column: taps 2j, 2j + 1; odd: 2j - 1, 2j
-          we[j][u] = (v[2 * j + 1] & 0xffffu) | (v[2 * j + 2] << 16);
-          wo[j][u] = (v[2 * j] >> 16) | (v[2 * j + 1] & 0xffff0000u);
+        for (int j = 0; j < kJ; ++j) {  // even column: taps 2j, 2j + 1; odd: 2j - 1, 2j; rows r >= K: zero
+          we[j][u] = r < KS ? (v[r][2 * j + 1] & 0xffffu) | (v[r][2 * j + 2] << 16) : 0u;
+          wo[j][u] = r < KS ? (v[r][2 * j] >> 16) | (v[r][2 * j + 1] & 0xffff0000u) : 0u;
         }
       }
 #pragma unroll
