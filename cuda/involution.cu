@@ -870,16 +870,21 @@ cudaError_t launch_mma(cudaStream_t stream, const void* x, const void* kernel, v
 
 template <typename T>
 cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel, void* y, InvGeom g) {
-  if constexpr (!std::is_same<T, float>::value) {  // fp16 / bf16: the tensor-core kernel where it applies
+  int sms = 0;
+  CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
+  if constexpr (!std::is_same<T, float>::value) {
+    // fp16 / bf16: the tensor-core kernel where it applies and the grid gives >= 2 blocks per SM (its staging
+    // latency is hidden only by other resident blocks; small grids, e.g. batch 1, keep the CUDA-core kernel, which
+    // splits a group's channels over blocks and prefetches the next step during the current one).
     MmaGeom m;
     size_t smem = 0;
-    if (plan_mma(g, m, smem)) return launch_mma<T>(stream, x, kernel, y, g.B, m, smem);
+    if (plan_mma(g, m, smem) && static_cast<int64_t>(g.B) * m.G * m.tiles >= 2 * static_cast<int64_t>(sms)) {
+      return launch_mma<T>(stream, x, kernel, y, g.B, m, smem);
+    }
   }
   plan_tile_rows(g, kMaxThreads);
   // Two unpadded buffers of one word always fit 48 KiB (at most 2,641 words: K=15, stride 4, a 32x2 tile).
   if (2 * static_cast<size_t>(g.in_h) * g.in_w * sizeof(float) > kSmemLimit) return cudaErrorInvalidValue;
-  int sms = 0;
-  CMIR_CUDA_TRY(cmir_cuda::sm_count(&sms));
   plan_steps(g, sms, Stage<T>::kCh);
   const int tpx = g.tile_w * (g.tile_h / kRows);
   const int64_t base = static_cast<int64_t>(g.B) * g.G * g.tiles;

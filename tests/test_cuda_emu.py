@@ -154,6 +154,32 @@ def test_involution_epilogue(case: tuple[int, ...], prec: str) -> None:
                                        _floor(dtype, ref))
 
 
+# The tensor-core kernel (fp16/bf16, stride 1, K 3/5/7, group_channels a multiple of 16) runs when the grid has at
+# least 2 blocks per SM, else the CUDA-core kernel does (the runs above alternate 132 and 1 emulated SMs, so they see
+# both): on one emulated SM every one of these launches takes it, in both precisions, plain and with the epilogue.
+MMA_CASES = [c for c in INV_CASES if c[5] == 1 and c[6] % 16 == 0 and c[4] in (3, 5, 7)]
+
+
+@pytest.mark.parametrize("prec", ["fp16", "bf16"])
+@pytest.mark.parametrize("case", MMA_CASES, ids=_ids(MMA_CASES))
+def test_involution_tensor_core(case: tuple[int, ...], prec: str) -> None:
+    dtype = DTYPES[prec]
+    c, k, s = case[1], case[4], case[5]
+    x, kern = _inv_inputs(case, dtype, 14)
+    g = generator(15)
+    scale = torch.rand(c, generator=g) + 0.5
+    shift = torch.randn(c, generator=g)
+    for i, (sc, sh, relu) in enumerate(((None, None, False), (scale, shift, True))):
+        y = _run_involution(case, prec, x, kern, sc, sh, relu, 2 * (MMA_CASES.index(case) + i) + 1)  # odd: 1 SM
+        assert_no_nan(y, f"tensor-core involution {case} {prec}")
+        ref = R.involution_ref(x, kern, k, s, sc, sh, relu)
+        theirs = involution_aggregate(x, kern, k, s)
+        if sc is not None:
+            theirs = torch.relu(theirs * sc.to(dtype)[None, :, None, None] + sh.to(dtype)[None, :, None, None])
+        assert_low_precision_bound(max_err(y, ref), max_err(theirs, ref), f"tensor-core {prec} {case} {relu}",
+                                   _floor(dtype, ref))
+
+
 # ---------------------------------------------------------------- fused generation + aggregation
 FUSED_CASES = [c for c in INV_CASES if c[4] in (1, 3, 5, 7)][:5]
 

@@ -55,6 +55,15 @@ INV_SMEM_LIMIT = 48 * 1024  # kSmemLimit
 CMAM_LAUNCHES = 4  # kernels per launch_cmam, every batch size, no memset
 # registers per thread (nvcc 13.0 -arch=sm_90 -Xptxas -v; RESULTS.md, the predicted section)
 INV_REGS = {7: 192, 5: 146, 3: 118, 0: 153}  # the most of fp32/fp16/bf16
+# the fp16/bf16 tensor-core aggregation (involution_mma_fwd): kMmaRows, kMmaSegs, kMmaTapSlots, kXBatch, kMmaSmemMax
+INV_MMA_ROWS = 14
+INV_MMA_SEGS = 4
+INV_MMA_TAP_SLOTS = 8
+INV_MMA_X_BATCH = 64
+INV_MMA_SMEM_MAX = 112 * 1024
+INV_MMA_MIN_BLOCKS = 2  # __launch_bounds__(kMmaSegs * 32, 2)
+INV_MMA_REGS = {7: 204, 5: 204, 3: 204}  # the most of sm_80 / sm_90 (nvcc 13.0, -Xptxas -v; 194 on sm_90)
+MMA_SYNC_EFF = 0.7  # fraction of the dense fp16/bf16 tensor peak one SM's mma.sync m16n8k16 stream reaches
 CMAM_OCC = {"wmma1": 3, "wmma4": 2}  # GEMM blocks per SM (registers: 64-72 / 123-128; shared memory allows as many)
 CMAM_STAGES = 3  # kStages of cuda/gemm.cuh: loads issued two k-steps before their MMAs
 CMAM_MMA_CLK = 1.98e9  # the clock of the vendor's tensor-core peaks (scaled to CLK below)
@@ -149,6 +158,84 @@ def involution_plan(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, pre
             "steps": chunk_words // (slices * cps), "smem": smem, "occupancy": occ, "staging_threads_per_col": rpp}
 
 
+def involution_mma_plan(n: int, c: int, h: int, w: int, k: int, s: int, gc: int) -> dict[str, int] | None:
+    """The launch plan of cuda/involution.cu's tensor-core kernel (plan_mma, launch_mma), used for fp16/bf16 at
+    stride 1, K 3/5/7 and group_channels a multiple of 16 (None elsewhere): tiles of <= 32 columns (8-column segments,
+    one warp each) x the tallest near-equal height <= 14 rows whose staging fits 112 KiB (28x28 -> 2 tiles of 14)."""
+    if s != 1 or gc % 16 or k not in (3, 5, 7):
+        return None
+    tiles_w = _cdiv(w, INV_MMA_SEGS * 8)
+    segs = _cdiv(_cdiv(w, tiles_w), 8)
+    x_pitch, w_words = segs * 8 + 8, (k + 2) // 2 * INV_MMA_TAP_SLOTS + 4
+    for cap in range(INV_MMA_ROWS, 0, -1):
+        nth = _cdiv(h, cap)
+        tile_h = _cdiv(h, nth)
+        in_h = tile_h + k - 1
+        x_plane = (in_h * x_pitch // 8 | 1) * 8
+        w_half = tile_h * segs * 4 | 1
+        smem = gc * x_plane * 2 + (w_half + tile_h * segs * 4) * w_words * 4
+        if smem <= INV_MMA_SMEM_MAX:
+            break
+    else:
+        return None
+    threads = segs * 32
+    regs_alloc = _cdiv(INV_MMA_REGS[k], 8) * 8
+    occ = min(65536 // (threads * regs_alloc), 2048 // threads, 32, SMEM_PER_SM // (smem + 1024))
+    return {"blocks": n * (c // gc) * tiles_w * nth, "threads": threads, "segs": segs, "tile_h": tile_h,
+            "tile_w": segs * 8, "in_h": in_h, "x_pitch": x_pitch, "x_plane": x_plane, "w_words": w_words,
+            "w_half": w_half, "smem": smem, "occupancy": occ}
+
+
+def involution_mma_expected(n: int, c: int, h: int, w: int, k: int, gc: int, spec: CardSpec) -> dict[str, Any]:
+    """Expected microseconds of the tensor-core kernel (fp16/bf16), per block (L1/shared wavefronts, 1 per SM and
+    clock; warp-level counts):
+      x   = E/32 x (1.8 + 1.0)    E = gc x in_h x x_pitch staged halves, 32 consecutive per warp load (a 64-byte
+                                  segment, ~1.8 lines: row ends and misalignment) and store (1 wavefront)
+      w   = ceil(tile px / 64) x (K^2 x lines + 16 J)   one 32-bit load per tap for a pixel pair (64 pixels per warp:
+                                  64/tile_w rows x ~1.3 lines), the words of an even and an odd pixel in 2 x J x 2
+                                  conflict-free 16-byte stores (4 wavefronts each); J = (K+2)/2 words per tap row
+      B   = gc/16 x segs x tile_h x 8   two 16-byte band loads per lane and output row
+      A   = gc/16 x segs x in_h x 4     one ldmatrix.x4 per input row
+      y   = gc/16 x (segs x tile_h x 2 + 16 x tile_h x 2.3)   fragments to shared (one 32-bit store per half-tile),
+                                  each (channel, row) read back and written as one coalesced row (~1.3 lines)
+    instructions ~ E/32 x 12 + w-groups x (3 K^2 + 52 J) + MMAs x 3 + gc/16 x segs x (2 in_h + 6 tile_h) + epilogue;
+    tensor pipe: MMAs (gc/16 x segs x tile_h x K per block) at MMA_SYNC_EFF of the dense fp16 peak;
+    round trips per block: ceil(E / (threads x kXBatch)) input batches + ceil(pixel pairs / threads) weight passes,
+    nothing else of the block overlaps them (a resident slot runs its blocks one after another):
+    chain = rounds x (trips x LAT + block wavefronts / clk);
+    expected = floor + max(mio + LAT, issue + LAT, tensor + LAT, chain, DRAM + LAT)."""
+    p = involution_mma_plan(n, c, h, w, k, 1, gc)
+    assert p is not None
+    cost = involution_cost(n, c, h, w, k, 1, gc, "fp16")
+    segs, tile_h, in_h, tw = p["segs"], p["tile_h"], p["in_h"], p["tile_w"]
+    mt, j = gc // 16, (k + 2) // 2
+    e = gc * in_h * p["x_pitch"]
+    w_groups = _cdiv(tile_h * tw // 2, 32)
+    lines = max(1.0, 64 / tw) * 1.3
+    wf = {"x": e / 32 * 2.8, "w": w_groups * (k * k * lines + 16 * j), "B": mt * segs * tile_h * 8,
+          "A": mt * segs * in_h * 4, "y": mt * (segs * tile_h * 2 + 16 * tile_h * 2.3)}
+    block_wf = sum(wf.values())
+    mmas = mt * segs * tile_h * k
+    block_inst = (e / 32 * 12 + w_groups * (3 * k * k + 52 * j) + mmas * 3 + mt * segs * (2 * in_h + 6 * tile_h)
+                  + mt * (segs * tile_h * 24 + 16 * tile_h * 8))
+    nb = _cdiv(p["blocks"], SMS)
+    r = min(p["occupancy"], nb)
+    rounds = _cdiv(nb, r)
+    trips = _cdiv(e, p["threads"] * INV_MMA_X_BATCH) + _cdiv(tile_h * tw // 2, p["threads"])
+    mio = nb * block_wf / CLK * 1e6
+    issue = nb * block_inst / (ISSUE_PER_CLK * CLK) * 1e6
+    peak_per_clk = spec.fp16_tflops * 1e12 / (SMS * CMAM_MMA_CLK)  # FLOP per SM and clock
+    tensor = nb * mmas * 4096 / (peak_per_clk * MMA_SYNC_EFF) / CLK * 1e6
+    chain = rounds * (trips * LAT_US + block_wf / CLK * 1e6)
+    dram = _dram_us(cost["bytes"], spec)
+    terms = (("L1/shared pipe", mio + LAT_US), ("issue", issue + LAT_US), ("tensor", tensor + LAT_US),
+             ("load chain", chain), ("DRAM", dram + LAT_US))
+    bound, worst = max(terms, key=lambda kv: kv[1])
+    return {"built": FLOOR_US + worst, "mio": mio, "issue": issue, "tensor": tensor, "chain": chain, "dram": dram,
+            "bound": bound, "wavefronts": wf, "trips": trips,
+            "wavefronts_per_tap": p["blocks"] * block_wf / (cost["outputs"] * k * k / 32)}
+
+
 def involution_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec: str,
                         spec: CardSpec) -> dict[str, Any]:
     """Expected microseconds of the kernel as built and of the official CuPy kernel.
@@ -167,7 +254,9 @@ def involution_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int,
     mio = nb * block_wavefronts / clk; issue = nb * block_instructions / (4 clk);
     chain = rounds * (LAT + steps * max(LAT, r * step_wavefronts / clk)) (a step's loads are in flight during the
     previous step's compute, one barrier per step);
-    expected = floor + max(mio + LAT, issue + LAT, chain, DRAM(bytes) + LAT)."""
+    expected = floor + max(mio + LAT, issue + LAT, chain, DRAM(bytes) + LAT).
+    fp16/bf16 where the launcher takes the tensor-core kernel: `involution_mma_expected` (the official kernel's
+    figure is the same model either way)."""
     cost = involution_cost(n, c, h, w, k, s, gc, prec)
     p = involution_plan(n, c, h, w, k, s, gc, prec)
     kch = p["kch"]
@@ -199,8 +288,14 @@ def involution_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int,
     official = FLOOR_US + max(l1, official_issue, dram)
     bound = max((("L1/shared pipe", mio + LAT_US), ("issue", issue + LAT_US), ("load chain", chain),
                  ("DRAM", dram + LAT_US)), key=lambda kv: kv[1])[0]
-    return {"built": built, "official": official, "mio": mio, "issue": issue, "chain": chain, "dram": dram,
-            "bound": bound, "wavefronts_per_tap": p["blocks"] * block_wf / (outputs * k * k / 32)}
+    out = {"built": built, "official": official, "mio": mio, "issue": issue, "chain": chain, "dram": dram,
+           "bound": bound, "wavefronts_per_tap": p["blocks"] * block_wf / (outputs * k * k / 32), "kernel": "cuda-core"}
+    if prec != "fp32" and involution_mma_plan(n, c, h, w, k, s, gc) is not None:
+        out["cuda_core"] = out["built"]  # the CUDA-core kernel's figure, for comparison
+        mma = involution_mma_expected(n, c, h, w, k, gc, spec)
+        out.update({key: mma[key] for key in ("built", "mio", "issue", "chain", "dram", "bound", "wavefronts_per_tap")})
+        out["tensor"], out["kernel"] = mma["tensor"], "tensor-core"
+    return out
 
 
 def fused_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int, prec: str,
