@@ -255,8 +255,8 @@ def involution_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int,
     chain = rounds * (LAT + steps * max(LAT, r * step_wavefronts / clk)) (a step's loads are in flight during the
     previous step's compute, one barrier per step);
     expected = floor + max(mio + LAT, issue + LAT, chain, DRAM(bytes) + LAT).
-    fp16/bf16 where the launcher takes the tensor-core kernel: `involution_mma_expected` (the official kernel's
-    figure is the same model either way)."""
+    fp16/bf16 where the launcher takes the tensor-core kernel (its plan applies and the grid gives >= 2 blocks per
+    SM): `involution_mma_expected` ("cuda_core" keeps the CUDA-core kernel's figure for comparison)."""
     cost = involution_cost(n, c, h, w, k, s, gc, prec)
     p = involution_plan(n, c, h, w, k, s, gc, prec)
     kch = p["kch"]
@@ -290,7 +290,8 @@ def involution_expected(n: int, c: int, h: int, w: int, k: int, s: int, gc: int,
                  ("DRAM", dram + LAT_US)), key=lambda kv: kv[1])[0]
     out = {"built": built, "official": official, "mio": mio, "issue": issue, "chain": chain, "dram": dram,
            "bound": bound, "wavefronts_per_tap": p["blocks"] * block_wf / (outputs * k * k / 32), "kernel": "cuda-core"}
-    if prec != "fp32" and involution_mma_plan(n, c, h, w, k, s, gc) is not None:
+    mma_plan = involution_mma_plan(n, c, h, w, k, s, gc) if prec != "fp32" else None
+    if mma_plan is not None and mma_plan["blocks"] >= 2 * SMS:  # launch_typed's rule: >= 2 blocks per SM
         out["cuda_core"] = out["built"]  # the CUDA-core kernel's figure, for comparison
         mma = involution_mma_expected(n, c, h, w, k, gc, spec)
         out.update({key: mma[key] for key in ("built", "mio", "issue", "chain", "dram", "bound", "wavefronts_per_tap")})
@@ -506,6 +507,8 @@ def rows(config: Any = None) -> list[dict[str, Any]]:
                 row[f"{tag}_issue_us"], row[f"{tag}_chain_us"] = ex["issue"], ex["chain"]
                 row[f"{tag}_bound"] = ex["bound"]
                 row["wavefronts_per_tap"] = ex["wavefronts_per_tap"]
+                row["inv_kernel"] = ex["kernel"]
+                row[f"{tag}_cuda_core_us"] = ex.get("cuda_core", ex["built"])
                 # % of the measured copy bandwidth, the copy taken at 90% of spec (bytes read + written)
                 row[f"{tag}_pct_copy"] = 100 * cost["bytes"] / (0.9 * spec.bw_gbs * 1e3) / ex["built"]
                 row[f"{tag}_fused_roofline_us"] = roofline_us(fcost, spec)
@@ -726,11 +729,14 @@ def _f(v: float) -> str:
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = ["| involution (aggregation) | prec | MB | GFLOP | roofline H100 / H200 µs | DRAM at 80% H100 / H200 µs "
              "| L1/shared pipe / issue / load chain µs | **expected as built** H100 / H200 µs (bound) "
-             "| % of copy H100 / H200 | official CuPy kernel (expected) µs | built vs official |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| % of copy H100 / H200 | official CuPy kernel (expected) µs | built vs official "
+             "| kernel (CUDA-core kernel H100 / H200 µs) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in table:
         if r["kernel"] != "involution":
             continue
+        which = (f"tensor cores ({_f(r['H100_cuda_core_us'])} / {_f(r['H200_cuda_core_us'])})"
+                 if r["inv_kernel"] == "tensor-core" else "CUDA cores")
         lines.append(f"| {r['shape']} | {r['precision']} | {_f(r['mbytes'])} | {r['gflop']:.3g} | "
                      f"{_f(r['H100_roofline_us'])} / {_f(r['H200_roofline_us'])} | "
                      f"{_f(r['H100_dram_us'])} / {_f(r['H200_dram_us'])} | {_f(r['H100_mio_us'])} / "
@@ -738,7 +744,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
                      f"**{_f(r['H100_built_us'])} / {_f(r['H200_built_us'])}** ({r['H100_bound']} / "
                      f"{r['H200_bound']}) | "
                      f"{r['H100_pct_copy']:.0f}% / {r['H200_pct_copy']:.0f}% | {_f(r['H100_official_us'])} | "
-                     f"{r['H100_official_us'] / r['H100_built_us']:.2f}× |")
+                     f"{r['H100_official_us'] / r['H100_built_us']:.2f}× | {which} |")
     lines += ["", "| CMAM (both directions) | prec | split-K Q/K/V / out | MB (partials) | GFLOP "
               "| roofline H100 / H200 µs | projections + attention + out proj + LayerNorm H100 µs "
               "| **expected as built** H100 / H200 µs | SDPA module (hand estimate) µs | built vs SDPA |",
