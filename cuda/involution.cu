@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "dtype.cuh"
 #include "involution.cuh"
@@ -804,6 +805,17 @@ void plan_steps(InvGeom& g, int sms, int kch) {
   }
 }
 
+// A launch whose dynamic shared memory may exceed the 48 KiB default: the kernel's opt-in first.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_opt_in(void (*kernel_fn)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args&&... args) {
+  if (smem > kSmemLimit) {
+    CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+  }
+  return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, std::forward<Args>(args)...);
+}
+
 // Plan of the tensor-core kernel; false where it does not apply (stride > 1, K other than 3/5/7, group_channels not
 // a multiple of 16, or even one-row tiles above kMmaSmemMax). Tiles: <= 32 columns (near-equal, rounded up to
 // 8-column segments) x <= kMmaRows rows (near-equal: 28 rows -> 2 tiles of 14).
@@ -853,13 +865,7 @@ cudaError_t launch_mma(cudaStream_t stream, const void* x, const void* kernel, v
   const T* xt = static_cast<const T*>(x);
   const T* kt = static_cast<const T*>(kernel);
   T* yt = static_cast<T*>(y);
-  auto run = [&](auto kernel_fn) -> cudaError_t {
-    if (smem > kSmemLimit) {
-      CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-    }
-    return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, xt, kt, yt, mg);
-  };
+  auto run = [&](auto kernel_fn) { return launch_opt_in(kernel_fn, grid, block, smem, stream, xt, kt, yt, mg); };
   switch (m.K) {
     case 3: return run(involution_mma_fwd<T, 3>);
     case 5: return run(involution_mma_fwd<T, 5>);
@@ -932,13 +938,7 @@ cudaError_t launch_fused_typed(cudaStream_t stream, const void* x, void* y, InvG
   const dim3 block(kFusedMaxPx);
   const T* xt = static_cast<const T*>(x);
   T* yt = static_cast<T*>(y);
-  auto run = [&](auto kernel_fn) -> cudaError_t {
-    if (smem > kSmemLimit) {
-      CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-    }
-    return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, xt, yt, g, f);
-  };
+  auto run = [&](auto kernel_fn) { return launch_opt_in(kernel_fn, grid, block, smem, stream, xt, yt, g, f); };
   switch (g.K) {
     case 1: return run(involution_fused_fwd<T, 1>);
     case 3: return run(involution_fused_fwd<T, 3>);
