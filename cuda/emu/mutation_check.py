@@ -5,10 +5,12 @@
 Each mutant is a copy of cuda/ (in a temporary folder, the tree is never touched) with one change: one
 __syncthreads() or __syncwarp() of cuda/involution.cu, cuda/cmam.cu, cuda/gemm.cuh or cuda/pointwise.cu removed, a
 halo index shifted by one, the attention kernel's shared-memory opt-in dropped, the GEMM's pipeline, 3xTF32 or
-typed epilogue or typed split-K (counter, last block, summation order) broken, or the pointwise convolution's
-residual / ReLU / strides wrong. The emulator tests of that
-file (TESTS) then run on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is reported. Exit
-status 1 if any mutant survives. Takes a few minutes (one emulator build per mutant); not part of `make test`.
+typed epilogue or typed split-K (counter, last block, summation order) broken, the pointwise convolution's
+residual / ReLU / strides wrong, or the tensor-core involution's fragments (band register pair, ldmatrix matrix
+order), staging (halo, walk, parity slots, unaligned pairs) or output (columns, row ends) broken (`--only MMA`).
+The emulator tests of that file (TESTS) then run on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is
+reported. Exit status 1 if any mutant survives. Takes a few minutes (one emulator build per mutant); not part of
+`make test`.
 """
 
 from __future__ import annotations
