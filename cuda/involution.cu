@@ -382,15 +382,23 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nwarps = static_cast<int>(blockDim.x) >> 5;  // = segs
 
-  // 1) The group's haloed input rows, zero outside the image, as one flat walk over (channel, row, column): lanes
-  //    along the columns (coalesced), positions advanced by additions, kXBatch loads per thread in flight before
-  //    their stores (a 14-row tile of 16 channels in two round trips).
+  // 1) Staging, in rounds that each put one batch of input loads and one pass of weight loads in flight together
+  //    before either is stored (a 14-row tile of 16 channels in two round trips).
+  //    Input: the group's haloed rows, zero outside the image, as one flat walk over (channel, row, column): lanes
+  //    along the columns (coalesced), positions advanced by additions, kXBatch loads per thread per round.
+  //    Weights: word (j, r) of a pixel = taps (r, 2j - s) [low half] and (r, 2j + 1 - s) [high half], zero for taps
+  //    outside 0..K-1, rows r >= K and pixels outside the map. Each thread owns two neighbouring pixels (an even and
+  //    an odd column; a round covers 8 tile rows): every tap plane is one coalesced 32-bit load (two 16-bit ones
+  //    where the pair is not 4-byte aligned in the kernel tensor), the words are paired by parity in registers and
+  //    written 4 tap rows (16 bytes) per store. Pixel p's words live at slot p / 2 (even) or w_half + p / 2 (odd;
+  //    w_half odd), so the 16-byte stores of 8 lanes and the band loads of 8 lanes both hit 8 different bank quads.
   const T* xg = x + (static_cast<size_t>(n) * g.C + static_cast<size_t>(grp) * g.gc) * in_hw;
+  const T* wg = wk + (static_cast<size_t>(n) * g.G + grp) * kKK * out_hw;
   {
     const int nthreads = static_cast<int>(blockDim.x);
     const int total = g.gc * g.in_h * g.x_pitch;
     const int dcol = nthreads % g.x_pitch, drow = nthreads / g.x_pitch;
-    struct Walk {  // (channel, row, column) of the thread's next element
+    struct Walk {  // (channel, row, column) of the thread's next input element
       int ch, ir, col;
     };
     auto advance = [&](Walk& p) {
@@ -410,76 +418,76 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
       pos.ir -= g.in_h;
       ++pos.ch;
     }
-    for (int e0 = tid; e0 < total; e0 += kXBatch * nthreads) {
-      uint16_t v[kXBatch];
+    const int px = 2 * (tid % (tw / 2));
+    const int ow_w = ow0 + px;
+    for (int e0 = tid, py = tid / (tw / 2); e0 < total || py < g.tile_h; e0 += kXBatch * nthreads, py += 8) {
+      // loads: this round's input batch ...
+      uint16_t xv[kXBatch];
       const Walk first = pos;
+      if (e0 < total) {
 #pragma unroll
-      for (int u = 0; u < kXBatch; ++u) {
-        const int ih = ih0 + pos.ir, iw = iw0 + pos.col;
-        v[u] = (e0 + u * nthreads < total && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-                   ? to_bits(__ldg(xg + pos.ch * in_hw + static_cast<size_t>(ih) * g.W + iw))
-                   : static_cast<uint16_t>(0);
-        advance(pos);
-      }
-      Walk st = first;  // the same walk again for the stores (cheaper than kXBatch stored offsets)
-#pragma unroll
-      for (int u = 0; u < kXBatch; ++u) {
-        if (e0 + u * nthreads < total) xs[st.ch * g.x_plane + st.ir * g.x_pitch + st.col] = v[u];
-        advance(st);
-      }
-    }
-  }
-
-  // 2) The tile's weights: word (j, r) of a pixel = taps (r, 2j - s) [low half] and (r, 2j + 1 - s) [high half],
-  //    zero for taps outside 0..K-1, rows r >= K and pixels outside the map. Each thread owns two neighbouring pixels
-  //    (an even and an odd column; the block covers 8 tile rows per pass): every tap plane is one coalesced 32-bit
-  //    load (two 16-bit ones where the pair is not 4-byte aligned in the kernel tensor), the words are paired by
-  //    parity in registers and written 4 tap rows (16 bytes) per store. Pixel p's words live at slot p / 2 (even)
-  //    or w_half + p / 2 (odd; w_half odd), so the 16-byte stores of 8 lanes and the band loads of 8 lanes both hit
-  //    8 different bank quads.
-  const T* wg = wk + (static_cast<size_t>(n) * g.G + grp) * kKK * out_hw;
-  const int px = 2 * (tid % (tw / 2));
-  const int ow_w = ow0 + px;
-  for (int py = tid / (tw / 2); py < g.tile_h; py += 8) {
-    const int oh = oh0 + py;
-    const bool in0 = oh < g.Ho && ow_w < g.Wo, in1 = in0 && ow_w + 1 < g.Wo;
-    const T* wp = wg + (in0 ? static_cast<size_t>(oh) * g.Wo + ow_w : 0);
-    const int slot = (py * tw + px) / 2;
-    uint32_t* dst_even = ws + static_cast<size_t>(slot) * g.w_words;
-    uint32_t* dst_odd = ws + static_cast<size_t>(g.w_half + slot) * g.w_words;
-    uint32_t v[KS][KS + 2];  // v[r][kw + 1] = tap (r, kw) of the even (low half) and odd (high half) pixel; 0 at -1, K
-#pragma unroll
-    for (int r = 0; r < KS; ++r) {  // every tap of the pair in flight at once
-      v[r][0] = v[r][KS + 1] = 0;
-#pragma unroll
-      for (int kw = 0; kw < KS; ++kw) {
-        const T* q = wp + static_cast<size_t>(r * KS + kw) * out_hw;
-        uint32_t pair = 0;
-        if (in0) {
-          pair = g.w_pairs ? __ldg(reinterpret_cast<const uint32_t*>(q))
-                           : to_bits(__ldg(q)) | (in1 ? static_cast<uint32_t>(to_bits(__ldg(q + 1))) << 16 : 0u);
-        }
-        v[r][kw + 1] = pair;
-      }
-    }
-#pragma unroll
-    for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
-      uint32_t we[kJ][4], wo[kJ][4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = q4 * 4 + u;
-#pragma unroll
-        for (int j = 0; j < kJ; ++j) {  // even column: taps 2j, 2j + 1; odd: 2j - 1, 2j; rows r >= K: zero
-          we[j][u] = r < KS ? (v[r][2 * j + 1] & 0xffffu) | (v[r][2 * j + 2] << 16) : 0u;
-          wo[j][u] = r < KS ? (v[r][2 * j] >> 16) | (v[r][2 * j + 1] & 0xffff0000u) : 0u;
+        for (int u = 0; u < kXBatch; ++u) {
+          const int ih = ih0 + pos.ir, iw = iw0 + pos.col;
+          xv[u] = (e0 + u * nthreads < total && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+                      ? to_bits(__ldg(xg + pos.ch * in_hw + static_cast<size_t>(ih) * g.W + iw))
+                      : static_cast<uint16_t>(0);
+          advance(pos);
         }
       }
+      // ... and weight pass
+      const int oh = oh0 + py;
+      const bool wdo = py < g.tile_h;
+      const bool in0 = wdo && oh < g.Ho && ow_w < g.Wo, in1 = in0 && ow_w + 1 < g.Wo;
+      const T* wp = wg + (in0 ? static_cast<size_t>(oh) * g.Wo + ow_w : 0);
+      uint32_t v[KS][KS + 2];  // v[r][kw + 1] = tap (r, kw) of the even (low half) and odd (high half) pixel
 #pragma unroll
-      for (int j = 0; j < kJ; ++j) {
-        *reinterpret_cast<uint4*>(dst_even + j * kMmaTapSlots + q4 * 4) = make_uint4(we[j][0], we[j][1], we[j][2],
-                                                                                       we[j][3]);
-        *reinterpret_cast<uint4*>(dst_odd + j * kMmaTapSlots + q4 * 4) = make_uint4(wo[j][0], wo[j][1], wo[j][2],
-                                                                                      wo[j][3]);
+      for (int r = 0; r < KS; ++r) {
+        v[r][0] = v[r][KS + 1] = 0;  // kw = -1 and kw = K
+#pragma unroll
+        for (int kw = 0; kw < KS; ++kw) {
+          const T* q = wp + static_cast<size_t>(r * KS + kw) * out_hw;
+          uint32_t pair = 0;
+          if (in0) {
+            pair = g.w_pairs ? __ldg(reinterpret_cast<const uint32_t*>(q))
+                             : to_bits(__ldg(q)) | (in1 ? static_cast<uint32_t>(to_bits(__ldg(q + 1))) << 16 : 0u);
+          }
+          v[r][kw + 1] = pair;
+        }
+      }
+      // stores: the input batch (the same walk again: cheaper than kXBatch stored offsets) ...
+      if (e0 < total) {
+        Walk st = first;
+#pragma unroll
+        for (int u = 0; u < kXBatch; ++u) {
+          if (e0 + u * nthreads < total) xs[st.ch * g.x_plane + st.ir * g.x_pitch + st.col] = xv[u];
+          advance(st);
+        }
+      }
+      // ... and the weight words
+      if (wdo) {
+        const int slot = (py * tw + px) / 2;
+        uint32_t* dst_even = ws + static_cast<size_t>(slot) * g.w_words;
+        uint32_t* dst_odd = ws + static_cast<size_t>(g.w_half + slot) * g.w_words;
+#pragma unroll
+        for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
+          uint32_t we[kJ][4], wo[kJ][4];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = q4 * 4 + u;
+#pragma unroll
+            for (int j = 0; j < kJ; ++j) {  // even column: taps 2j, 2j + 1; odd: 2j - 1, 2j; rows r >= K: zero
+              we[j][u] = r < KS ? (v[r][2 * j + 1] & 0xffffu) | (v[r][2 * j + 2] << 16) : 0u;
+              wo[j][u] = r < KS ? (v[r][2 * j] >> 16) | (v[r][2 * j + 1] & 0xffff0000u) : 0u;
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < kJ; ++j) {
+            *reinterpret_cast<uint4*>(dst_even + j * kMmaTapSlots + q4 * 4) =
+                make_uint4(we[j][0], we[j][1], we[j][2], we[j][3]);
+            *reinterpret_cast<uint4*>(dst_odd + j * kMmaTapSlots + q4 * 4) =
+                make_uint4(wo[j][0], wo[j][1], wo[j][2], wo[j][3]);
+          }
+        }
       }
     }
   }

@@ -62,7 +62,7 @@ INV_MMA_TAP_SLOTS = 8
 INV_MMA_X_BATCH = 64
 INV_MMA_SMEM_MAX = 112 * 1024
 INV_MMA_MIN_BLOCKS = 2  # __launch_bounds__(kMmaSegs * 32, 2)
-INV_MMA_REGS = {7: 204, 5: 204, 3: 204}  # the most of sm_80 / sm_90 (nvcc 13.0, -Xptxas -v; 194 on sm_90)
+INV_MMA_REGS = {7: 165, 5: 144, 3: 132}  # the most of sm_80 / sm_90 (nvcc 13.0, -Xptxas -v)
 MMA_SYNC_EFF = 0.7  # fraction of the dense fp16/bf16 tensor peak one SM's mma.sync m16n8k16 stream reaches
 CMAM_OCC = {"wmma1": 3, "wmma4": 2}  # GEMM blocks per SM (registers: 64-72 / 123-128; shared memory allows as many)
 CMAM_STAGES = 3  # kStages of cuda/gemm.cuh: loads issued two k-steps before their MMAs
@@ -200,8 +200,9 @@ def involution_mma_expected(n: int, c: int, h: int, w: int, k: int, gc: int, spe
                                   each (channel, row) read back and written as one coalesced row (~1.3 lines)
     instructions ~ E/32 x 12 + w-groups x (3 K^2 + 52 J) + MMAs x 3 + gc/16 x segs x (2 in_h + 6 tile_h) + epilogue;
     tensor pipe: MMAs (gc/16 x segs x tile_h x K per block) at MMA_SYNC_EFF of the dense fp16 peak;
-    round trips per block: ceil(E / (threads x kXBatch)) input batches + ceil(pixel pairs / threads) weight passes,
-    nothing else of the block overlaps them (a resident slot runs its blocks one after another):
+    round trips per block: staging rounds, each with one batch of kXBatch input loads per thread and one weight pass
+    (8 tile rows) in flight together: max(ceil(E / (threads x kXBatch)), ceil(tile_h / 8)); nothing else of the
+    block overlaps them (a resident slot runs its blocks one after another):
     chain = rounds x (trips x LAT + block wavefronts / clk);
     expected = floor + max(mio + LAT, issue + LAT, tensor + LAT, chain, DRAM + LAT)."""
     p = involution_mma_plan(n, c, h, w, k, 1, gc)
@@ -221,7 +222,7 @@ def involution_mma_expected(n: int, c: int, h: int, w: int, k: int, gc: int, spe
     nb = _cdiv(p["blocks"], SMS)
     r = min(p["occupancy"], nb)
     rounds = _cdiv(nb, r)
-    trips = _cdiv(e, p["threads"] * INV_MMA_X_BATCH) + _cdiv(tile_h * tw // 2, p["threads"])
+    trips = max(_cdiv(e, p["threads"] * INV_MMA_X_BATCH), _cdiv(tile_h, 8))  # rounds of input + weight loads
     mio = nb * block_wf / CLK * 1e6
     issue = nb * block_inst / (ISSUE_PER_CLK * CLK) * 1e6
     peak_per_clk = spec.fp16_tflops * 1e12 / (SMS * CMAM_MMA_CLK)  # FLOP per SM and clock
