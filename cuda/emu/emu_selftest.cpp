@@ -1,5 +1,6 @@
 // Semantics checks of the emulator itself (driver `selftest NAME`; tests/test_cuda_emu_semantics.py): barriers,
-// shared-memory poisoning and bounds, warp intrinsics, launch and shared-memory limits. Each returns 0 when the
+// shared-memory poisoning and bounds, warp intrinsics (incl. WMMA, mma.sync, ldmatrix), launch and shared-memory
+// limits. Each returns 0 when the
 // emulator behaved as a GPU would (or, for the misuse cases, aborts with its one-line report), 1 otherwise.
 #include <cmath>
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <mma.h>
 
 #include "common.cuh"
+#include "mma_sync.cuh"
 
 namespace {
 
@@ -133,6 +135,39 @@ __global__ void wmma_kernel(const MemT* a, const MemT* b, const float* c, float*
   wmma::mma_sync(acc, fa, fb, acc);
   wmma::mma_sync(acc, fa, fb, acc);
   wmma::store_matrix_sync(d + w * M * N, acc, M, wmma::mem_col_major);
+}
+
+// mma.sync m16n8k16 and ldmatrix (cuda/mma_sync.cuh): each of 2 warps builds its fragments of A [16][16] and
+// B [16][8] (row-major 16-bit bits in global memory) from the PTX ISA's forward formulas — element i of lane
+// (group g, t): A row g (+8 for i in 2, 3, 6, 7), column 2t + (i & 1) (+8 for i >= 4); B row 2t + (i & 1) (+8 for i >=
+// 2), column g; D row g (+8 for i >= 2), column 2t + (i & 1) — computes D = A B + A B (D aliased as C) and writes D.
+// It also loads A through ldmatrix.x4 from shared memory (matrix i = rows 8 (i & 1) .., columns 8 (i >> 1) ..) and
+// records whether each lane's registers equal the formula-built ones.
+template <typename T>
+__global__ void mma_sync_kernel(const uint16_t* a, const uint16_t* b, float* d, int* ldm_ok) {
+  __shared__ __align__(16) uint16_t sa[2][16 * 16];
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const uint16_t* aw = a + w * 256;
+  const uint16_t* bw = b + w * 128;
+  uint32_t fa[4] = {0, 0, 0, 0}, fb[2] = {0, 0};
+  for (int i = 0; i < 8; ++i) {
+    const int row = g + ((i / 2) % 2 == 1 ? 8 : 0), col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+    fa[i / 2] |= static_cast<uint32_t>(aw[row * 16 + col]) << (16 * (i & 1));
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int row = 2 * t + (i & 1) + (i >= 2 ? 8 : 0);
+    fb[i / 2] |= static_cast<uint32_t>(bw[row * 8 + g]) << (16 * (i & 1));
+  }
+  for (int e = lane; e < 256; e += 32) sa[w][e] = aw[e];
+  __syncwarp();
+  uint32_t la[4];
+  const int mi = lane / 8;
+  cmir_mma::ldmatrix_x4(la, &sa[w][(8 * (mi & 1) + lane % 8) * 16 + 8 * (mi >> 1)]);
+  ldm_ok[w * 32 + lane] = la[0] == fa[0] && la[1] == fa[1] && la[2] == fa[2] && la[3] == fa[3];
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  cmir_mma::mma_16816<T>(acc, fa, fb);
+  cmir_mma::mma_16816<T>(acc, la, fb);
+  for (int i = 0; i < 4; ++i) d[w * 128 + (g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + (i & 1)] = acc[i];
 }
 
 __global__ void wmma_misaligned_kernel(const __half* a) {
@@ -295,6 +330,64 @@ int wmma() {
   return bad == 0 ? 0 : 1;
 }
 
+template <typename T>
+int mma_sync_case(const char* name, bool bf16) {
+  const int warps = 2;
+  std::vector<uint16_t> a(warps * 256), b(warps * 128);
+  std::vector<double> av(a.size()), bv(b.size());
+  unsigned seed = 777;
+  auto rnd = [&seed]() {
+    seed = seed * 1664525u + 1013904223u;
+    return static_cast<float>((seed >> 8) % 2001) / 1000.f - 1.f;
+  };
+  auto fill = [&](std::vector<uint16_t>& bits, std::vector<double>& vals) {
+    for (size_t i = 0; i < bits.size(); ++i) {
+      const float f = rnd();
+      bits[i] = bf16 ? cmir_emu::float_to_bf16_bits(f) : cmir_emu::float_to_half_bits(f);
+      vals[i] = bf16 ? cmir_emu::bf16_bits_to_float(bits[i]) : cmir_emu::half_bits_to_float(bits[i]);
+    }
+  };
+  fill(a, av);
+  fill(b, bv);
+  uint16_t *da = nullptr, *db = nullptr;
+  float* dd = nullptr;
+  int* dok = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&da), a.size() * 2);
+  cudaMalloc(reinterpret_cast<void**>(&db), b.size() * 2);
+  cudaMalloc(reinterpret_cast<void**>(&dd), warps * 128 * 4);
+  cudaMalloc(reinterpret_cast<void**>(&dok), warps * 32 * 4);
+  cudaMemcpy(da, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(db, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
+  const cudaError_t e = cmir_cuda::launch(mma_sync_kernel<T>, dim3(1), dim3(32 * warps), 0, nullptr, da, db, dd, dok);
+  if (e != cudaSuccess) return fail(cudaGetErrorName(e));
+  const auto got = download(dd, warps * 128);
+  std::vector<int> ok(warps * 32);
+  cudaMemcpy(ok.data(), dok, ok.size() * 4, cudaMemcpyDeviceToHost);
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(dd);
+  cudaFree(dok);
+  double worst = 0.0;
+  for (int w = 0; w < warps; ++w) {
+    for (int r = 0; r < 16; ++r) {
+      for (int n = 0; n < 8; ++n) {
+        double ab = 0.0;  // float64: A [16][16] x B [16][8], twice
+        for (int k = 0; k < 16; ++k) ab += av[w * 256 + r * 16 + k] * bv[w * 128 + k * 8 + n];
+        worst = std::max(worst, std::fabs(got[w * 128 + r * 8 + n] - 2.0 * ab) / (1.0 + std::fabs(2.0 * ab)));
+      }
+    }
+  }
+  int ldm_bad = 0;
+  for (int v : ok) ldm_bad += v == 0;
+  std::printf("mma.sync %s: max relative error %.3g, ldmatrix lanes differing from the formula: %d\n", name, worst,
+              ldm_bad);
+  return worst <= 1e-5 && ldm_bad == 0 ? 0 : fail(std::string("mma.sync ") + name);
+}
+
+int mma_sync() {
+  return mma_sync_case<__half>("fp16", false) + mma_sync_case<__nv_bfloat16>("bf16", true) == 0 ? 0 : 1;
+}
+
 int expect(cudaError_t got, cudaError_t want, const std::string& what, bool launch = true) {
   std::printf("%s: %s\n", what.c_str(), cudaGetErrorName(got));
   if (got != want) return fail(what + ": got " + cudaGetErrorName(got) + ", want " + cudaGetErrorName(want));
@@ -436,6 +529,7 @@ int selftest(const std::string& name) {
   if (name == "device") return device();
   if (name == "cp_async") return pipeline(1);
   if (name == "wmma") return wmma();
+  if (name == "mma_sync") return mma_sync();
   if (name == "cp_async_missing_wait") return pipeline(2);
   if (name == "smem_oob" || name == "global_oob" || name == "divergent_barrier" || name == "exited_barrier" ||
       name == "warp_exit" || name == "cp_async_misaligned" || name == "cp_async_global_dst" ||
