@@ -31,7 +31,6 @@ constexpr int kAttWarps = 4;      // queries per block (one warp each)
 constexpr int kKeyTile = 32;      // keys per shared-memory tile (one per lane)
 constexpr int kMaxHeadDim = kCmamMaxHeadDim;  // 8 output dims per lane
 static_assert(kMaxHeadDim % 32 == 0, "whole output dims per lane");
-constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory without cudaFuncSetAttribute
 // Loads in flight per thread where a runtime-count loop sums or scans L2-resident data (the split-K partials here,
 // the pre-norm rows in the LayerNorm). A plain loop puts a trip-count branch between its loads and waits for each
 // value before the next load issues: one L2 round trip per element. strided_load issues kLoadUnroll loads at once
@@ -369,16 +368,12 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   aa.qgroups = ceil_div(N, kAttWarps);
   const size_t att_smem = (2 * static_cast<size_t>(kKeyTile) * (aa.head_dim + 1) +
                            static_cast<size_t>(kAttWarps) * aa.head_dim + kAttWarps * kKeyTile) * sizeof(float);
-  // (68 * head_dim + 192) * 4 bytes: above the 48 KiB default from head_dim 178 on, so opt in (70 KiB at 256).
+  // (68 * head_dim + 192) * 4 bytes: above the 48 KiB default from head_dim 178 on: opt in (70 KiB at 256).
   void (*const att_kernel)(AttArgs) = aa.splits > 2 ? attention_kernel<kSplitUnroll> : attention_kernel<1>;
-  if (att_smem > kDefaultSmem) {
-    CMIR_CUDA_TRY(cudaFuncSetAttribute(att_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(att_smem)));
-  }
   const int64_t att_blocks = static_cast<int64_t>(B) * 2 * aa.qgroups;
   if (att_blocks > INT32_MAX) return cudaErrorInvalidValue;
-  CMIR_CUDA_TRY(cmir_cuda::launch(att_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
-                                  dim3(kAttWarps * 32), att_smem, stream, aa));
+  CMIR_CUDA_TRY(cmir_cuda::launch_opt_in(att_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
+                                         dim3(kAttWarps * 32), att_smem, stream, aa));
 
   CMIR_CUDA_TRY(cmir_gemm::launch_gemm<T>(stream, outp, 2, true));  // A: the fp32 attention output
 

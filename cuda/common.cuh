@@ -67,6 +67,22 @@ inline cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_
 }
 #endif
 
+#if defined(CMIR_CUDA_EMU) || defined(__CUDACC__)
+// Dynamic shared memory a kernel may use without opting in.
+constexpr size_t kDefaultSmemBytes = 48 * 1024;
+
+// A launch whose dynamic shared memory may exceed the default: the kernel's opt-in first (a function attribute, not a
+// stream operation, so also fine during graph capture), then `launch`.
+template <typename... KArgs, typename... Args>
+inline cudaError_t launch_opt_in(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                 Args&&... args) {
+  if (smem > kDefaultSmemBytes) {
+    CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  return launch(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+}
+#endif
+
 }  // namespace cmir_cuda
 
 // Element type of a kernel's tensors (all tensors of one op share it; accumulation is always fp32).

@@ -583,11 +583,7 @@ inline size_t typed_split_workspace_bound(GemmBatch gb, int problems, int max_sp
 template <typename TA, typename T, int MF, bool kGather>
 cudaError_t launch_wmma(cudaStream_t stream, const GemmBatch& gb, dim3 grid) {
   constexpr size_t smem = wmma_smem_bytes<T, MF>();
-  if constexpr (smem > 48 * 1024) {  // beyond the default: opt in (once per launch; not a stream operation)
-    CMIR_CUDA_TRY(cudaFuncSetAttribute(gemm_wmma_kernel<TA, T, MF, kGather>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  }
-  return cmir_cuda::launch(gemm_wmma_kernel<TA, T, MF, kGather>, grid, dim3(kWmmaThreads), smem, stream, gb);
+  return cmir_cuda::launch_opt_in(gemm_wmma_kernel<TA, T, MF, kGather>, grid, dim3(kWmmaThreads), smem, stream, gb);
 }
 
 // Launch a planned batch (plan_gemm / plan_splits set bm, splits, k_per_split). T: W's dtype; a_is_float: A is fp32.

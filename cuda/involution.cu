@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
-#include <utility>
 
 #include "dtype.cuh"
 #include "involution.cuh"
@@ -345,7 +344,7 @@ constexpr int kXBatch = 64;       // staged input elements per thread loaded bef
 constexpr size_t kMmaSmemMax = 112 * 1024;  // two blocks per SM (227 KiB, 1 KiB reserved each)
 
 struct MmaGeom {
-  int C, H, W, Ho, Wo, K, G, gc;
+  InvGeom base;  // the op's sizes and epilogue (its CUDA-core tile fields unused)
   int segs, tile_h, tiles_w, tiles;
   int in_h;     // staged input rows: tile_h + K - 1
   int x_pitch;  // halves per staged input row: segs * 8 + 8 (segment s reads columns 8s .. 8s + 15)
@@ -356,27 +355,25 @@ struct MmaGeom {
   int w_half;      // slot of the first odd-column pixel's weights: (tile pixels / 2) rounded up to odd
   int w_pairs;     // even width and a 4-byte aligned kernel tensor: a pixel pair's tap as one 32-bit load
   int pair_store;  // even width and a 4-byte aligned y: two neighbouring outputs as one 32-bit store
-  const float* scale;
-  const float* shift;
-  int relu;
 };
 
 template <typename T, int KS>
 __global__ void __launch_bounds__(kMmaSegs * 32, 2)
-    involution_mma_fwd(const T* __restrict__ x, const T* __restrict__ wk, T* __restrict__ y, MmaGeom g) {
+    involution_mma_fwd(const T* __restrict__ x, const T* __restrict__ wk, T* __restrict__ y, MmaGeom m) {
+  const InvGeom& g = m.base;
   constexpr int kJ = (KS + 2) / 2;  // words per tap row: KS taps shifted by the column parity
   constexpr int kPad = (KS - 1) / 2;
   constexpr int kKK = KS * KS;
   CMIR_DYNAMIC_SHARED(float, smem_raw);
   uint16_t* const xs = reinterpret_cast<uint16_t*>(smem_raw);  // [gc][in_h][x_pitch], plane x_plane
-  uint32_t* const ws = reinterpret_cast<uint32_t*>(xs + static_cast<size_t>(g.gc) * g.x_plane);  // [pixel][w_words]
+  uint32_t* const ws = reinterpret_cast<uint32_t*>(xs + static_cast<size_t>(g.gc) * m.x_plane);  // [pixel][w_words]
   int bid = blockIdx.x;
-  const int tile = bid % g.tiles;
-  bid /= g.tiles;
+  const int tile = bid % m.tiles;
+  bid /= m.tiles;
   const int grp = bid % g.G;
   const int n = bid / g.G;
-  const int tw = g.segs * 8;
-  const int oh0 = (tile / g.tiles_w) * g.tile_h, ow0 = (tile % g.tiles_w) * tw;
+  const int tw = m.segs * 8;
+  const int oh0 = (tile / m.tiles_w) * m.tile_h, ow0 = (tile % m.tiles_w) * tw;
   const int ih0 = oh0 - kPad, iw0 = ow0 - kPad;
   const size_t in_hw = static_cast<size_t>(g.H) * g.W, out_hw = static_cast<size_t>(g.Ho) * g.Wo;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -396,31 +393,31 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
   const T* wg = wk + (static_cast<size_t>(n) * g.G + grp) * kKK * out_hw;
   {
     const int nthreads = static_cast<int>(blockDim.x);
-    const int total = g.gc * g.in_h * g.x_pitch;
-    const int dcol = nthreads % g.x_pitch, drow = nthreads / g.x_pitch;
+    const int total = g.gc * m.in_h * m.x_pitch;
+    const int dcol = nthreads % m.x_pitch, drow = nthreads / m.x_pitch;
     struct Walk {  // (channel, row, column) of the thread's next input element
       int ch, ir, col;
     };
     auto advance = [&](Walk& p) {
       p.col += dcol;
       p.ir += drow;
-      if (p.col >= g.x_pitch) {
-        p.col -= g.x_pitch;
+      if (p.col >= m.x_pitch) {
+        p.col -= m.x_pitch;
         ++p.ir;
       }
-      while (p.ir >= g.in_h) {
-        p.ir -= g.in_h;
+      while (p.ir >= m.in_h) {
+        p.ir -= m.in_h;
         ++p.ch;
       }
     };
-    Walk pos{0, tid / g.x_pitch, tid % g.x_pitch};
-    while (pos.ir >= g.in_h) {
-      pos.ir -= g.in_h;
+    Walk pos{0, tid / m.x_pitch, tid % m.x_pitch};
+    while (pos.ir >= m.in_h) {
+      pos.ir -= m.in_h;
       ++pos.ch;
     }
     const int px = 2 * (tid % (tw / 2));
     const int ow_w = ow0 + px;
-    for (int e0 = tid, py = tid / (tw / 2); e0 < total || py < g.tile_h; e0 += kXBatch * nthreads, py += 8) {
+    for (int e0 = tid, py = tid / (tw / 2); e0 < total || py < m.tile_h; e0 += kXBatch * nthreads, py += 8) {
       // loads: this round's input batch ...
       uint16_t xv[kXBatch];
       const Walk first = pos;
@@ -436,7 +433,7 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
       }
       // ... and weight pass
       const int oh = oh0 + py;
-      const bool wdo = py < g.tile_h;
+      const bool wdo = py < m.tile_h;
       const bool in0 = wdo && oh < g.Ho && ow_w < g.Wo, in1 = in0 && ow_w + 1 < g.Wo;
       const T* wp = wg + (in0 ? static_cast<size_t>(oh) * g.Wo + ow_w : 0);
       uint32_t v[KS][KS + 2];  // v[r][kw + 1] = tap (r, kw) of the even (low half) and odd (high half) pixel
@@ -448,7 +445,7 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
           const T* q = wp + static_cast<size_t>(r * KS + kw) * out_hw;
           uint32_t pair = 0;
           if (in0) {
-            pair = g.w_pairs ? __ldg(reinterpret_cast<const uint32_t*>(q))
+            pair = m.w_pairs ? __ldg(reinterpret_cast<const uint32_t*>(q))
                              : to_bits(__ldg(q)) | (in1 ? static_cast<uint32_t>(to_bits(__ldg(q + 1))) << 16 : 0u);
           }
           v[r][kw + 1] = pair;
@@ -459,15 +456,15 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
         Walk st = first;
 #pragma unroll
         for (int u = 0; u < kXBatch; ++u) {
-          if (e0 + u * nthreads < total) xs[st.ch * g.x_plane + st.ir * g.x_pitch + st.col] = xv[u];
+          if (e0 + u * nthreads < total) xs[st.ch * m.x_plane + st.ir * m.x_pitch + st.col] = xv[u];
           advance(st);
         }
       }
       // ... and the weight words
       if (wdo) {
         const int slot = (py * tw + px) / 2;
-        uint32_t* dst_even = ws + static_cast<size_t>(slot) * g.w_words;
-        uint32_t* dst_odd = ws + static_cast<size_t>(g.w_half + slot) * g.w_words;
+        uint32_t* dst_even = ws + static_cast<size_t>(slot) * m.w_words;
+        uint32_t* dst_odd = ws + static_cast<size_t>(m.w_half + slot) * m.w_words;
 #pragma unroll
         for (int q4 = 0; q4 < kMmaTapSlots / 4; ++q4) {
           uint32_t we[kJ][4], wo[kJ][4];
@@ -500,16 +497,16 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
   const bool second = j1 < 0;  // the lane's in-window taps are Band rows 2t+8, 2t+9 (b[1]), not 2t, 2t+1 (b[0])
   const int jj = second ? j1 + 4 : j1;
   const bool has = jj < kJ;  // else both pairs lie outside the window (K = 3, 5)
-  const int rows_here = min(g.tile_h, g.Ho - oh0);
+  const int rows_here = min(m.tile_h, g.Ho - oh0);
   const uint32_t* wlane =
-      ws + static_cast<size_t>(seg * 4 + (grp_l >> 1) + (grp_l & 1) * g.w_half) * g.w_words + jj * kMmaTapSlots;
+      ws + static_cast<size_t>(seg * 4 + (grp_l >> 1) + (grp_l & 1) * m.w_half) * m.w_words + jj * kMmaTapSlots;
 
   // 4) Per 16 channels: every input row of the window once (ldmatrix), one MMA per (output row, tap row).
   //    ldmatrix row address of this lane: matrix i = lane / 8 holds channels 8 (i & 1) .. + 7 and columns
   //    8 (i >> 1) .. + 7 of the segment's 16 (a[0..3] = A rows 0-7 / 8-15 x columns 0-7 / 8-15).
   const int mi = lane >> 3;
   for (int mt = 0; mt < g.gc / 16; ++mt) {
-    const uint16_t* arow = xs + static_cast<size_t>(mt * 16 + (lane & 7) + 8 * (mi & 1)) * g.x_plane + seg * 8 +
+    const uint16_t* arow = xs + static_cast<size_t>(mt * 16 + (lane & 7) + 8 * (mi & 1)) * m.x_plane + seg * 8 +
                            8 * (mi >> 1);
     float acc[kMmaRows][4];
     uint32_t bw[kMmaRows][kMmaTapSlots];  // row o's words, loaded when its first input row comes (few live at once)
@@ -521,15 +518,15 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
       if (ir < kMmaRows) {
         uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
         if (ir < rows_here && has) {
-          lo = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * (tw / 2) * g.w_words);
-          hi = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * (tw / 2) * g.w_words + 4);
+          lo = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * (tw / 2) * m.w_words);
+          hi = *reinterpret_cast<const uint4*>(wlane + static_cast<size_t>(ir) * (tw / 2) * m.w_words + 4);
         }
         const uint32_t words[kMmaTapSlots] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
         for (int r = 0; r < kMmaTapSlots; ++r) bw[ir][r] = words[r];
       }
       uint32_t a[4];
-      cmir_mma::ldmatrix_x4(a, arow + ir * g.x_pitch);
+      cmir_mma::ldmatrix_x4(a, arow + ir * m.x_pitch);
 #pragma unroll
       for (int o = 0; o < kMmaRows; ++o) {
         const int r = ir - o;
@@ -551,7 +548,7 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
         const int c = grp * g.gc + cl;
         const T v0 = epilogue<T>(acc[o][2 * hh], g, c), v1 = epilogue<T>(acc[o][2 * hh + 1], g, c);
         // plane cl, row o, columns 8 seg + 2t (+1): one 32-bit store, 32 lanes on 32 banks (x_plane / 2 = 4 x odd)
-        *reinterpret_cast<uint32_t*>(xs + static_cast<size_t>(cl) * g.x_plane + o * tw + seg * 8 + 2 * t) =
+        *reinterpret_cast<uint32_t*>(xs + static_cast<size_t>(cl) * m.x_plane + o * tw + seg * 8 + 2 * t) =
             static_cast<uint32_t>(to_bits(v0)) | (static_cast<uint32_t>(to_bits(v1)) << 16);
       }
     }
@@ -562,10 +559,10 @@ __global__ void __launch_bounds__(kMmaSegs * 32, 2)
     const int cols = min(tw, g.Wo - ow0);
     for (int rr = warp; rr < 16 * rows_here; rr += nwarps) {
       const int cl = mt * 16 + rr / rows_here, o = rr % rows_here;
-      const uint16_t* src = xs + static_cast<size_t>(cl) * g.x_plane + o * tw;
+      const uint16_t* src = xs + static_cast<size_t>(cl) * m.x_plane + o * tw;
       T* dst =
           y + (static_cast<size_t>(n) * g.C + grp * g.gc + cl) * out_hw + static_cast<size_t>(oh0 + o) * g.Wo + ow0;
-      if (g.pair_store) {
+      if (m.pair_store) {
         if (2 * lane < cols) {
           *reinterpret_cast<uint32_t*>(dst + 2 * lane) = *reinterpret_cast<const uint32_t*>(src + 2 * lane);
         }
@@ -813,34 +810,13 @@ void plan_steps(InvGeom& g, int sms, int kch) {
   }
 }
 
-// A launch whose dynamic shared memory may exceed the 48 KiB default: the kernel's opt-in first.
-template <typename... KArgs, typename... Args>
-cudaError_t launch_opt_in(void (*kernel_fn)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                          Args&&... args) {
-  if (smem > kSmemLimit) {
-    CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
-  }
-  return cmir_cuda::launch(kernel_fn, grid, block, smem, stream, std::forward<Args>(args)...);
-}
-
 // Plan of the tensor-core kernel; false where it does not apply (stride > 1, K other than 3/5/7, group_channels not
 // a multiple of 16, or even one-row tiles above kMmaSmemMax). Tiles: <= 32 columns (near-equal, rounded up to
 // 8-column segments) x <= kMmaRows rows (near-equal: 28 rows -> 2 tiles of 14).
 bool plan_mma(const InvGeom& g, MmaGeom& m, size_t& smem) {
   if (g.stride != 1 || g.gc % 16 != 0 || (g.K != 3 && g.K != 5 && g.K != 7)) return false;
   m = MmaGeom{};
-  m.C = g.C;
-  m.H = g.H;
-  m.W = g.W;
-  m.Ho = g.Ho;
-  m.Wo = g.Wo;
-  m.K = g.K;
-  m.G = g.G;
-  m.gc = g.gc;
-  m.scale = g.scale;
-  m.shift = g.shift;
-  m.relu = g.relu;
+  m.base = g;
   m.tiles_w = ceil_div(g.Wo, kMmaSegs * 8);
   m.segs = ceil_div(ceil_div(g.Wo, m.tiles_w), 8);
   m.x_pitch = m.segs * 8 + 8;
@@ -853,7 +829,7 @@ bool plan_mma(const InvGeom& g, MmaGeom& m, size_t& smem) {
     m.in_h = m.tile_h + g.K - 1;
     m.x_plane = (m.in_h * m.x_pitch / 8 | 1) * 8;  // an odd number of 16-byte units
     m.w_half = m.tile_h * m.segs * 4 | 1;
-    smem = static_cast<size_t>(m.gc) * m.x_plane * sizeof(uint16_t) +
+    smem = static_cast<size_t>(g.gc) * m.x_plane * sizeof(uint16_t) +
            static_cast<size_t>(m.w_half + m.tile_h * m.segs * 4) * m.w_words * sizeof(uint32_t);
     if (smem <= kMmaSmemMax) return true;
   }
@@ -863,18 +839,20 @@ bool plan_mma(const InvGeom& g, MmaGeom& m, size_t& smem) {
 template <typename T>
 cudaError_t launch_mma(cudaStream_t stream, const void* x, const void* kernel, void* y, int batch, const MmaGeom& m,
                        size_t smem) {
-  const int64_t blocks = static_cast<int64_t>(batch) * m.G * m.tiles;
+  const int64_t blocks = static_cast<int64_t>(batch) * m.base.G * m.tiles;
   if (blocks > INT32_MAX) return cudaErrorInvalidValue;
   MmaGeom mg = m;
-  mg.pair_store = m.Wo % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 4 == 0 ? 1 : 0;
-  mg.w_pairs = m.Wo % 2 == 0 && reinterpret_cast<uintptr_t>(kernel) % 4 == 0 ? 1 : 0;
+  mg.pair_store = m.base.Wo % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 4 == 0 ? 1 : 0;
+  mg.w_pairs = m.base.Wo % 2 == 0 && reinterpret_cast<uintptr_t>(kernel) % 4 == 0 ? 1 : 0;
   const dim3 grid(static_cast<unsigned>(blocks));
   const dim3 block(static_cast<unsigned>(m.segs * 32));
   const T* xt = static_cast<const T*>(x);
   const T* kt = static_cast<const T*>(kernel);
   T* yt = static_cast<T*>(y);
-  auto run = [&](auto kernel_fn) { return launch_opt_in(kernel_fn, grid, block, smem, stream, xt, kt, yt, mg); };
-  switch (m.K) {
+  auto run = [&](auto kernel_fn) {
+    return cmir_cuda::launch_opt_in(kernel_fn, grid, block, smem, stream, xt, kt, yt, mg);
+  };
+  switch (m.base.K) {
     case 3: return run(involution_mma_fwd<T, 3>);
     case 5: return run(involution_mma_fwd<T, 5>);
     case 7: return run(involution_mma_fwd<T, 7>);
@@ -892,7 +870,7 @@ cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* kernel,
     // splits a group's channels over blocks and prefetches the next step during the current one).
     MmaGeom m;
     size_t smem = 0;
-    if (plan_mma(g, m, smem) && static_cast<int64_t>(g.B) * m.G * m.tiles >= 2 * static_cast<int64_t>(sms)) {
+    if (plan_mma(g, m, smem) && static_cast<int64_t>(g.B) * g.G * m.tiles >= 2 * static_cast<int64_t>(sms)) {
       return launch_mma<T>(stream, x, kernel, y, g.B, m, smem);
     }
   }
@@ -946,7 +924,9 @@ cudaError_t launch_fused_typed(cudaStream_t stream, const void* x, void* y, InvG
   const dim3 block(kFusedMaxPx);
   const T* xt = static_cast<const T*>(x);
   T* yt = static_cast<T*>(y);
-  auto run = [&](auto kernel_fn) { return launch_opt_in(kernel_fn, grid, block, smem, stream, xt, yt, g, f); };
+  auto run = [&](auto kernel_fn) {
+    return cmir_cuda::launch_opt_in(kernel_fn, grid, block, smem, stream, xt, yt, g, f);
+  };
   switch (g.K) {
     case 1: return run(involution_fused_fwd<T, 1>);
     case 3: return run(involution_fused_fwd<T, 3>);

@@ -53,8 +53,8 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "const uint32_t b[2] = {second ? 0u : bw[o][r], second ? bw[o][r] : 0u};",
          "const uint32_t b[2] = {bw[o][r], 0u};"),
         ("involution.cu MMA ldmatrix matrices 1 and 2 swapped (channels <-> columns)", "involution.cu",
-         "(lane & 7) + 8 * (mi & 1)) * g.x_plane + seg * 8 +\n                           8 * (mi >> 1);",
-         "(lane & 7) + 8 * (mi >> 1)) * g.x_plane + seg * 8 +\n                           8 * (mi & 1);"),
+         "(lane & 7) + 8 * (mi & 1)) * m.x_plane + seg * 8 +\n                           8 * (mi >> 1);",
+         "(lane & 7) + 8 * (mi >> 1)) * m.x_plane + seg * 8 +\n                           8 * (mi & 1);"),
         ("involution.cu MMA input halo column +1", "involution.cu", "const int ih = ih0 + pos.ir, iw = iw0 + pos.col;",
          "const int ih = ih0 + pos.ir, iw = iw0 + pos.col + 1;"),
         ("involution.cu MMA input stores one element behind their loads", "involution.cu", "Walk st = first;",
@@ -74,7 +74,7 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "wo[j][u] = r < KS ? (v[r][2 * j] >> 16) | (v[r][2 * j + 1] & 0xffff0000u) : 0u;",
          "wo[j][u] = r < KS ? (v[r][2 * j] & 0xffffu) | (v[r][2 * j + 1] << 16) : 0u;"),
         ("involution.cu MMA band loads of odd columns from the even slots", "involution.cu",
-         "(grp_l & 1) * g.w_half) * g.w_words", "(grp_l & 1) * 0) * g.w_words"),
+         "(grp_l & 1) * m.w_half) * m.w_words", "(grp_l & 1) * 0) * m.w_words"),
         ("involution.cu MMA unaligned weight pairs: the odd pixel's half dropped", "involution.cu",
          "(in1 ? static_cast<uint32_t>(to_bits(__ldg(q + 1))) << 16 : 0u)", "(in1 ? 0u : 0u)"),
         ("cmam.cu split-K partials of Q/K/V not summed (attention)", "cmam.cu",
@@ -85,8 +85,8 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "const int iw = iw0 + q + 1, ih = ih0 + r;"),
         ("involution.cu halo row +1 (stage_load)", "involution.cu", "    const int ih = ih0 + r;\n",
          "    const int ih = ih0 + r + 1;\n"),
-        ("cmam.cu no shared-memory opt-in for head_dim > 177", "cmam.cu", "if (att_smem > kDefaultSmem) {",
-         "if (false) {"),
+        ("common.cuh no shared-memory opt-in (launch_opt_in: CMAM head_dim > 177, the involution's large tiles)",
+         "common.cuh", "if (smem > kDefaultSmemBytes) {", "if (false) {"),
         ("gemm.cuh plain TF32 (3xTF32's small terms dropped)", "gemm.cuh",
          "wmma::mma_sync(acc[i], fa_small, fb, acc[i]);", "(void)0;"),
         ("gemm.cuh cp.async wait one k-step too lax", "gemm.cuh", "__pipeline_wait_prior(kStages - 2);",
@@ -181,6 +181,7 @@ TESTS = {
     "pointwise.cu": ["tests/test_cuda_emu_pointwise.py"],
     "conv2d.cu": ["tests/test_cuda_emu_conv2d.py"],
     "spatial_attention.cu": ["tests/test_cuda_emu_spatial_attention.py"],
+    "common.cuh": ["tests/test_cuda_emu.py", "-k", "cmam or involution"],
 }
 
 
