@@ -6,7 +6,8 @@
 //      zeroes the sums of kernel 3 when it splits K
 //   3. the two output projections with bias and residual (batched GEMM, split-K by fp32 atomics)
 //   4. LayerNorm over channels, written back to NCHW through shared-memory transposes (coalesced along tokens).
-// The GEMMs (gemm.cuh) run on tensor cores in every dtype: fp16/bf16 MMAs, fp32 as 3xTF32.
+// The GEMMs (gemm.cuh) run on tensor cores in every dtype: fp16/bf16 MMAs, fp32 as 3xTF32; at large batch the fp16/bf16
+// projections take the 128 x 256 mma.sync tile (gemm_mma.cuh).
 // Intermediates are fp32 in the caller's workspace; inputs/weights/outputs in the op's dtype; accumulation fp32.
 #include <algorithm>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "cmam.cuh"
 #include "dtype.cuh"
 #include "gemm.cuh"
+#include "gemm_mma.cuh"
 
 using cmir_cuda::overlaps;
 
@@ -39,15 +41,15 @@ static_assert(kMaxHeadDim % 32 == 0, "whole output dims per lane");
 constexpr int kLoadUnroll = 16;  // LayerNorm rows
 constexpr int kSplitUnroll = 8;  // attention's split-K sums (16 would take 165 registers: 3 blocks per SM)
 
-template <int U>
-__device__ __forceinline__ void strided_load(float (&t)[U], const float* base, int64_t stride, int i, int n) {
+template <int U, typename P>
+__device__ __forceinline__ void strided_load(float (&t)[U], const P* base, int64_t stride, int i, int n) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) t[u] = i + u < n ? base[(i + u) * stride] : 0.f;
+  for (int u = 0; u < U; ++u) t[u] = i + u < n ? cmir_cuda::to_f32(base[(i + u) * stride]) : 0.f;
 }
 
-// sum_{i < n} base[i * stride], added in order of i, U loads at a time.
-template <int U>
-__device__ __forceinline__ float strided_sum(const float* base, int64_t stride, int n) {
+// sum_{i < n} base[i * stride] (as fp32), added in order of i, U loads at a time.
+template <int U, typename P>
+__device__ __forceinline__ float strided_sum(const P* base, int64_t stride, int n) {
   float v = 0.f;
 #pragma unroll 1  // U loads at a time (unrolling this loop too would only add registers)
   for (int i = 0; i < n; i += U) {
@@ -64,7 +66,7 @@ constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
 struct AttArgs {
   const float* qkv;  // [2 dir][3 (q,k,v)][splits][M][dim]: the projections' split-K partial sums, added here
-  float* att;        // [2 dir][M][dim]
+  void* att;         // [2 dir][M][dim] in the op's dtype (rounded as PyTorch's module rounds its SDPA output)
   int splits;        // split-K partials per projection (1: plain results)
   float* zero;       // nullable: zeroed here for the next launch's split-K atomics (a folded memset)
   int64_t zero_count;
@@ -86,8 +88,9 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // grid: (B * 2 * qgroups, heads). Dynamic shared memory: K and V tiles [kKeyTile][hd+1], q [kAttWarps][hd],
 // p [kAttWarps][kKeyTile]. SU: split-K partials loaded at a time (kSplitUnroll when the projections split K more than
-// twice, i.e. at small batch where the sums are long and the blocks few; 1 otherwise, for fewer registers).
-template <int SU>
+// twice, i.e. at small batch where the sums are long and the blocks few; 1 otherwise, for fewer registers). T: the
+// op's dtype (the output's).
+template <int SU, typename T>
 __global__ void __launch_bounds__(kAttWarps * 32) attention_kernel(AttArgs a) {
   CMIR_DYNAMIC_SHARED(float, sm);
   const int hd = a.head_dim, ld = hd + 1;
@@ -168,11 +171,11 @@ __global__ void __launch_bounds__(kAttWarps * 32) attention_kernel(AttArgs a) {
   }
   if (!valid_q) return;
   const float inv = 1.f / l_run;
-  float* out = a.att + static_cast<int64_t>(dir) * M * a.dim + (row0 + q) * a.dim + col0;
+  T* out = static_cast<T*>(a.att) + static_cast<int64_t>(dir) * M * a.dim + (row0 + q) * a.dim + col0;
 #pragma unroll
   for (int i = 0; i < kDimsPerLane; ++i) {
     const int d = lane + 32 * i;
-    if (d < hd) out[d] = acc[i] * inv;
+    if (d < hd) out[d] = from_f32<T>(acc[i] * inv);
   }
 }
 
@@ -187,8 +190,11 @@ constexpr int kLnMaxCSlices = 8;
 // slice. Output: the block's channels in 32 x 32 tiles transposed through shared memory, so reads run along C and
 // the NCHW writes along tokens (one contiguous run of up to 32 tokens per channel instead of one element per
 // sector). C slices only when too few token tiles fill the GPU (batch 1-8): each recomputes the statistics.
-template <typename T>
-__global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float* __restrict__ pre, const T* gamma_a,
+// TP: the pre-norm rows' type — fp32 (the WMMA output projections' sums), or the op's dtype T (the mma.sync output
+// projections round bias + residual + product once to T, where PyTorch's module rounds twice).
+// Launch bounds: 8 blocks (64 warps) per SM, i.e. 32 registers — without them the TP template takes 40 (6 blocks).
+template <typename T, typename TP>
+__global__ void __launch_bounds__(kLnThreads, 8) layernorm_nchw_kernel(const void* __restrict__ pre_v, const T* gamma_a,
                                                                     const T* beta_a, const T* gamma_p,
                                                                     const T* beta_p, T* out_a, T* out_p, int B, int N,
                                                                     int C, int tok_tiles, int c_per_slice, float eps) {
@@ -201,10 +207,10 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float*
   const int nt = min(kLnTokens, N - t0);
   const int c_begin = blockIdx.z * c_per_slice, c_end = min(C, c_begin + c_per_slice);
   const int64_t M = static_cast<int64_t>(B) * N;
-  const float* rows = pre + (dir * M + static_cast<int64_t>(b) * N + t0) * C;  // token t's row: rows + t * C
+  const TP* __restrict__ rows = static_cast<const TP*>(pre_v) + (dir * M + static_cast<int64_t>(b) * N + t0) * C;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int t = warp; t < nt; t += kLnWarps) {  // warp-uniform loop: the shuffles see all 32 lanes
-    const float* row = rows + static_cast<int64_t>(t) * C;
+    const TP* row = rows + static_cast<int64_t>(t) * C;
     const int cnt = lane < C ? (C - lane + 31) / 32 : 0;  // this lane's elements: row[lane + 32 * i], i < cnt
     const float mean = warp_sum(strided_sum<kLoadUnroll>(row + lane, 32, cnt)) / static_cast<float>(C);
     float sq = 0.f;
@@ -233,7 +239,7 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float*
     if (c < c_end) {  // read along C: lane = channel, warps over tokens
       const float g = ldg_f32(gamma + c), be = ldg_f32(beta + c);
       for (int t = warp; t < nt; t += kLnWarps) {
-        tile[lane][t] = (rows[static_cast<int64_t>(t) * C + c] - mean_s[t]) * rstd_s[t] * g + be;
+        tile[lane][t] = (cmir_cuda::to_f32(rows[static_cast<int64_t>(t) * C + c]) - mean_s[t]) * rstd_s[t] * g + be;
       }
     }
     __syncthreads();
@@ -250,14 +256,14 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_nchw_kernel(const float*
 constexpr size_t kAlign = 256;
 size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
-// Split-K partial sums of the Q/K/V projections held at most (any device: kPlanSms bounds the plan; the 16-row tile
-// splits at least as much as the 64-row one).
+// Split-K partial sums of the Q/K/V projections held at most (any device: kPlanSms bounds the WMMA plans; the 16-row
+// tile splits at least as much as the 64-row one; mma_splits_bound bounds the mma.sync tile's).
 int max_proj_splits(int batch, int tokens, int channels, int dim) {
   GemmBatch gb{};
   gb.M = batch * tokens;
   gb.n_out = dim;
   gb.K = channels;
-  int splits = 1;
+  int splits = cmir_gemm::mma_splits_bound(gb, 6);
   for (const cmir_gemm::GemmTile t : {cmir_gemm::kWmmaTile, cmir_gemm::kWmmaTile4}) {
     cmir_gemm::plan_splits(gb, 6, cmir_gemm::kPlanSms, t, INT32_MAX);
     splits = std::max(splits, gb.splits);
@@ -269,8 +275,9 @@ struct Workspace {
   size_t qkv, att, pre, total;  // byte offsets
 };
 
-// qkv: [6][proj splits][M][dim] (split-K partials, summed by the attention kernel), att: [2][M][dim],
-// pre: [2][M][C] (output projections + residual; split-K accumulates atomically after the attention kernel zeroed it).
+// qkv: [6][proj splits][M][dim] (split-K partials, summed by the attention kernel), att: [2][M][dim] in the op's
+// dtype, pre: [2][M][C] (output projections + residual: fp32, split-K accumulating atomically after the attention
+// kernel zeroed it; or, from the mma.sync tile, in the op's dtype). Sized for fp32 in every dtype.
 Workspace workspace_layout(int batch, int tokens, int channels, int dim) {
   const size_t M = static_cast<size_t>(batch) * tokens;
   const size_t splits = static_cast<size_t>(max_proj_splits(batch, tokens, channels, dim));
@@ -287,8 +294,9 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
                          T* pv_out, char* ws, int B, int C, int N, int dim, int heads, float eps) {
   const Workspace layout = workspace_layout(B, N, C, dim);
   float* qkv = reinterpret_cast<float*>(ws + layout.qkv);
-  float* att = reinterpret_cast<float*>(ws + layout.att);
+  T* att = reinterpret_cast<T*>(ws + layout.att);
   float* pre = reinterpret_cast<float*>(ws + layout.pre);
+  T* pre_t = reinterpret_cast<T*>(ws + layout.pre);
   const int M = B * N;
   const int64_t dC = static_cast<int64_t>(dim) * C;
   // Offsets in the packed weight buffer (export/plugin_schema.json).
@@ -321,13 +329,16 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
       p.res = nullptr;
     }
   }
-  cmir_gemm::plan_gemm(proj, 6, sms, INT32_MAX);
+  // The mma.sync tile where it fits (fp16/bf16, aligned NCHW tokens) and pays off (large batch), else WMMA.
+  const bool mma = cmir_gemm::mma_fits<T>(proj, 6, false) && cmir_gemm::plan_mma(proj, 6, sms, INT32_MAX);
+  if (!mma) cmir_gemm::plan_gemm(proj, 6, sms, INT32_MAX);
   proj.split_mode = cmir_gemm::kSplitPartials;
   for (int i = 0; i < 6; ++i) proj.p[i].out = qkv + static_cast<int64_t>(i) * proj.splits * M * dim;
-  CMIR_CUDA_TRY(cmir_gemm::launch_gemm<T>(stream, proj, 6, false));
+  CMIR_CUDA_TRY(mma ? cmir_gemm::launch_mma<T>(stream, proj, 6) : cmir_gemm::launch_gemm<T>(stream, proj, 6, false));
 
   // 3) output projections + bias + residual (the query modality's tokens); planned before the attention launch,
-  // which zeroes their split-K sums.
+  // which zeroes their split-K sums. A: the attention output in T. The mma.sync tile where it fits and pays off,
+  // unsplit, writing the pre-norm rows in T; else WMMA into fp32 (split-K by atomics).
   GemmBatch outp{};
   outp.M = M;
   outp.n_out = C;
@@ -347,17 +358,26 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
     p.r_bs = static_cast<int64_t>(C) * N;
     p.r_rs = 1;
     p.r_ns = N;
-    p.out = pre + static_cast<int64_t>(dir) * M * C;
+    p.out_t = pre_t + static_cast<int64_t>(dir) * M * C;
+    p.o_bs = static_cast<int64_t>(N) * C;
+    p.o_rs = C;
+    p.o_ns = 1;
   }
-  cmir_gemm::plan_gemm(outp, 2, sms, INT32_MAX);
-  outp.split_mode = cmir_gemm::kSplitAtomic;
+  outp.out_mode = cmir_gemm::kOutTyped;
+  const bool mma_out = cmir_gemm::mma_fits<T>(outp, 2, false) && cmir_gemm::plan_mma(outp, 2, sms, 1);
+  if (!mma_out) {
+    outp.out_mode = cmir_gemm::kOutF32;
+    for (int dir = 0; dir < 2; ++dir) outp.p[dir].out = pre + static_cast<int64_t>(dir) * M * C;
+    cmir_gemm::plan_gemm(outp, 2, sms, INT32_MAX);
+    outp.split_mode = cmir_gemm::kSplitAtomic;
+  }
 
   // 2) attention, both directions.
   AttArgs aa{};
   aa.qkv = qkv;
   aa.att = att;
   aa.splits = proj.splits;
-  aa.zero = outp.splits > 1 ? pre : nullptr;  // the memset of the output projections' split-K sums, folded in
+  aa.zero = !mma_out && outp.splits > 1 ? pre : nullptr;  // the memset of the output projections' split-K sums
   aa.zero_count = 2 * static_cast<int64_t>(M) * C;
   aa.B = B;
   aa.N = N;
@@ -369,25 +389,30 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   const size_t att_smem = (2 * static_cast<size_t>(kKeyTile) * (aa.head_dim + 1) +
                            static_cast<size_t>(kAttWarps) * aa.head_dim + kAttWarps * kKeyTile) * sizeof(float);
   // (68 * head_dim + 192) * 4 bytes: above the 48 KiB default from head_dim 178 on: opt in (70 KiB at 256).
-  void (*const att_kernel)(AttArgs) = aa.splits > 2 ? attention_kernel<kSplitUnroll> : attention_kernel<1>;
+  void (*const att_kernel)(AttArgs) = aa.splits > 2 ? attention_kernel<kSplitUnroll, T> : attention_kernel<1, T>;
   const int64_t att_blocks = static_cast<int64_t>(B) * 2 * aa.qgroups;
   if (att_blocks > INT32_MAX) return cudaErrorInvalidValue;
   CMIR_CUDA_TRY(cmir_cuda::launch_opt_in(att_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
                                          dim3(kAttWarps * 32), att_smem, stream, aa));
 
-  CMIR_CUDA_TRY(cmir_gemm::launch_gemm<T>(stream, outp, 2, true));  // A: the fp32 attention output
+  CMIR_CUDA_TRY(mma_out ? cmir_gemm::launch_mma<T>(stream, outp, 2)
+                        : cmir_gemm::launch_gemm<T>(stream, outp, 2, false));
 
-  // 4) LayerNorm, NCHW out. C slices only when the token tiles leave most SMs idle.
+  // 4) LayerNorm, NCHW out. C slices while the token tiles give fewer than 2 blocks per SM (each slice recomputes
+  // the statistics, an L2 re-read, but transposes only its channels: the chunks of a 2048-channel row, 64 in turn
+  // with 2 barriers each, would take longer than the DRAM traffic).
   const int tok_tiles = ceil_div(N, kLnTokens);
   const int64_t ln_tiles = static_cast<int64_t>(B) * tok_tiles * 2;
   int c_slices = 1;
-  if (2 * ln_tiles < sms) {  // so ln_tiles fits an int
-    c_slices = std::min({kLnMaxCSlices, ceil_div(C, 32), ceil_div(sms, static_cast<int>(ln_tiles))});
+  if (ln_tiles < 2 * sms) {  // so ln_tiles fits an int
+    c_slices = std::min({kLnMaxCSlices, ceil_div(C, 32), ceil_div(2 * sms, static_cast<int>(ln_tiles))});
   }
   const int c_per_slice = ceil_div(ceil_div(C, c_slices), 32) * 32;
   c_slices = ceil_div(C, c_per_slice);
   if (static_cast<int64_t>(B) * tok_tiles > INT32_MAX) return cudaErrorInvalidValue;
-  return cmir_cuda::launch(layernorm_nchw_kernel<T>,
+  void (*const ln_kernel)(const void*, const T*, const T*, const T*, const T*, T*, T*, int, int, int, int, int,
+                          float) = mma_out ? layernorm_nchw_kernel<T, T> : layernorm_nchw_kernel<T, float>;
+  return cmir_cuda::launch(ln_kernel,
                            dim3(static_cast<unsigned>(B * tok_tiles), 2, static_cast<unsigned>(c_slices)),
                            dim3(kLnThreads), 0, stream, pre, wa + o_g, wa + o_b, wp + o_g, wp + o_b, art_out, pv_out,
                            B, N, C, tok_tiles, c_per_slice, eps);

@@ -98,6 +98,31 @@ struct GemmBatch {
   int g_c, g_h, g_w, g_kh, g_kw, g_stride, g_pad, g_ow;
 };
 
+// Stage W rows n0 .. n0 + ROWS - 1, columns k0 .. k0 + COLS - 1 into ws[ROWS][LD] by 16-byte cp.async, THREADS
+// threads with thread index tid (K a multiple of 16 bytes' worth and W 16-byte aligned: a chunk is wholly inside or
+// outside [0, n_out) x [k0, k_end)); chunks outside are zeroed (plain stores: the stage is free). Sizes are read from
+// gb where used (kernel parameters; copies held in registers made the fp32 64-row WMMA tile spill).
+template <typename T, int ROWS, int COLS, int THREADS, int LD>
+__device__ __forceinline__ void stage_w_async(T (*ws)[LD], const T* w, const GemmBatch& gb, int n0, int k0, int k_end,
+                                              int tid, T zero) {
+  constexpr int kChunk = 16 / static_cast<int>(sizeof(T));
+  constexpr int kChunks = ROWS * (COLS / kChunk);
+  static_assert(kChunks % THREADS == 0, "whole chunks per thread");
+#pragma unroll
+  for (int i = 0; i < kChunks / THREADS; ++i) {
+    const int c = tid + i * THREADS;
+    const int nn = c / (COLS / kChunk), kk = (c % (COLS / kChunk)) * kChunk;
+    const int n = n0 + nn, k = k0 + kk;
+    T* dst = &ws[nn][kk];
+    if (n < gb.n_out && k < k_end) {
+      __pipeline_memcpy_async(dst, w + static_cast<int64_t>(n) * gb.K + k, 16);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) dst[j] = zero;
+    }
+  }
+}
+
 // One output element: bias and residual once (by the first K split), [ReLU], then a plain store, a store of this
 // split's partial sum, an atomic add (SplitMode), or a store rounded to T at the typed output's strides.
 template <typename TW>
@@ -191,8 +216,7 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
   constexpr int BM = kWM * MF, kLdA = BM + 8;
   constexpr int kAPerThread = (BM * kWK) / kWmmaThreads;  // A elements a thread stages per k-step (2 or 8)
   constexpr int kChunk = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte cp.async (8, fp32: 4)
-  constexpr int kWChunks = (kWN * kWK) / kChunk;  // 16-byte chunks of a W stage
-  constexpr int kAChunks = (BM * kWK) / kChunk;   // of an A stage
+  constexpr int kAChunks = (BM * kWK) / kChunk;   // 16-byte chunks of an A stage
   constexpr int kLdCm = BM + 4;                   // C tile stored [n][m] (typed NCHW output)
   // kStages stages of A and W, aliased by the fp32 C tile after the k loop: wmma_smem_bytes<T, MF>() of dynamic
   // shared memory (cp.async needs a destination the emulator knows as shared memory; static arrays of a template
@@ -315,19 +339,7 @@ __global__ void __launch_bounds__(kWmmaThreads, MF == 1 ? 3 : 2) gemm_wmma_kerne
   // inside or wholly outside [k, k_end)); else plain loads and stores (the stage is free: see the k loop).
   auto stage_w = [&](int stage, int k0) {
     if (gb.w_async) {
-#pragma unroll
-      for (int i = 0; i < kWChunks / kWmmaThreads; ++i) {
-        const int c = tid + i * kWmmaThreads;
-        const int nn = c / (kWK / kChunk), kk = (c % (kWK / kChunk)) * kChunk;
-        const int n = n0 + nn, k = k0 + kk;
-        T* dst = &Ws[stage][nn][kk];
-        if (n < gb.n_out && k < k_end) {
-          __pipeline_memcpy_async(dst, w + static_cast<int64_t>(n) * gb.K + k, 16);
-        } else {
-#pragma unroll
-          for (int j = 0; j < kChunk; ++j) dst[j] = zero;
-        }
-      }
+      stage_w_async<T, kWN, kWK, kWmmaThreads>(Ws[stage], w, gb, n0, k0, k_end, tid, zero);
     } else {
 #pragma unroll 4
       for (int i = 0; i < (kWN * kWK) / kWmmaThreads; ++i) {

@@ -8,7 +8,9 @@
 //   b[0]: B(2t..2t+1, group)  b[1]: B(2t+8..2t+9, group)
 //   d[0], d[1]: D(group, 2t), D(group, 2t+1)   d[2], d[3]: D(group+8, 2t), D(group+8, 2t+1)
 // each 32-bit register holding the lower column (A) / row (B) index in its low half. ldmatrix: lanes 8i..8i+7 give
-// the (16-byte aligned) row addresses of matrix i; lane l receives row l/4, elements 2(l%4) and 2(l%4)+1 in r[i].
+// the (16-byte aligned) row addresses of matrix i; lane l receives row l/4, elements 2(l%4) and 2(l%4)+1 in r[i];
+// with .trans (ldmatrix_x4_trans) the matrix transposed: rows 2(l%4) and 2(l%4)+1 of column l/4 (an operand stored
+// k-major, e.g. NCHW tokens staged [k][m], read as the row-major A fragment).
 // Under the CPU emulator (cuda/emu) both run as warp collectives that follow these layouts exactly.
 #pragma once
 #include <cstdint>
@@ -34,6 +36,7 @@ inline void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], cons
   ::cmir_emu::mma_m16n8k16<true>(d, a, b, d);
 }
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) { ::cmir_emu::ldmatrix_x4(r, row); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) { ::cmir_emu::ldmatrix_x4_trans(r, row); }
 #else
 template <>
 __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -58,6 +61,13 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");  // reads shared memory other threads wrote: not to be moved across their barrier
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
 }
 #endif
 

@@ -22,6 +22,8 @@ also far too slow to emulate).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from _cuda_emu_helpers import CODES, ORDERS, failure_text, run_op
@@ -358,6 +360,59 @@ def test_cmam_64_row_tiles_with_split_k(prec: str) -> None:
             ta, tp = mh.to(dtype).eval()(art, pv)
             assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam {prec} {case}", _floor(dtype, ra))
             assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), f"cmam {prec} {case}", _floor(dtype, rp))
+
+
+# The mma.sync tile (cuda/gemm_mma.cuh; fp16/bf16, 8-element chunks): (B, C, H, W, dim, heads), emulated SMs, and
+# the launches the planner must choose — the Q/K/V projections' grid (M tiles of 128, n tiles of 256, 6 problems x K
+# splits), and the output projections' (2 problems, never split; None: the WMMA kernel, fp32 pre-norm sums):
+MMA_PROJ_CASES = [
+    ((3, 264, 4, 4, 256, 8), 1, (1, 1, 6), (1, 2, 2)),     # M = 48 of a 128-row tile, K = C = 264: a k-step of 8
+    ((8, 256, 2, 4, 192, 3), 16, (1, 1, 12), None),        # 8 tokens, n_out 192 of 256 columns, 2 K splits
+    ((2, 520, 8, 8, 136, 4), 20, (1, 1, 12), (1, 3, 2)),   # 2 K splits (288, 232: a k-step of 8), not 4: 24 blocks
+                                                           # would exceed the 20 SMs; C = 520: 3 n tiles
+    ((9, 64, 4, 4, 512, 2), 1, (2, 2, 6), None),           # two M tiles (the second 16 rows), K = 64: 2 k-steps
+]
+
+
+@pytest.mark.parametrize("prec", ["fp16", "bf16"])
+@pytest.mark.parametrize(("case", "sms", "grid", "out_grid"), MMA_PROJ_CASES,
+                         ids=_ids([c for c, _, _, _ in MMA_PROJ_CASES]))
+def test_cmam_mma_projections(case: tuple[int, ...], sms: int, grid: tuple[int, int, int],
+                              out_grid: tuple[int, int, int] | None, prec: str) -> None:
+    """Issue 13 (sixth round): the projections on the 128 x 256 mma.sync tile — Q/K/V with ldmatrix.trans of the
+    NCHW tokens, the output projections with ldmatrix of the row-major attention output, bias + residual and the
+    pre-norm rows rounded to the op's dtype; the launches have the tile's shape (256 threads, 87,552 / 92,160 bytes of
+    shared memory) and the grids of the Python mirrors (cmam_proj_plan, cmam_out_plan); both outputs within 2x
+    PyTorch's own fp16/bf16 error of float64."""
+    b, c, h, w, d, heads = case
+    plan = bench.cmam_proj_plan(b * h * w, d, c, 6, prec, sms, h * w)
+    assert plan["mma"] == 1 and (-(-b * h * w // 128), -(-d // 256), 6 * plan["splits"]) == grid, plan
+    oplan = bench.cmam_out_plan(b * h * w, c, d, prec, sms)
+    assert oplan["mma"] == (out_grid is not None), oplan
+    if out_grid is not None:
+        assert (-(-b * h * w // 128), -(-c // 256), 2) == out_grid and oplan["splits"] == 1, oplan
+    dtype = DTYPES[prec]
+    m, art, pv, wa, wp = _cmam_setup(case, dtype, 34)
+    res = run_op("cmam", [CODES[prec], b, c, h, w, d, heads, "1e-05"],
+                 {"art": _bits(art), "pv": _bits(pv), "wa": _bits(wa), "wp": _bits(wp)}, ["art_out", "pv_out"],
+                 order="random", sms=sms)
+    assert res.returncode == 0, failure_text(res)
+    assert f"launch 0: grid={grid[0]},{grid[1]},{grid[2]} threads=256 smem=87552" in res.stdout, res.stdout
+    out_launch = re.search(r"^launch 2: grid=(\d+),(\d+),(\d+) threads=256 smem=(\d+)$", res.stdout, re.M)
+    assert out_launch is not None, res.stdout
+    if out_grid is None:
+        assert int(out_launch.group(4)) != 92160, res.stdout
+    else:
+        assert out_launch.groups() == (*map(str, out_grid), "92160"), res.stdout
+    out_a = _tensor(res.outputs["art_out"], dtype, tuple(art.shape))
+    out_p = _tensor(res.outputs["pv_out"], dtype, tuple(pv.shape))
+    with torch.no_grad():
+        ra, rp = R.cmam_ref(art, pv, wa, wp, heads, d, 1e-5)
+        mh = CMAM(c, heads, d)
+        mh.load_state_dict(m.state_dict())
+        ta, tp = mh.to(dtype).eval()(art, pv)
+    assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam {prec} {case}", _floor(dtype, ra))
+    assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), f"cmam {prec} {case}", _floor(dtype, rp))
 
 
 def test_cmam_head_dim_above_the_limit_is_refused() -> None:

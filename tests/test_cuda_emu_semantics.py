@@ -81,13 +81,15 @@ def test_wmma_fragments(order: str) -> None:
 @pytest.mark.parametrize("order", ORDERS)
 def test_mma_sync_fragments(order: str) -> None:
     """mma.sync m16n8k16 and ldmatrix.x4 (cuda/mma_sync.cuh), fp16 and bf16, two warps: fragments built per lane from
-    the PTX ISA's forward formulas (register element -> row, column), D = A B + A B (the second A loaded by ldmatrix
-    from shared memory, whose registers must equal the formula-built ones bit for bit); D within 1e-5 (relative to
+    the PTX ISA's forward formulas (register element -> row, column), D = A B + A B + A B (the second A loaded by
+    ldmatrix from shared memory, the third by ldmatrix.trans from a transposed copy; both sets of registers must
+    equal the formula-built ones bit for bit); D within 1e-5 (relative to
     1 + |ref|) of float64 on the same rounded operands. The emulator's mma reads the fragments through the inverse
     mapping, so this checks the two directions against each other."""
     res = run_driver(["selftest", "mma_sync"], order=order, seed=11)
     assert res.returncode == 0, failure_text(res)
     assert res.stdout.count("ldmatrix lanes differing from the formula: 0") == 2
+    assert res.stdout.count("ldmatrix.trans lanes differing: 0") == 2
 
 
 def _convert(mode: str, data: np.ndarray) -> np.ndarray:

@@ -83,7 +83,8 @@ def test_cmam_bytes_and_flops_match_the_reference_module(n: int, c: int, hh: int
     e = DT[prec].itemsize
     assert cost["weight_bytes"] == (wa.numel() + wp.numel()) * e
     assert cost["io_bytes"] == 4 * art.numel() * e
-    assert cost["workspace_bytes"] == 4 * 2 * (6 * n * hh * ww * d + 2 * n * hh * ww * d + 2 * n * hh * ww * c)
+    tok = n * hh * ww  # fp32 Q/K/V sums, the attention output in the op's dtype, fp32 pre-norm sums (WMMA here)
+    assert cost["workspace_bytes"] == 4 * 2 * 6 * tok * d + e * 2 * 2 * tok * d + 4 * 2 * 2 * tok * c
 
 
 def test_roofline_picks_the_binding_limit() -> None:
@@ -192,6 +193,7 @@ def test_predicted_table_is_consistent(predicted: Any) -> None:
 INV_CU = (ROOT / "cuda" / "involution.cu").read_text(encoding="utf-8")
 CMAM_CU = (ROOT / "cuda" / "cmam.cu").read_text(encoding="utf-8")
 GEMM_CUH = (ROOT / "cuda" / "gemm.cuh").read_text(encoding="utf-8")  # the GEMMs cmam.cu launches
+GEMM_MMA_CUH = (ROOT / "cuda" / "gemm_mma.cuh").read_text(encoding="utf-8")
 
 
 def _const(src: str, name: str) -> int:
@@ -311,13 +313,15 @@ def test_cmam_latency_chain_constants_are_the_kernels(predicted: Any) -> None:
     assert _const(CMAM_CU, "kLoadUnroll") == predicted.CMAM_LN_UNROLL
     assert _const(CMAM_CU, "kSplitUnroll") == predicted.CMAM_SPLIT_UNROLL
     assert "strided_sum<kLoadUnroll>(row + lane, 32, cnt)" in CMAM_CU
-    assert "aa.splits > 2 ? attention_kernel<kSplitUnroll> : attention_kernel<1>" in CMAM_CU
+    assert "aa.splits > 2 ? attention_kernel<kSplitUnroll, T> : attention_kernel<1, T>" in CMAM_CU
     assert sorted(predicted.CMAM_ATT_REGS) == [1, predicted.CMAM_SPLIT_UNROLL]
     # the tensor-core GEMM's kStages stages (the model's pipelined k-loop): W and NCHW A by cp.async issued
     # kStages - 1 k-steps ahead (a wait for all but the newest kStages - 2 groups), one barrier per k-step; A through
     # registers one step ahead (stored after the step's MMAs)
     body = _function(GEMM_CUH, "gemm_wmma_kernel(GemmBatch gb) {")
-    assert body.count("__pipeline_memcpy_async(dst") == 2 and "__pipeline_wait_prior(0)" in body
+    assert body.count("__pipeline_memcpy_async(dst") == 1 and "__pipeline_wait_prior(0)" in body  # A; W below
+    assert "stage_w_async<T, kWN, kWK, kWmmaThreads>(Ws[stage]" in body
+    assert "__pipeline_memcpy_async(dst" in _function(GEMM_CUH, "__device__ __forceinline__ void stage_w_async(")
     loop = body[body.index("auto k_step = [&]"):body.index("__pipeline_wait_prior(0);  // only empty groups")]
     assert loop.count("__syncthreads()") == 1 and "__pipeline_wait_prior(kStages - 2)" in loop
     assert "const int k_ahead = k0 + (kStages - 1) * kWK;" in loop and "issue(ahead, k_ahead, load_regs)" in loop
@@ -336,6 +340,41 @@ def test_cmam_latency_chain_constants_are_the_kernels(predicted: Any) -> None:
             stages = bench.CMAM_STAGES * e * (tile_k * (tile_m * mf + 8) + tile_n * (tile_k + 8))
             c_tile = 4 * max(tile_m * mf * (tile_n + 4), tile_n * (tile_m * mf + 4))
             assert occ * (max(stages, c_tile) + 32 + 1024) <= predicted.SMEM_PER_SM, (e, mf)
+
+
+def test_cmam_mma_model_matches_the_kernel(predicted: Any) -> None:
+    """Issue 13, sixth round: the mma.sync tile the model and the Python plans assume is the kernel's — tile, stages,
+    warp grid, one block per SM (launch bounds, registers) with shared memory to spare, the planner's rules (the
+    same numbers in cuda/gemm_mma.cuh and cmam_proj_plan / cmam_out_plan), the dispatch in cmam.cu; and the model's
+    per-k-step wavefronts and the plan at the issue's shape."""
+    bm, bn, bk = bench.CMAM_MMA_TILE
+    assert tuple(_const(GEMM_MMA_CUH, name) for name in ("kMmaBM", "kMmaBN", "kMmaBK")) == (bm, bn, bk)
+    assert _const(GEMM_MMA_CUH, "kMmaStages") == bench.CMAM_STAGES == predicted.CMAM_STAGES
+    assert _const(GEMM_MMA_CUH, "kMmaThreads") == 32 * (bm // 64) * (bn // 64)
+    assert _const(GEMM_MMA_CUH, "kMmaWarpsN") * predicted.CMAM_MMA_WARP_TILE == bn
+    assert "__launch_bounds__(kMmaThreads, 1)" in GEMM_MMA_CUH and predicted.CMAM_MMA_OCC == 1
+    for a_stage in (bk * (bm + 8), bm * (bk + 8)):  # A [k][m] (NCHW tokens) or [m][k] (row-major)
+        assert 3 * 2 * (a_stage + bn * (bk + 8)) + 1024 <= predicted.SMEM_PER_SM
+    kernel = _function(GEMM_MMA_CUH, "gemm_mma_kernel(GemmBatch gb) {")  # one barrier per k-step, both loads async
+    assert kernel.count("__syncthreads()") == 1 and "__pipeline_wait_prior(kMmaStages - 2)" in kernel
+    assert "__pipeline_memcpy_async(dst" in kernel and "stage_w_async<T, kMmaBN, kMmaBK, kMmaThreads>" in kernel
+    body = _function(GEMM_MMA_CUH, "inline bool plan_mma(")
+    for rule in ("if (2 * gb.n_out < kMmaBN || 4 * tiles < sms) return false;",
+                 "10 * tiles * splits < 7 * static_cast<int64_t>(sms) && 2 * tiles * splits <= sms",
+                 "gb.K / (4 * kMmaBK)"):
+        assert rule in body, rule
+    assert "cmir_gemm::mma_fits<T>(proj, 6, false) && cmir_gemm::plan_mma(proj, 6, sms, INT32_MAX)" in CMAM_CU
+    assert "cmir_gemm::mma_fits<T>(outp, 2, false) && cmir_gemm::plan_mma(outp, 2, sms, 1)" in CMAM_CU
+    # the issue's shape on 132 SMs: Q/K/V 48 tiles split in 2 (96 blocks), output projections 128 tiles unsplit
+    proj = bench.cmam_proj_plan(1024, 256, 2048, 6, "fp16")
+    out = bench.cmam_out_plan(1024, 2048, 256, "fp16")
+    assert (proj["mma"], proj["tiles"], proj["splits"]) == (1, 48, 2)
+    assert (out["mma"], out["tiles"], out["splits"]) == (1, 128, 1)
+    assert predicted._mma_gemm_us(proj, predicted.CARDS["H100 SXM"], 0.0)["wavefronts"] == 896
+    # not for fp32, 4-token images (chunks of 8 tokens), or n_out below half the tile
+    assert bench.cmam_proj_plan(1024, 256, 2048, 6, "fp32")["mma"] == 0
+    assert bench.cmam_proj_plan(1020, 256, 2048, 6, "fp16", tokens=4)["mma"] == 0
+    assert bench.cmam_proj_plan(4096, 120, 2048, 6, "fp16")["mma"] == 0
 
 
 def test_cmam_launch_count(predicted: Any) -> None:
@@ -359,10 +398,18 @@ def test_cmam_split_k_plan_and_partial_bytes(n: int, prec: str, qkv: int, out: i
     assert bench.cmam_gemm_plan(64, d, c, 6, prec)["bm"] == 64 and bench.cmam_gemm_plan(64, c, d, 2, prec)["bm"] == 16
     assert bench.cmam_gemm_plan(m, d, c, 6, prec)["splits"] == qkv
     assert bench.cmam_gemm_plan(m, c, d, 2, prec)["splits"] == out
+    # fp16/bf16 at batch 64: both GEMMs on the mma.sync tile (Q/K/V split in 2, the output projections unsplit)
+    mma = n == 64 and prec != "fp32"
+    assert bench.cmam_proj_plan(m, d, c, 6, prec)["mma"] == bench.cmam_out_plan(m, c, d, prec)["mma"] == mma
+    assert bench.cmam_proj_plan(m, d, c, 6, prec)["splits"] == qkv
     cost = bench.cmam_cost(n, c, 16, d, 8, prec)
     assert (cost["qkv_splits"], cost["out_splits"]) == (qkv, out)
-    pre = 4 * 2 * m * c * ((1 if out > 1 else 0) + out + 1)  # zeroed, stored/added per split, read by LayerNorm
-    assert cost["workspace_bytes"] == 4 * 2 * 6 * qkv * m * d + 4 * 2 * 2 * m * d + pre
+    e = 4 if prec == "fp32" else 2
+    if mma:  # the pre-norm rows in the op's dtype, written and read once
+        pre = e * 2 * m * c * 2
+    else:  # fp32: zeroed, stored/added per split, read by LayerNorm
+        pre = 4 * 2 * m * c * ((1 if out > 1 else 0) + out + 1)
+    assert cost["workspace_bytes"] == 4 * 2 * 6 * qkv * m * d + e * 2 * 2 * m * d + pre
     assert cost["partial_bytes"] == 4 * 2 * 6 * qkv * m * d
 
 

@@ -177,6 +177,10 @@ CMAM_CASES = [
     (2, 96, 8, 9, 64, 2),
     (1, 32, 1, 1, 16, 1),
     (5, 80, 2, 7, 40, 5),
+    # fp16/bf16 on the mma.sync tiles (cuda/gemm_mma.cuh) on a 132-SM card: the batch 64 (Q/K/V split over 2,
+    # output projections unsplit), and 768 tokens of C = 520, d = 136 (K split 2 ways, partial n tiles, k-steps of 8)
+    (64, 2048, 4, 4, 256, 8),
+    (96, 520, 2, 4, 136, 4),
 ]
 
 

@@ -22,6 +22,8 @@ from cmir_trt.gpu.bench import (
     CardSpec,
     cmam_cost,
     cmam_gemm_plan,
+    cmam_out_plan,
+    cmam_proj_plan,
     cmam_tflops,
     involution_cost,
     involution_fused_cost,
@@ -67,6 +69,8 @@ MMA_SYNC_EFF = 0.7  # fraction of the dense fp16/bf16 tensor peak one SM's mma.s
 CMAM_OCC = {"wmma1": 3, "wmma4": 2}  # GEMM blocks per SM (registers: 64-72 / 123-128; shared memory allows as many)
 CMAM_STAGES = 3  # kStages of cuda/gemm.cuh: loads issued two k-steps before their MMAs
 CMAM_MMA_CLK = 1.98e9  # the clock of the vendor's tensor-core peaks (scaled to CLK below)
+CMAM_MMA_WARP_TILE = 64  # gemm_mma.cuh: 8 warps of 64 x 64 outputs (2 x 4), one block per SM (launch bounds 256, 1)
+CMAM_MMA_OCC = 1
 CMAM_LN_UNROLL = 16  # kLoadUnroll: LayerNorm row elements loaded at a time per lane (one L2 round trip)
 CMAM_SPLIT_UNROLL = 8  # kSplitUnroll: split-K partials the attention kernel loads at a time when s_qkv > 2
 CMAM_ATT_REGS = {1: 40, 8: 80}  # attention_kernel<SU> registers (sm_90): 12 / 6 blocks of 4 warps per SM
@@ -383,6 +387,27 @@ def _gemm_us(m: int, n_out: int, k_dim: int, problems: int, prec: str, a_bytes: 
     return {"us": FLOOR_US + max(t, dram), "plan": p, "c1": c1, "step": step}
 
 
+def _mma_gemm_us(plan: dict[str, int], spec: CardSpec, dram_bytes: float) -> dict[str, Any]:
+    """One launch of cuda/gemm_mma.cuh (fp16/bf16; `plan` from cmam_proj_plan / cmam_out_plan): tile 128 x 256 x 32,
+    8 warps of 64 x 64, CMAM_STAGES stages, one block per SM. Per block and k-step:
+      L1/shared wavefronts: 8 warps x 2 k16 halves x (4 A + 4 B ldmatrix.x4) x 4 = 512, plus the staging by 16-byte
+        cp.async (global read and shared write, as _gemm_us counts them): (128 + 256) x 32 x 2 B / 128 x 2 = 384
+      tensor cores: 2 x 128 x 256 x 32 FLOPs at MMA_SYNC_EFF of the card's per-SM fp16/bf16 peak at CLK.
+    step = max(wavefronts / clk, MMA time, LAT / (stages - 1)); per SM ceil(blocks / SMs) rounds of one block:
+    time = rounds * (LAT + ksteps * step) + LAT; floor: DRAM time of dram_bytes."""
+    bm, bn, bk = plan["bm"], plan["bn"], plan["bk"]
+    warps = (bm // CMAM_MMA_WARP_TILE) * (bn // CMAM_MMA_WARP_TILE)
+    frag_wf = warps * (bk // 16) * (2 * CMAM_MMA_WARP_TILE // 16) * 4
+    wf = frag_wf + (bm + bn) * bk * 2 / 128 * 2
+    per_sm_rate = spec.fp16_tflops * 1e12 / SMS * CLK / CMAM_MMA_CLK * MMA_SYNC_EFF
+    c1 = max(wf / CLK, 2 * bm * bn * bk / per_sm_rate) * 1e6
+    step = max(c1, LAT_US / (CMAM_STAGES - 1))
+    rounds = _cdiv(plan["blocks"], SMS * CMAM_MMA_OCC)
+    t = rounds * (LAT_US + plan["k_per_split"] // bk * step) + LAT_US
+    return {"us": FLOOR_US + max(t, _dram_us(dram_bytes, spec)), "plan": plan, "c1": c1, "step": step,
+            "wavefronts": wf}
+
+
 def _conv_out(sh: dict[str, Any]) -> tuple[int, int]:
     """Output map (Ho, Wo) of a model_shapes()["conv2d"] entry."""
     from cmir_trt.ops.conv2d import conv2d_output_size
@@ -452,8 +477,15 @@ def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: C
     e = 4 if prec == "fp32" else 2
     cost = cmam_cost(n, c, t, d, heads, prec, SMS)
     s_qkv = int(cost["qkv_splits"])
-    proj = _gemm_us(m, d, c, 6, prec, 2 * m * c * e, spec, a_async=t % (16 // e) == 0)
-    outp = _gemm_us(m, c, d, 2, prec, 2 * m * d * 4 + 2 * m * c * e, spec, a_async=False, a_lat=L2_LAT_US)
+    pp, op = cmam_proj_plan(m, d, c, 6, prec, SMS, t), cmam_out_plan(m, c, d, prec, SMS)
+    if pp["mma"]:  # W, the tokens, the fp32 partials
+        proj = _mma_gemm_us(pp, spec, 6 * d * c * e + 2 * m * c * e + 4 * 6 * s_qkv * m * d)
+    else:
+        proj = _gemm_us(m, d, c, 6, prec, 2 * m * c * e, spec, a_async=t % (16 // e) == 0)
+    if op["mma"]:  # W, the attention output, the residual, the pre-norm rows (all in the op's dtype)
+        outp = _mma_gemm_us(op, spec, (2 * c * d + 2 * m * d + 2 * m * c + 2 * m * c) * e)
+    else:
+        outp = _gemm_us(m, c, d, 2, prec, 2 * m * d * e + 2 * m * c * e, spec, a_async=False, a_lat=L2_LAT_US)
     hd = d // heads
     att_blocks = n * 2 * _cdiv(t, 4) * heads
     su = CMAM_SPLIT_UNROLL if s_qkv > 2 else 1
@@ -465,17 +497,18 @@ def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: C
     att_occ = min(16, 65536 // (128 * CMAM_ATT_REGS[su]))
     att_rounds = _cdiv(_cdiv(att_blocks, SMS), att_occ)
     att = FLOOR_US + max(att_rounds * att_block_us,
-                         _dram_us(4 * 6 * s_qkv * m * d + 4 * 2 * m * d, spec))
+                         _dram_us(4 * 6 * s_qkv * m * d + e * 2 * m * d, spec))
     tok_tiles = _cdiv(t, 32)
     ln_tiles = n * tok_tiles * 2
-    c_slices = min(8, _cdiv(c, 32), _cdiv(SMS, ln_tiles)) if 2 * ln_tiles < SMS else 1
+    c_slices = min(8, _cdiv(c, 32), _cdiv(2 * SMS, ln_tiles)) if ln_tiles < 2 * SMS else 1
     c_per = _cdiv(_cdiv(c, c_slices), 32) * 32
     c_slices = _cdiv(c, c_per)
     ln_blocks = ln_tiles * c_slices
     per_lane = _cdiv(c, 32)
     ln_block_us = _cdiv(min(t, 32), 8) * (_cdiv(per_lane, CMAM_LN_UNROLL) * (L2_LAT_US + 0.03)) + c_per / 32 * 0.1
     ln_rounds = _cdiv(_cdiv(ln_blocks, SMS), 8)
-    ln = FLOOR_US + max(ln_rounds * ln_block_us, _dram_us(2 * m * c * 4 + 2 * m * c * e, spec))
+    pre_e = e if op["mma"] else 4  # the pre-norm rows: the op's dtype from the mma.sync output projections
+    ln = FLOOR_US + max(ln_rounds * ln_block_us, _dram_us(2 * m * c * pre_e + 2 * m * c * e, spec))
     total = proj["us"] + att + outp["us"] + ln
     return {"built": total, "proj": proj["us"], "attention": att, "out_proj": outp["us"], "layernorm": ln,
             "qkv_splits": s_qkv, "out_splits": int(cost["out_splits"]), "bytes": cost["bytes"],

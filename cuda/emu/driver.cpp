@@ -138,9 +138,14 @@ int run_cmam(const std::string& dir, char** a) {
   const cudaError_t e = launch_cmam(nullptr, dtype, art.p, pv.p, wa.p, wp.p, oa.p, op.p, ws.p, ws_bytes, b, c, h, w,
                                     dim, heads, eps);
   if (e != cudaSuccess) return report(e);
-  // What the launcher enqueued (one graph-capturable sequence): tests check the count.
+  // What the launcher enqueued (one graph-capturable sequence): tests check the count and the kernels' shapes.
   std::printf("launches=%llu memsets=%llu\n", static_cast<unsigned long long>(cmir_emu::launch_count() - launches),
               static_cast<unsigned long long>(cmir_emu::memset_count() - memsets));
+  unsigned long long sh[5];
+  for (uint64_t i = launches; cmir_emu::launch_shape(i, sh); ++i) {
+    std::printf("launch %llu: grid=%llu,%llu,%llu threads=%llu smem=%llu\n",
+                static_cast<unsigned long long>(i - launches), sh[0], sh[1], sh[2], sh[3], sh[4]);
+  }
   oa.save(dir + "/art_out.bin");
   op.save(dir + "/pv_out.bin");
   return 0;

@@ -5,6 +5,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -464,11 +465,20 @@ void async_wait_prior(size_t pending) {
 
 uint64_t g_launches = 0;
 uint64_t g_memsets = 0;
+std::vector<std::array<unsigned long long, 5>> g_shapes;  // one per launch: grid x, y, z, threads, dynamic smem
 uint64_t launch_count() { return g_launches; }
 uint64_t memset_count() { return g_memsets; }
+bool launch_shape(uint64_t i, unsigned long long (&shape)[5]) {
+  if (i >= g_shapes.size()) return false;
+  for (int j = 0; j < 5; ++j) shape[j] = g_shapes[i][static_cast<size_t>(j)];
+  return true;
+}
 
 cudaError_t run_kernel(LaunchSpec* spec, void (*body)(void*), void* ctx) {
   ++g_launches;
+  g_shapes.push_back({spec->grid.x, spec->grid.y, spec->grid.z,
+                      static_cast<unsigned long long>(spec->block.x) * spec->block.y * spec->block.z,
+                      static_cast<unsigned long long>(spec->dynamic_smem)});
   const cudaError_t bad = check_launch(*spec);
   if (bad != cudaSuccess) {
     set_error(bad);

@@ -141,11 +141,14 @@ __global__ void wmma_kernel(const MemT* a, const MemT* b, const float* c, float*
 // B [16][8] (row-major 16-bit bits in global memory) from the PTX ISA's forward formulas — element i of lane
 // (group g, t): A row g (+8 for i in 2, 3, 6, 7), column 2t + (i & 1) (+8 for i >= 4); B row 2t + (i & 1) (+8 for i >=
 // 2), column g; D row g (+8 for i >= 2), column 2t + (i & 1) — computes D = A B + A B (D aliased as C) and writes D.
-// It also loads A through ldmatrix.x4 from shared memory (matrix i = rows 8 (i & 1) .., columns 8 (i >> 1) ..) and
-// records whether each lane's registers equal the formula-built ones.
+// It also loads A through ldmatrix.x4 from shared memory (matrix i = rows 8 (i & 1) .., columns 8 (i >> 1) ..), and
+// through ldmatrix.x4.trans from a transposed copy (stored [column][row]: matrix i's stored rows are A's columns
+// 8 (i >> 1) .., at A row 8 (i & 1)), and records whether each lane's registers equal the formula-built ones; D =
+// A B three times over (formula, ldmatrix, ldmatrix.trans).
 template <typename T>
 __global__ void mma_sync_kernel(const uint16_t* a, const uint16_t* b, float* d, int* ldm_ok) {
   __shared__ __align__(16) uint16_t sa[2][16 * 16];
+  __shared__ __align__(16) uint16_t sat[2][16 * 16];  // A transposed: sat[col * 16 + row]
   const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const uint16_t* aw = a + w * 256;
   const uint16_t* bw = b + w * 128;
@@ -158,15 +161,21 @@ __global__ void mma_sync_kernel(const uint16_t* a, const uint16_t* b, float* d, 
     const int row = 2 * t + (i & 1) + (i >= 2 ? 8 : 0);
     fb[i / 2] |= static_cast<uint32_t>(bw[row * 8 + g]) << (16 * (i & 1));
   }
-  for (int e = lane; e < 256; e += 32) sa[w][e] = aw[e];
+  for (int e = lane; e < 256; e += 32) {
+    sa[w][e] = aw[e];
+    sat[w][(e % 16) * 16 + e / 16] = aw[e];
+  }
   __syncwarp();
-  uint32_t la[4];
+  uint32_t la[4], lt[4];
   const int mi = lane / 8;
   cmir_mma::ldmatrix_x4(la, &sa[w][(8 * (mi & 1) + lane % 8) * 16 + 8 * (mi >> 1)]);
-  ldm_ok[w * 32 + lane] = la[0] == fa[0] && la[1] == fa[1] && la[2] == fa[2] && la[3] == fa[3];
+  cmir_mma::ldmatrix_x4_trans(lt, &sat[w][(8 * (mi >> 1) + lane % 8) * 16 + 8 * (mi & 1)]);
+  ldm_ok[threadIdx.x] = la[0] == fa[0] && la[1] == fa[1] && la[2] == fa[2] && la[3] == fa[3];
+  ldm_ok[blockDim.x + threadIdx.x] = lt[0] == fa[0] && lt[1] == fa[1] && lt[2] == fa[2] && lt[3] == fa[3];
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   cmir_mma::mma_16816<T>(acc, fa, fb);
   cmir_mma::mma_16816<T>(acc, la, fb);
+  cmir_mma::mma_16816<T>(acc, lt, fb);
   for (int i = 0; i < 4; ++i) d[w * 128 + (g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + (i & 1)] = acc[i];
 }
 
@@ -355,13 +364,13 @@ int mma_sync_case(const char* name, bool bf16) {
   cudaMalloc(reinterpret_cast<void**>(&da), a.size() * 2);
   cudaMalloc(reinterpret_cast<void**>(&db), b.size() * 2);
   cudaMalloc(reinterpret_cast<void**>(&dd), warps * 128 * 4);
-  cudaMalloc(reinterpret_cast<void**>(&dok), warps * 32 * 4);
+  cudaMalloc(reinterpret_cast<void**>(&dok), 2 * warps * 32 * 4);
   cudaMemcpy(da, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(db, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
   const cudaError_t e = cmir_cuda::launch(mma_sync_kernel<T>, dim3(1), dim3(32 * warps), 0, nullptr, da, db, dd, dok);
   if (e != cudaSuccess) return fail(cudaGetErrorName(e));
   const auto got = download(dd, warps * 128);
-  std::vector<int> ok(warps * 32);
+  std::vector<int> ok(2 * warps * 32);  // ldmatrix, then ldmatrix.trans
   cudaMemcpy(ok.data(), dok, ok.size() * 4, cudaMemcpyDeviceToHost);
   cudaFree(da);
   cudaFree(db);
@@ -371,17 +380,20 @@ int mma_sync_case(const char* name, bool bf16) {
   for (int w = 0; w < warps; ++w) {
     for (int r = 0; r < 16; ++r) {
       for (int n = 0; n < 8; ++n) {
-        double ab = 0.0;  // float64: A [16][16] x B [16][8], twice
+        double ab = 0.0;  // float64: A [16][16] x B [16][8], three times
         for (int k = 0; k < 16; ++k) ab += av[w * 256 + r * 16 + k] * bv[w * 128 + k * 8 + n];
-        worst = std::max(worst, std::fabs(got[w * 128 + r * 8 + n] - 2.0 * ab) / (1.0 + std::fabs(2.0 * ab)));
+        worst = std::max(worst, std::fabs(got[w * 128 + r * 8 + n] - 3.0 * ab) / (1.0 + std::fabs(3.0 * ab)));
       }
     }
   }
-  int ldm_bad = 0;
-  for (int v : ok) ldm_bad += v == 0;
-  std::printf("mma.sync %s: max relative error %.3g, ldmatrix lanes differing from the formula: %d\n", name, worst,
-              ldm_bad);
-  return worst <= 1e-5 && ldm_bad == 0 ? 0 : fail(std::string("mma.sync ") + name);
+  int ldm_bad = 0, trans_bad = 0;
+  for (int i = 0; i < warps * 32; ++i) {
+    ldm_bad += ok[static_cast<size_t>(i)] == 0;
+    trans_bad += ok[static_cast<size_t>(warps * 32 + i)] == 0;
+  }
+  std::printf("mma.sync %s: max relative error %.3g, ldmatrix lanes differing from the formula: %d, "
+              "ldmatrix.trans lanes differing: %d\n", name, worst, ldm_bad, trans_bad);
+  return worst <= 1e-5 && ldm_bad == 0 && trans_bad == 0 ? 0 : fail(std::string("mma.sync ") + name);
 }
 
 int mma_sync() {

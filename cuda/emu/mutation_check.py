@@ -7,7 +7,8 @@ __syncthreads() or __syncwarp() of cuda/involution.cu, cuda/cmam.cu, cuda/gemm.c
 halo index shifted by one, the attention kernel's shared-memory opt-in dropped, the GEMM's pipeline, 3xTF32 or
 typed epilogue or typed split-K (counter, last block, summation order) broken, the pointwise convolution's
 residual / ReLU / strides wrong, or the tensor-core involution's fragments (band register pair, ldmatrix matrix
-order), staging (halo, walk, parity slots, unaligned pairs) or output (columns, row ends) broken (`--only MMA`).
+order), staging (halo, walk, parity slots, unaligned pairs) or output (columns, row ends) broken (`--only MMA`), or
+the mma.sync projection tile's fragments, pipeline, epilogue or plan broken (`--only gemm_mma`).
 The emulator tests of that file (TESTS) then run on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is
 reported. Exit status 1 if any mutant survives. Takes a few minutes (one emulator build per mutant); not part of
 `make test`.
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
     """(name, file, original text or "@offset:text", replacement) for the kernels in `cuda`."""
     out = []
-    for fname in ("involution.cu", "cmam.cu", "gemm.cuh", "pointwise.cu", "conv2d.cu", "spatial_attention.cu"):
+    for fname in ("involution.cu", "cmam.cu", "gemm.cuh", "gemm_mma.cuh", "pointwise.cu", "conv2d.cu",
+                  "spatial_attention.cu"):
         src = (cuda / fname).read_text(encoding="utf-8")
         for call in ("__syncthreads()", "__syncwarp()"):
             for i, m in enumerate(re.finditer(re.escape(call), src)):
@@ -80,7 +82,7 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
         ("cmam.cu split-K partials of Q/K/V not summed (attention)", "cmam.cu",
          "for (int s = 1; s < a.splits; ++s)", "for (int s = 1; s < 1; ++s)"),
         ("cmam.cu folded memset dropped (output projections' split-K sums)", "cmam.cu",
-         "aa.zero = outp.splits > 1 ? pre : nullptr;", "aa.zero = nullptr;"),
+         "aa.zero = !mma_out && outp.splits > 1 ? pre : nullptr;", "aa.zero = nullptr;"),
         ("involution.cu halo column +1 (stage_direct)", "involution.cu", "const int iw = iw0 + q, ih = ih0 + r;",
          "const int iw = iw0 + q + 1, ih = ih0 + r;"),
         ("involution.cu halo row +1 (stage_load)", "involution.cu", "    const int ih = ih0 + r;\n",
@@ -89,6 +91,43 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "common.cuh", "if (smem > kDefaultSmemBytes) {", "if (false) {"),
         ("gemm.cuh plain TF32 (3xTF32's small terms dropped)", "gemm.cuh",
          "wmma::mma_sync(acc[i], fa_small, fb, acc[i]);", "(void)0;"),
+        ("gemm_mma.cuh ldmatrix.trans A: k and m halves swapped", "gemm_mma.cuh",
+         "const int a_k = kAK ? 8 * (lmat >> 1) : lrow + 8 * (lmat >> 1);",
+         "const int a_k = kAK ? 8 * (lmat >> 1) : lrow + 8 * (lmat & 1);"),
+        ("gemm_mma.cuh ldmatrix A (row-major, output projections): k and m halves swapped", "gemm_mma.cuh",
+         "const int a_k = kAK ? 8 * (lmat >> 1) : lrow", "const int a_k = kAK ? 8 * (lmat & 1) : lrow"),
+        ("gemm_mma.cuh ldmatrix W: n and k halves swapped", "gemm_mma.cuh",
+         "const int w_n = wn * 64 + lrow + 8 * (lmat >> 1), w_k = 8 * (lmat & 1);",
+         "const int w_n = wn * 64 + lrow + 8 * (lmat & 1), w_k = 8 * (lmat >> 1);"),
+        ("gemm_mma.cuh B fragment of the odd 8-column tile from the even tile's k 8..15", "gemm_mma.cuh",
+         "bf[2 * j + 1][0] = r[2];", "bf[2 * j + 1][0] = r[1];"),
+        ("gemm_mma.cuh cp.async wait one k-step too lax", "gemm_mma.cuh",
+         "__pipeline_wait_prior(kMmaStages - 2);", "__pipeline_wait_prior(kMmaStages - 1);"),
+        ("gemm_mma.cuh refill the stage being multiplied", "gemm_mma.cuh",
+         "const int ahead = stage == 0 ? kMmaStages - 1 : stage - 1;", "const int ahead = stage;"),
+        ("gemm_mma.cuh bias added by every K split", "gemm_mma.cuh",
+         "bias[j][e] = first && bias_t", "bias[j][e] = bias_t"),
+        ("gemm_mma.cuh residual: the pair's second element from the first's channel", "gemm_mma.cuh",
+         "v1 += ldg_f32(rp + p.r_ns);", "v1 += ldg_f32(rp);"),
+        ("gemm_mma.cuh typed output: the pair's halves swapped", "gemm_mma.cuh",
+         "(static_cast<uint32_t>(cmir_cuda::to_bits(from_f32<T>(v1))) << 16)",
+         "(static_cast<uint32_t>(cmir_cuda::to_bits(from_f32<T>(v1))) << 0)"),
+        ("gemm_mma.cuh K splits store over one another", "gemm_mma.cuh",
+         "(gb.splits > 1 ? static_cast<int64_t>(split) * gb.M * gb.n_out : 0)", "(gb.splits > 1 ? 0 * split : 0)"),
+        ("gemm_mma.cuh epilogue rows g and g + 8 swapped", "gemm_mma.cuh",
+         "const int m = m0 + wm * 64 + 16 * i + g + 8 * h;", "const int m = m0 + wm * 64 + 16 * i + g + 8 * (1 - h);"),
+        ("gemm_mma.cuh A tokens (NCHW) stored 8 tokens off in the stage", "gemm_mma.cuh",
+         "(kAK ? mm * kMmaLdW + kk : kk * kMmaLdA + mm)",
+         "(kAK ? mm * kMmaLdW + kk : kk * kMmaLdA + (mm + 8) % kMmaBM)"),
+        ("gemm_mma.cuh A rows (row-major) stored 8 channels off in the stage", "gemm_mma.cuh",
+         "(kAK ? mm * kMmaLdW + kk : kk * kMmaLdA + mm)",
+         "(kAK ? mm * kMmaLdW + (kk + 8) % kMmaBK : kk * kMmaLdA + mm)"),
+        ("cmam.cu LayerNorm reads the pre-norm rows as fp32 after the mma.sync output projections", "cmam.cu",
+         "mma_out ? layernorm_nchw_kernel<T, T> :", "mma_out ? layernorm_nchw_kernel<T, float> :"),
+        ("gemm_mma.cuh planner: one split fewer than the rule", "gemm_mma.cuh",
+         "10 * tiles * splits < 7 * static_cast<int64_t>(sms)", "20 * tiles * splits < 7 * static_cast<int64_t>(sms)"),
+        ("gemm_mma.cuh planner: more blocks than SMs allowed", "gemm_mma.cuh",
+         "2 * tiles * splits <= sms", "tiles * splits <= sms"),
         ("gemm.cuh cp.async wait one k-step too lax", "gemm.cuh", "__pipeline_wait_prior(kStages - 2);",
          "__pipeline_wait_prior(kStages - 1);"),
         ("gemm.cuh refill the stage being multiplied (WAR race)", "gemm.cuh",
@@ -126,8 +165,8 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          ": static_cast<const T*>(s.p) + (static_cast<int64_t>(b) * s.cp + (c - s.ca)) * s.hw;",
          ": static_cast<const T*>(s.a) + (static_cast<int64_t>(b) * s.cp + (c - s.ca)) * s.hw;"),
         # (the parameters stay used: an unused one would not build under -Werror)
-        ("pointwise.cu residual dropped", "pointwise.cu", "p.res = residual;",
-         "p.res = residual != nullptr ? nullptr : nullptr;"),
+        ("pointwise.cu residual dropped", "pointwise.cu", "(stream, gb, x, nullptr, w, bias, residual, y,",
+         "(stream, gb, x, nullptr, w, bias, nullptr, y,"),
         ("pointwise.cu ReLU never applied", "pointwise.cu", "gb.relu = relu;", "gb.relu = relu * 0;"),
         ("pointwise.cu residual read with the input's batch stride", "pointwise.cu",
          "cmir_gemm::nchw_output(p, cout, hw);",
@@ -178,6 +217,7 @@ TESTS = {
     "cmam.cu": ["tests/test_cuda_emu.py", "-k", "cmam"],
     "gemm.cuh": ["tests/test_cuda_emu.py", "tests/test_cuda_emu_pointwise.py", "tests/test_cuda_emu_conv2d.py", "-k",
                  "cmam or pointwise or conv2d"],
+    "gemm_mma.cuh": ["tests/test_cuda_emu.py", "-k", "mma_projections or four_launches"],
     "pointwise.cu": ["tests/test_cuda_emu_pointwise.py"],
     "conv2d.cu": ["tests/test_cuda_emu_conv2d.py"],
     "spatial_attention.cu": ["tests/test_cuda_emu_spatial_attention.py"],

@@ -91,6 +91,10 @@ struct alignas(16) uint4 {  // 16-byte vector: one 128-bit load / store on the G
   unsigned int x, y, z, w;
 };
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return uint4{x, y, z, w}; }
+struct alignas(8) float2 {  // 8-byte vector: one 64-bit load / store on the GPU
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 struct dim3 {
   unsigned int x, y, z;
   constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
@@ -176,6 +180,9 @@ CMIR_EMU_API void* dynamic_smem();
 // check what a launcher enqueues (e.g. CMAM: four kernels and no memset at any batch size).
 CMIR_EMU_API uint64_t launch_count();
 CMIR_EMU_API uint64_t memset_count();
+// The shape of launch number i (0-based, counted as launch_count counts): grid x, y, z, threads per block, dynamic
+// shared memory bytes; false when there is no such launch. Tests read which kernel variant and plan a launcher chose.
+CMIR_EMU_API bool launch_shape(uint64_t i, unsigned long long (&shape)[5]);
 
 // cp.async (cuda/emu/include/cuda_pipeline_primitives.h): the source is read at issue, the bytes land in shared
 // memory only when a wait covers their commit group, so a read before the wait sees the old contents (or the NaN

@@ -1,5 +1,5 @@
 // The CPU emulator's (cuda/emu) warp-level PTX matrix instructions behind cuda/mma_sync.cuh: mma.sync m16n8k16 with
-// fp16/bf16 operands and fp32 accumulators, and ldmatrix .x4 (b16, not transposed).
+// fp16/bf16 operands and fp32 accumulators, and ldmatrix .x4 (b16, plain and .trans).
 //
 // Unlike WMMA's opaque fragments, these register layouts are part of PTX, so the emulation follows them exactly
 // (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type" and "ldmatrix"): a kernel that lays out its
@@ -68,6 +68,25 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   for (int i = 0; i < 4; ++i) {
     const auto* src = reinterpret_cast<const unsigned char*>(all[8 * i + lane / 4]) + 4 * (lane % 4);
     std::memcpy(&out[i], src, 4);
+  }
+  warp_collective(0xffffffffu, 0, Collective::kSync);
+  for (int i = 0; i < 4; ++i) r[i] = out[i];
+}
+
+// ldmatrix .x4 .trans: the same row addresses, each 8x8 matrix delivered transposed — lane l receives elements
+// (row 2(l%4), column l/4) and (row 2(l%4)+1, column l/4) of matrix i in r[i] (the first in the low half).
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+    fatal("ldmatrix.trans: a row address is not 16-byte aligned (undefined on the GPU)");
+  }
+  const uint64_t* all = warp_collective(0xffffffffu, reinterpret_cast<uint64_t>(row), Collective::kSync);
+  const int lane = lane_id();
+  uint32_t out[4];
+  for (int i = 0; i < 4; ++i) {
+    uint16_t lo = 0, hi = 0;
+    std::memcpy(&lo, reinterpret_cast<const unsigned char*>(all[8 * i + 2 * (lane % 4)]) + 2 * (lane / 4), 2);
+    std::memcpy(&hi, reinterpret_cast<const unsigned char*>(all[8 * i + 2 * (lane % 4) + 1]) + 2 * (lane / 4), 2);
+    out[i] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
   }
   warp_collective(0xffffffffu, 0, Collective::kSync);
   for (int i = 0; i < 4; ++i) r[i] = out[i];

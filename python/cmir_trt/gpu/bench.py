@@ -134,6 +134,7 @@ CMAM_STAGES = 3                 # kStages: k-steps staged at once (the MMAs of o
 CMAM_FP32_MMA_PASSES = 3        # fp32 as 3xTF32: three tf32 MMAs per product (big·big, big·small, small·big)
 CMAM_PLAN_SMS = 160             # kPlanSms: the SM count the plans are capped at
 CMAM_MIN_KSTEPS = 4             # at least 4 k-steps per split: max_splits = K / (4 * bk)
+CMAM_MMA_TILE = (128, 256, 32)  # kMmaBM, kMmaBN, kMmaBK: the mma.sync tile of cuda/gemm_mma.cuh (fp16/bf16)
 
 
 def cmam_tflops(spec: CardSpec, precision: str) -> float:
@@ -168,26 +169,71 @@ def cmam_gemm_plan(m: int, n_out: int, k: int, problems: int, precision: str, sm
             "tiles": tiles, "blocks": tiles * splits}
 
 
+def cmam_proj_plan(m: int, n_out: int, k: int, problems: int, precision: str, sms: int = 132,
+                   tokens: int = 16) -> dict[str, int]:
+    """The Q/K/V projections' launch as cuda/cmam.cu picks it: the mma.sync tile (cuda/gemm_mma.cuh, mma_fits +
+    plan_mma) for fp16/bf16 when the NCHW tokens are whole 16-byte chunks (tokens, K and n_out multiples of 8), n_out
+    fills at least half of its 256 columns and its tiles alone give >= 1 block per 4 SMs; split K (doubling, >= 4
+    k-steps each) while more than ~30% of the SMs would idle and the doubled blocks still fit one per SM. Else
+    cmam_gemm_plan (WMMA). "mma": 1 for the mma.sync tile."""
+    bm, bn, bk = CMAM_MMA_TILE
+    sms_p = min(sms, CMAM_PLAN_SMS)
+    tiles = -(-m // bm) * -(-n_out // bn) * problems
+    fits = precision != "fp32" and tokens % 8 == 0 and k % 8 == 0 and n_out % 8 == 0
+    if not fits or 2 * n_out < bn or 4 * tiles < sms_p:
+        return {**cmam_gemm_plan(m, n_out, k, problems, precision, sms), "mma": 0}
+    cap = max(1, k // (CMAM_MIN_KSTEPS * bk))
+    splits = 1
+    while splits < cap and 10 * tiles * splits < 7 * sms_p and 2 * tiles * splits <= sms_p:
+        splits *= 2
+    splits = min(splits, cap)
+    k_split = -(-k // splits)
+    k_per = -(-k_split // bk) * bk
+    splits = -(-k // k_per)
+    return {"bm": bm, "bn": bn, "bk": bk, "wmma": 0, "mma": 1, "splits": splits, "k_per_split": k_per,
+            "tiles": tiles, "blocks": tiles * splits}
+
+
+def cmam_out_plan(m: int, channels: int, dim: int, precision: str, sms: int = 132) -> dict[str, int]:
+    """The output projections' launch as cuda/cmam.cu picks it (2 problems, K = dim): the mma.sync tile, never split
+    (its typed pre-norm output), where it fits (fp16/bf16, C and dim multiples of 8), C fills at least half of its 256
+    columns and its tiles alone give >= 1 block per 4 SMs; else cmam_gemm_plan (WMMA, fp32 sums, split-K by
+    atomics). "mma": 1 for the mma.sync tile."""
+    bm, bn, bk = CMAM_MMA_TILE
+    tiles = -(-m // bm) * -(-channels // bn) * 2
+    fits = precision != "fp32" and channels % 8 == 0 and dim % 8 == 0
+    if not fits or 2 * channels < bn or 4 * tiles < min(sms, CMAM_PLAN_SMS):
+        return {**cmam_gemm_plan(m, channels, dim, 2, precision, sms), "mma": 0}
+    return {"bm": bm, "bn": bn, "bk": bk, "wmma": 0, "mma": 1, "splits": 1, "k_per_split": -(-dim // bk) * bk,
+            "tiles": tiles, "blocks": tiles}
+
+
 def cmam_cost(n: int, channels: int, tokens: int, dim: int, heads: int, precision: str = "fp32",
               sms: int = 132) -> dict[str, float]:
     """Both directions. FLOPs: six Q/K/V projections 6*2*N*T*C*d, attention 2 directions x (QK^T + PV) =
     2*2*2*N*T^2*d, two output projections 2*2*N*T*d*C. Bytes: both packed weight buffers (4*d*C + 3*d + 3*C each)
     and the two inputs and two outputs once, plus the fp32 workspace traffic of the kernels as built (cuda/cmam.cu; it
     may stay in L2): the Q/K/V projections' split-K partial sums (s_qkv of them: each written once and read once by
-    the attention kernel), the attention output written + read, the pre-norm sums zeroed by the attention kernel when
-    the output projections split K (s_out > 1), stored (or atomically added) once per split and read once by the
-    LayerNorm. s_qkv and s_out follow the launch plan on a `sms`-SM card (cmam_gemm_plan)."""
+    the attention kernel), the attention output (in the op's dtype) written + read, the fp32 pre-norm sums zeroed by
+    the attention kernel when the output projections split K (s_out > 1), stored (or atomically added) once per split
+    and read once by the LayerNorm — or, from the mma.sync output projections, the pre-norm rows in the op's dtype
+    written and read once. s_qkv and s_out follow the launch plans on a `sms`-SM card (cmam_proj_plan,
+    cmam_out_plan)."""
     e = _elem(precision)
     t, c, d = tokens, channels, dim
     m = n * t
-    s_qkv = cmam_gemm_plan(m, d, c, 6, precision, sms)["splits"]
-    s_out = cmam_gemm_plan(m, c, d, 2, precision, sms)["splits"]
+    s_qkv = cmam_proj_plan(m, d, c, 6, precision, sms, t)["splits"]
+    out_plan = cmam_out_plan(m, c, d, precision, sms)
+    s_out = out_plan["splits"]
     flops = 12 * n * t * c * d + 8 * n * t * t * d + 4 * n * t * d * c
     weights = 2 * (4 * d * c + 3 * d + 3 * c) * e
     io = 4 * n * c * t * e
     partials = 4 * 2 * 6 * s_qkv * m * d
-    pre = 4 * 2 * m * c * ((1 if s_out > 1 else 0) + s_out + 1)
-    workspace = partials + 4 * 2 * 2 * m * d + pre
+    if out_plan["mma"]:  # pre-norm rows in the op's dtype: written once, read once
+        pre = e * 2 * m * c * 2
+    else:
+        pre = 4 * 2 * m * c * ((1 if s_out > 1 else 0) + s_out + 1)
+    workspace = partials + e * 2 * 2 * m * d + pre
     return {"bytes": float(weights + io + workspace), "weight_bytes": float(weights), "io_bytes": float(io),
             "workspace_bytes": float(workspace), "partial_bytes": float(partials), "flops": float(flops),
             "qkv_splits": float(s_qkv), "out_splits": float(s_out)}
