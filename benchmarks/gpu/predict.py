@@ -459,19 +459,22 @@ def pointwise_us(cin: int, cout: int, hw: int, residual: bool, prec: str, spec: 
 
 def cmam_expected(n: int, c: int, t: int, d: int, heads: int, prec: str, spec: CardSpec) -> dict[str, Any]:
     """The four launches of cuda/cmam.cu as built (no memset at any batch size):
-    1. Q/K/V projections (6 problems, M = N*T, K = C; split-K partials stored) — _gemm_us, A and W from DRAM.
+    1. Q/K/V projections (6 problems, M = N*T, K = C; split-K partials stored) — _gemm_us, A and W from DRAM; or,
+       where cmam_proj_plan takes the mma.sync tile (fp16/bf16, large batch), _mma_gemm_us.
     2. attention: blocks = N * 2 directions * ceil(T/4) query groups * heads, 128 threads; each thread sums the
        s_qkv split-K partials of its Q element and of ceil(T*hd/128) K and V elements (L2 hits). s_qkv > 2 (small
        batch): 8 partials loaded at a time, an element's K and V sums together: chain = ceil(s_qkv/8) *
        (1 + ceil(T*hd/128)) L2 round trips; else the plain loop: (s_qkv + 2*ceil(T*hd/128)*s_qkv) / ILP; + the
        QK^T / PV loops (~hd + T shared loads per warp and key tile) — per SM ceil(blocks / SMs / occupancy) rounds,
        occupancy by registers (40 / 80: 12 / 6 blocks).
-    3. output projections (2 problems, K = d; A the fp32 attention output, L2) — _gemm_us.
-    4. LayerNorm: blocks = N * ceil(T/32) * 2 * c_slices (c_slices = min(8, C/32, ceil(SMs / (2N))) when 2N*ceil(T/32)
-       < SMs); each of 8 warps owns ceil(T/8) tokens and reads its row (C floats, C/32 per lane) twice (mean, then
-       variance; the second pass from L1), 16 elements per lane at a time: ceil(T/8) * ceil(C/32/16) * (one L2 round
-       trip + one L1 hit of ~0.03 µs), then
-       c_per_slice/32 transposed 32x32 chunks (2 barriers each, ~0.1 µs); floor: DRAM time of pre read + out written.
+    3. output projections (2 problems, K = d; A the attention output in the op's dtype, L2) — _gemm_us; or, where
+       cmam_out_plan takes the mma.sync tile, _mma_gemm_us with the pre-norm rows in the op's dtype.
+    4. LayerNorm: blocks = N * ceil(T/32) * 2 * c_slices (c_slices = min(8, C/32, ceil(2 SMs / tiles)) while the
+       2N*ceil(T/32) token tiles are < 2 SMs); each of 8 warps owns ceil(T/8) tokens and reads its row (C values, C/32
+       per lane) twice (mean, then variance; the second pass from L1), 16 elements per lane at a time: ceil(T/8) *
+       ceil(C/32/16) * (one L2 round trip + one L1 hit of ~0.03 µs), then c_per_slice/32 transposed 32x32 chunks (2
+       barriers each, ~0.1 µs); floor: DRAM time of pre read (fp32, or the op's dtype after the mma.sync output
+       projections) + out written.
     """
     m = n * t
     e = 4 if prec == "fp32" else 2
