@@ -327,9 +327,11 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
       p.w = wt + wofs[j];
       p.bias = wt + bofs[j];
       p.res = nullptr;
+      p.out = qkv;  // offset per problem and split once planned; the base decides the alignment mma_fits checks
     }
   }
-  // The mma.sync tile where it fits (fp16/bf16, aligned NCHW tokens) and pays off (large batch), else WMMA.
+  // The mma.sync tile where it fits (fp16/bf16, aligned NCHW tokens and workspace) and pays off (large batch), else
+  // WMMA.
   const bool mma = cmir_gemm::mma_fits<T>(proj, 6, false) && cmir_gemm::plan_mma(proj, 6, sms, INT32_MAX);
   if (!mma) cmir_gemm::plan_gemm(proj, 6, sms, INT32_MAX);
   proj.split_mode = cmir_gemm::kSplitPartials;

@@ -35,7 +35,9 @@ size_t cmam_workspace_size(CmirDType dtype, int batch, int channels, int height,
 
 // art, pv, art_out, pv_out: [B, C, H, W] (tokens are the H*W pixels); weights_art / weights_pv: packed buffers of
 // the same dtype. art_out = LN_a(t_a + O_a(MHA(Q_a t_a, K_a t_p, V_a t_p))), pv_out symmetric; softmax scale
-// 1/sqrt(dim/heads). Outputs must not alias inputs. Never allocates; runs on `stream`.
+// 1/sqrt(dim/heads). Outputs must not alias inputs. Never allocates; runs on `stream`. Pointers of any alignment
+// work; fp16/bf16 at large batch takes the fastest (mma.sync) kernels only with 16-byte aligned inputs, weights and
+// workspace (else the WMMA ones).
 cudaError_t launch_cmam(cudaStream_t stream, CmirDType dtype, const void* art, const void* pv,
                         const void* weights_art, const void* weights_pv, void* art_out, void* pv_out,
                         void* workspace, size_t workspace_bytes, int batch, int channels, int height, int width,

@@ -415,6 +415,29 @@ def test_cmam_mma_projections(case: tuple[int, ...], sms: int, grid: tuple[int, 
     assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), f"cmam {prec} {case}", _floor(dtype, rp))
 
 
+@pytest.mark.parametrize(("ws_off", "mma"), [(0, True), (4, False)], ids=["aligned", "offset_4"])
+def test_cmam_misaligned_workspace_falls_back(ws_off: int, mma: bool) -> None:
+    """A caller's workspace pointer 4 bytes into its buffer: the mma.sync tile's float2 partial stores and 16-byte
+    cp.async of the attention output cannot use it, so both projections take the WMMA kernel (scalar stores and
+    register loads) instead of failing; the result is still right. Aligned, the same shape takes the mma.sync tile."""
+    case = (1, 256, 4, 4, 256, 4)
+    b, c, h, w, d, heads = case
+    m, art, pv, wa, wp = _cmam_setup(case, torch.float16, 35)
+    res = run_op("cmam", [CODES["fp16"], b, c, h, w, d, heads, "1e-05", ws_off],
+                 {"art": _bits(art), "pv": _bits(pv), "wa": _bits(wa), "wp": _bits(wp)}, ["art_out", "pv_out"],
+                 order="random", sms=1)
+    assert res.returncode == 0, failure_text(res)
+    smem = [int(x) for x in re.findall(r"^launch [02]: grid=\S+ threads=\d+ smem=(\d+)$", res.stdout, re.M)]
+    assert (smem == [87552, 92160]) == mma and (87552 not in smem and 92160 not in smem) != mma, res.stdout
+    out_a = _tensor(res.outputs["art_out"], torch.float16, tuple(art.shape))
+    with torch.no_grad():
+        ra, _ = R.cmam_ref(art, pv, wa, wp, heads, d, 1e-5)
+        mh = CMAM(c, heads, d)
+        mh.load_state_dict(m.state_dict())
+        ta, _ = mh.to(torch.float16).eval()(art, pv)
+    assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam fp16 ws+{ws_off}", _floor(torch.float16, ra))
+
+
 def test_cmam_head_dim_above_the_limit_is_refused() -> None:
     """head_dim 257 > 256: the launcher refuses it before any launch (cudaErrorInvalidValue), no partial output."""
     case = (1, 16, 2, 2, 257, 1)

@@ -2,7 +2,7 @@
 //
 //   cmir_cuda_emu_driver involution DIR dtype B C H W K stride gc relu   (x, kernel[, scale, shift] -> y)
 //   cmir_cuda_emu_driver fused DIR dtype B C H W K stride gc hidden relu (x, w1, b1, w2, b2[, scale, shift] -> y)
-//   cmir_cuda_emu_driver cmam DIR dtype B C H W dim heads eps            (art, pv, wa, wp -> art_out, pv_out)
+//   cmir_cuda_emu_driver cmam DIR dtype B C H W dim heads eps [ws_off]   (art, pv, wa, wp -> art_out, pv_out)
 //   cmir_cuda_emu_driver pointwise DIR dtype B Cin Cout H W relu ws      (x, w, bias[, residual] -> y)
 //     ... ws Cs Hs Ws stride                                          (+ a projection shortcut: shortcut.bin)
 //   cmir_cuda_emu_driver conv2d DIR dtype B Cin Cout H W kh kw stride pad relu ws  (x, w, bias[, residual] -> y)
@@ -133,10 +133,12 @@ int run_cmam(const std::string& dir, char** a) {
   Dev art(dir + "/art.bin", act), pv(dir + "/pv.bin", act), wa(dir + "/wa.bin", wts), wp(dir + "/wp.bin", wts);
   Dev oa(act, 0xff), op(act, 0xff);
   const size_t ws_bytes = cmam_workspace_size(dtype, b, c, h, w, dim, heads);
-  Dev ws(ws_bytes, 0xff);  // poisoned: split-K must zero its sums
+  // ws_off: the workspace handed over that many bytes into its buffer (a caller's unaligned scratch pointer).
+  const size_t ws_off = a[8] != nullptr ? static_cast<size_t>(arg_int(a, 8)) : 0;
+  Dev ws(ws_bytes + ws_off, 0xff);  // poisoned: split-K must zero its sums
   const uint64_t launches = cmir_emu::launch_count(), memsets = cmir_emu::memset_count();
-  const cudaError_t e = launch_cmam(nullptr, dtype, art.p, pv.p, wa.p, wp.p, oa.p, op.p, ws.p, ws_bytes, b, c, h, w,
-                                    dim, heads, eps);
+  const cudaError_t e = launch_cmam(nullptr, dtype, art.p, pv.p, wa.p, wp.p, oa.p, op.p,
+                                    static_cast<char*>(ws.p) + ws_off, ws_bytes, b, c, h, w, dim, heads, eps);
   if (e != cudaSuccess) return report(e);
   // What the launcher enqueued (one graph-capturable sequence): tests check the count and the kernels' shapes.
   std::printf("launches=%llu memsets=%llu\n", static_cast<unsigned long long>(cmir_emu::launch_count() - launches),
@@ -357,7 +359,7 @@ int main(int argc, char** argv) {
   const std::string dir = argv[2];
   if (op == "involution" && argc == 12) return run_involution(dir, argv + 3, false);
   if (op == "fused" && argc == 13) return run_involution(dir, argv + 3, true);
-  if (op == "cmam" && argc == 11) return run_cmam(dir, argv + 3);
+  if (op == "cmam" && (argc == 11 || argc == 12)) return run_cmam(dir, argv + 3);
   if (op == "pointwise" && (argc == 11 || argc == 15)) return run_pointwise(dir, argv + 3, argc == 15);
   if (op == "conv2d" && argc == 15) return run_conv2d(dir, argv + 3);
   if (op == "sa" && argc == 10) return run_sa(dir, argv + 3);

@@ -122,6 +122,8 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
         ("gemm_mma.cuh A rows (row-major) stored 8 channels off in the stage", "gemm_mma.cuh",
          "(kAK ? mm * kMmaLdW + kk : kk * kMmaLdA + mm)",
          "(kAK ? mm * kMmaLdW + (kk + 8) % kMmaBK : kk * kMmaLdA + mm)"),
+        ("cmam.cu the workspace's alignment unchecked before choosing the mma.sync tile", "cmam.cu",
+         "p.out = qkv;  // offset per problem", "p.out = nullptr;  // offset per problem"),
         ("cmam.cu LayerNorm reads the pre-norm rows as fp32 after the mma.sync output projections", "cmam.cu",
          "mma_out ? layernorm_nchw_kernel<T, T> :", "mma_out ? layernorm_nchw_kernel<T, float> :"),
         ("gemm_mma.cuh planner: one split fewer than the rule", "gemm_mma.cuh",
