@@ -412,8 +412,7 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   const int c_per_slice = ceil_div(ceil_div(C, c_slices), 32) * 32;
   c_slices = ceil_div(C, c_per_slice);
   if (static_cast<int64_t>(B) * tok_tiles > INT32_MAX) return cudaErrorInvalidValue;
-  void (*const ln_kernel)(const void*, const T*, const T*, const T*, const T*, T*, T*, int, int, int, int, int,
-                          float) = mma_out ? layernorm_nchw_kernel<T, T> : layernorm_nchw_kernel<T, float>;
+  auto* const ln_kernel = mma_out ? layernorm_nchw_kernel<T, T> : layernorm_nchw_kernel<T, float>;
   return cmir_cuda::launch(ln_kernel,
                            dim3(static_cast<unsigned>(B * tok_tiles), 2, static_cast<unsigned>(c_slices)),
                            dim3(kLnThreads), 0, stream, pre, wa + o_g, wa + o_b, wp + o_g, wp + o_b, art_out, pv_out,

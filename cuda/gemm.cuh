@@ -537,17 +537,31 @@ struct GemmTile {
 constexpr GemmTile kWmmaTile{kWM, kWN, kWK};
 constexpr GemmTile kWmmaTile4{4 * kWM, kWN, kWK};
 
+// Output tiles of bm x bn over all problems (grid x * y * problems).
+inline int64_t tile_count(const GemmBatch& gb, int problems, int bm, int bn) {
+  return static_cast<int64_t>(ceil_div(gb.M, bm)) * ceil_div(gb.n_out, bn) * problems;
+}
+
+// Most K splits a plan may use: max_splits (>= 1), and >= 4 k-steps of bk per split.
+inline int split_cap(const GemmBatch& gb, int bk, int max_splits) {
+  return std::max(1, std::min(max_splits, gb.K / (4 * bk)));
+}
+
+// K split `splits` ways in whole k-steps of bk (the split count can shrink when they round up), bm-row tiles.
+inline void set_plan(GemmBatch& gb, int splits, int bm, int bk) {
+  gb.k_per_split = ceil_div(ceil_div(gb.K, splits), bk) * bk;
+  gb.splits = ceil_div(gb.K, gb.k_per_split);
+  gb.bm = bm;
+}
+
 // max_splits >= 1 caps the split count (1: never split; a typed output needs 1).
 inline void plan_splits(GemmBatch& gb, int problems, int sms, GemmTile t, int max_splits) {
   sms = std::min(sms, kPlanSms);
-  const int64_t tiles = static_cast<int64_t>(ceil_div(gb.M, t.bm)) * ceil_div(gb.n_out, t.bn) * problems;
+  const int64_t tiles = tile_count(gb, problems, t.bm, t.bn);
   int splits = 1;
-  const int cap = std::max(1, std::min(max_splits, gb.K / (4 * t.bk)));
+  const int cap = split_cap(gb, t.bk, max_splits);
   while (splits < cap && tiles * splits < 2 * static_cast<int64_t>(sms)) splits *= 2;
-  splits = std::min(splits, cap);
-  gb.k_per_split = ceil_div(ceil_div(gb.K, splits), t.bk) * t.bk;
-  gb.splits = ceil_div(gb.K, gb.k_per_split);
-  gb.bm = t.bm;
+  set_plan(gb, std::min(splits, cap), t.bm, t.bk);
 }
 
 // Tile: 64 rows when those tiles alone fill the GPU, or when M wastes at most 1/8 of them in padding and, split over
@@ -556,10 +570,10 @@ inline void plan_splits(GemmBatch& gb, int problems, int sms, GemmTile t, int ma
 // tiles do the same work with half the staging; 16 rows otherwise (small batch: 3/4 of a 64-row tile is padding).
 inline GemmTile wmma_tile(const GemmBatch& gb, int problems, int sms, int max_splits) {
   sms = std::min(sms, kPlanSms);
-  const int64_t tiles64 = static_cast<int64_t>(ceil_div(gb.M, 4 * kWM)) * ceil_div(gb.n_out, kWN) * problems;
+  const int64_t tiles64 = tile_count(gb, problems, 4 * kWM, kWN);
   if (tiles64 >= sms) return kWmmaTile4;
   const int64_t padded = static_cast<int64_t>(ceil_div(gb.M, 4 * kWM)) * 4 * kWM;
-  const int cap = std::max(1, std::min(max_splits, gb.K / (4 * kWK)));
+  const int cap = split_cap(gb, kWK, max_splits);
   const bool little_padding = 8 * padded <= 9 * static_cast<int64_t>(gb.M);
   return little_padding && 2 * tiles64 * cap >= sms ? kWmmaTile4 : kWmmaTile;
 }
@@ -572,7 +586,7 @@ inline void plan_gemm(GemmBatch& gb, int problems, int sms, int max_splits) {
 
 // Blocks' tiles of a planned batch (grid x * y * problems).
 inline int64_t plan_tiles(const GemmBatch& gb, int problems) {
-  return static_cast<int64_t>(ceil_div(gb.M, gb.bm)) * ceil_div(gb.n_out, kWN) * problems;
+  return tile_count(gb, problems, gb.bm, kWN);
 }
 
 // Bytes of a planned typed split's workspace: the counters, then [tile][split][BM * kWN] fp32 partials.

@@ -237,25 +237,21 @@ bool mma_fits(const GemmBatch& gb, int problems, bool a_is_float) {
 // cost as much as the first).
 inline bool plan_mma(GemmBatch& gb, int problems, int sms, int max_splits) {
   sms = std::min(sms, kPlanSms);
-  const int64_t tiles = static_cast<int64_t>(ceil_div(gb.M, kMmaBM)) * ceil_div(gb.n_out, kMmaBN) * problems;
+  const int64_t tiles = tile_count(gb, problems, kMmaBM, kMmaBN);
   if (2 * gb.n_out < kMmaBN || 4 * tiles < sms) return false;
-  const int cap = std::max(1, std::min(max_splits, gb.K / (4 * kMmaBK)));
+  const int cap = split_cap(gb, kMmaBK, max_splits);
   int splits = 1;
   while (splits < cap && 10 * tiles * splits < 7 * static_cast<int64_t>(sms) && 2 * tiles * splits <= sms) {
     splits *= 2;
   }
-  splits = std::min(splits, cap);
-  gb.k_per_split = ceil_div(ceil_div(gb.K, splits), kMmaBK) * kMmaBK;
-  gb.splits = ceil_div(gb.K, gb.k_per_split);
-  gb.bm = kMmaBM;
+  set_plan(gb, std::min(splits, cap), kMmaBM, kMmaBK);
   return true;
 }
 
 // The most splits plan_mma gives on any card (0 when it never takes the batch): its splits grow with the SM count
 // over the counts it accepts (up to 4 x tiles), so the largest accepted count bounds them.
 inline int mma_splits_bound(GemmBatch gb, int problems) {
-  const int64_t tiles = static_cast<int64_t>(ceil_div(gb.M, kMmaBM)) * ceil_div(gb.n_out, kMmaBN) * problems;
-  const int sms = static_cast<int>(std::min<int64_t>(kPlanSms, 4 * tiles));
+  const int sms = static_cast<int>(std::min<int64_t>(kPlanSms, 4 * tile_count(gb, problems, kMmaBM, kMmaBN)));
   return plan_mma(gb, problems, sms, INT32_MAX) ? gb.splits : 0;
 }
 

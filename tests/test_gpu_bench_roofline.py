@@ -287,7 +287,8 @@ def test_involution_plan_matches_the_launcher(predicted: Any) -> None:
 def test_cmam_model_matches_the_launcher(predicted: Any) -> None:
     assert (_const(GEMM_CUH, "kWM"), _const(GEMM_CUH, "kWN"), _const(GEMM_CUH, "kWK")) == bench.CMAM_WMMA_TILE
     assert _const(GEMM_CUH, "kPlanSms") == bench.CMAM_PLAN_SMS
-    assert f"gb.K / ({bench.CMAM_MIN_KSTEPS} * t.bk)" in GEMM_CUH
+    assert f"gb.K / ({bench.CMAM_MIN_KSTEPS} * bk)" in _function(GEMM_CUH, "inline int split_cap(")
+    assert "split_cap(gb, t.bk, max_splits)" in GEMM_CUH and "split_cap(gb, kWK, max_splits)" in GEMM_CUH
     assert f"kWmmaTile4{{{bench.CMAM_WMMA_MF_BIG} * kWM" in GEMM_CUH
     assert "return little_padding && 2 * tiles64 * cap >= sms ? kWmmaTile4 : kWmmaTile;" in GEMM_CUH
     assert "8 * padded <= 9 * static_cast<int64_t>(gb.M)" in GEMM_CUH
@@ -361,7 +362,7 @@ def test_cmam_mma_model_matches_the_kernel(predicted: Any) -> None:
     body = _function(GEMM_MMA_CUH, "inline bool plan_mma(")
     for rule in ("if (2 * gb.n_out < kMmaBN || 4 * tiles < sms) return false;",
                  "10 * tiles * splits < 7 * static_cast<int64_t>(sms) && 2 * tiles * splits <= sms",
-                 "gb.K / (4 * kMmaBK)"):
+                 "split_cap(gb, kMmaBK, max_splits)"):
         assert rule in body, rule
     assert "cmir_gemm::mma_fits<T>(proj, 6, false) && cmir_gemm::plan_mma(proj, 6, sms, INT32_MAX)" in CMAM_CU
     assert "cmir_gemm::mma_fits<T>(outp, 2, false) && cmir_gemm::plan_mma(outp, 2, sms, 1)" in CMAM_CU

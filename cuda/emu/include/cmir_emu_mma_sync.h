@@ -56,40 +56,32 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
 }
 
 // Four 8x8 matrices of 16-bit elements from shared memory: lanes 8i..8i+7 give the addresses of matrix i's rows 0..7
-// (16 contiguous, 16-byte aligned bytes each); lane l receives row l/4, elements 2(l%4) and 2(l%4)+1 of matrix i in
-// r[i] (the first in the low half).
-inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+// (16 contiguous, 16-byte aligned bytes each). Plain: lane l receives row l/4, elements 2(l%4) and 2(l%4)+1 of matrix
+// i in r[i] (the first in the low half). .trans: each matrix delivered transposed — lane l receives elements (row
+// 2(l%4), column l/4) and (row 2(l%4)+1, column l/4).
+template <bool kTrans>
+inline void ldmatrix_x4_impl(uint32_t (&r)[4], const void* row) {
   if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
     fatal("ldmatrix: a row address is not 16-byte aligned (undefined on the GPU)");
   }
   const uint64_t* all = warp_collective(0xffffffffu, reinterpret_cast<uint64_t>(row), Collective::kSync);
   const int lane = lane_id();
+  auto at = [&](int i, int rr, int byte) { return reinterpret_cast<const unsigned char*>(all[8 * i + rr]) + byte; };
   uint32_t out[4];
   for (int i = 0; i < 4; ++i) {
-    const auto* src = reinterpret_cast<const unsigned char*>(all[8 * i + lane / 4]) + 4 * (lane % 4);
-    std::memcpy(&out[i], src, 4);
+    if (kTrans) {
+      uint16_t lo = 0, hi = 0;
+      std::memcpy(&lo, at(i, 2 * (lane % 4), 2 * (lane / 4)), 2);
+      std::memcpy(&hi, at(i, 2 * (lane % 4) + 1, 2 * (lane / 4)), 2);
+      out[i] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+    } else {
+      std::memcpy(&out[i], at(i, lane / 4, 4 * (lane % 4)), 4);
+    }
   }
   warp_collective(0xffffffffu, 0, Collective::kSync);
   for (int i = 0; i < 4; ++i) r[i] = out[i];
 }
-
-// ldmatrix .x4 .trans: the same row addresses, each 8x8 matrix delivered transposed — lane l receives elements
-// (row 2(l%4), column l/4) and (row 2(l%4)+1, column l/4) of matrix i in r[i] (the first in the low half).
-inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
-  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
-    fatal("ldmatrix.trans: a row address is not 16-byte aligned (undefined on the GPU)");
-  }
-  const uint64_t* all = warp_collective(0xffffffffu, reinterpret_cast<uint64_t>(row), Collective::kSync);
-  const int lane = lane_id();
-  uint32_t out[4];
-  for (int i = 0; i < 4; ++i) {
-    uint16_t lo = 0, hi = 0;
-    std::memcpy(&lo, reinterpret_cast<const unsigned char*>(all[8 * i + 2 * (lane % 4)]) + 2 * (lane / 4), 2);
-    std::memcpy(&hi, reinterpret_cast<const unsigned char*>(all[8 * i + 2 * (lane % 4) + 1]) + 2 * (lane / 4), 2);
-    out[i] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
-  }
-  warp_collective(0xffffffffu, 0, Collective::kSync);
-  for (int i = 0; i < 4; ++i) r[i] = out[i];
-}
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) { ldmatrix_x4_impl<false>(r, row); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) { ldmatrix_x4_impl<true>(r, row); }
 
 }  // namespace cmir_emu

@@ -161,51 +161,52 @@ def cmam_gemm_plan(m: int, n_out: int, k: int, problems: int, precision: str, sm
     splits = 1
     while splits < max_splits and tiles * splits < 2 * sms_p:
         splits *= 2
-    splits = min(splits, max_splits)
+    return _plan(bm, bn, bk, k, min(splits, max_splits), tiles, wmma=1)
+
+
+def _plan(bm: int, bn: int, bk: int, k: int, splits: int, tiles: int, wmma: int) -> dict[str, int]:
+    """A launch plan (set_plan of cuda/gemm.cuh): K split `splits` ways in whole k-steps of bk (the count shrinks
+    when they round up)."""
     k_split = -(-k // splits)
     k_per = -(-k_split // bk) * bk
     splits = -(-k // k_per)
-    return {"bm": bm, "bn": bn, "bk": bk, "wmma": 1, "splits": splits, "k_per_split": k_per,
+    return {"bm": bm, "bn": bn, "bk": bk, "wmma": wmma, "mma": 1 - wmma, "splits": splits, "k_per_split": k_per,
             "tiles": tiles, "blocks": tiles * splits}
+
+
+def _mma_plan(m: int, n_out: int, k: int, problems: int, sms: int, max_splits: int) -> dict[str, int] | None:
+    """plan_mma of cuda/gemm_mma.cuh: None unless n_out fills at least half of the tile's 256 columns and its tiles
+    alone give >= 1 block per 4 SMs; split K (doubling, >= 4 k-steps each, at most max_splits) while more than ~30%
+    of the SMs would idle and the doubled blocks still fit one per SM."""
+    bm, bn, bk = CMAM_MMA_TILE
+    sms_p = min(sms, CMAM_PLAN_SMS)
+    tiles = -(-m // bm) * -(-n_out // bn) * problems
+    if 2 * n_out < bn or 4 * tiles < sms_p:
+        return None
+    cap = max(1, min(max_splits, k // (CMAM_MIN_KSTEPS * bk)))
+    splits = 1
+    while splits < cap and 10 * tiles * splits < 7 * sms_p and 2 * tiles * splits <= sms_p:
+        splits *= 2
+    return _plan(bm, bn, bk, k, min(splits, cap), tiles, wmma=0)
 
 
 def cmam_proj_plan(m: int, n_out: int, k: int, problems: int, precision: str, sms: int = 132,
                    tokens: int = 16) -> dict[str, int]:
     """The Q/K/V projections' launch as cuda/cmam.cu picks it: the mma.sync tile (cuda/gemm_mma.cuh, mma_fits +
-    plan_mma) for fp16/bf16 when the NCHW tokens are whole 16-byte chunks (tokens, K and n_out multiples of 8), n_out
-    fills at least half of its 256 columns and its tiles alone give >= 1 block per 4 SMs; split K (doubling, >= 4
-    k-steps each) while more than ~30% of the SMs would idle and the doubled blocks still fit one per SM. Else
-    cmam_gemm_plan (WMMA). "mma": 1 for the mma.sync tile."""
-    bm, bn, bk = CMAM_MMA_TILE
-    sms_p = min(sms, CMAM_PLAN_SMS)
-    tiles = -(-m // bm) * -(-n_out // bn) * problems
+    plan_mma: _mma_plan) for fp16/bf16 when the NCHW tokens are whole 16-byte chunks (tokens, K and n_out multiples
+    of 8), else cmam_gemm_plan (WMMA). "mma": 1 for the mma.sync tile."""
     fits = precision != "fp32" and tokens % 8 == 0 and k % 8 == 0 and n_out % 8 == 0
-    if not fits or 2 * n_out < bn or 4 * tiles < sms_p:
-        return {**cmam_gemm_plan(m, n_out, k, problems, precision, sms), "mma": 0}
-    cap = max(1, k // (CMAM_MIN_KSTEPS * bk))
-    splits = 1
-    while splits < cap and 10 * tiles * splits < 7 * sms_p and 2 * tiles * splits <= sms_p:
-        splits *= 2
-    splits = min(splits, cap)
-    k_split = -(-k // splits)
-    k_per = -(-k_split // bk) * bk
-    splits = -(-k // k_per)
-    return {"bm": bm, "bn": bn, "bk": bk, "wmma": 0, "mma": 1, "splits": splits, "k_per_split": k_per,
-            "tiles": tiles, "blocks": tiles * splits}
+    plan = _mma_plan(m, n_out, k, problems, sms, k) if fits else None
+    return plan or cmam_gemm_plan(m, n_out, k, problems, precision, sms)
 
 
 def cmam_out_plan(m: int, channels: int, dim: int, precision: str, sms: int = 132) -> dict[str, int]:
     """The output projections' launch as cuda/cmam.cu picks it (2 problems, K = dim): the mma.sync tile, never split
-    (its typed pre-norm output), where it fits (fp16/bf16, C and dim multiples of 8), C fills at least half of its 256
-    columns and its tiles alone give >= 1 block per 4 SMs; else cmam_gemm_plan (WMMA, fp32 sums, split-K by
-    atomics). "mma": 1 for the mma.sync tile."""
-    bm, bn, bk = CMAM_MMA_TILE
-    tiles = -(-m // bm) * -(-channels // bn) * 2
+    (its typed pre-norm output), where it fits (fp16/bf16, C and dim multiples of 8) and _mma_plan takes it; else
+    cmam_gemm_plan (WMMA, fp32 sums, split-K by atomics). "mma": 1 for the mma.sync tile."""
     fits = precision != "fp32" and channels % 8 == 0 and dim % 8 == 0
-    if not fits or 2 * channels < bn or 4 * tiles < min(sms, CMAM_PLAN_SMS):
-        return {**cmam_gemm_plan(m, channels, dim, 2, precision, sms), "mma": 0}
-    return {"bm": bm, "bn": bn, "bk": bk, "wmma": 0, "mma": 1, "splits": 1, "k_per_split": -(-dim // bk) * bk,
-            "tiles": tiles, "blocks": tiles}
+    plan = _mma_plan(m, channels, dim, 2, sms, 1) if fits else None
+    return plan or cmam_gemm_plan(m, channels, dim, 2, precision, sms)
 
 
 def cmam_cost(n: int, channels: int, tokens: int, dim: int, heads: int, precision: str = "fp32",
