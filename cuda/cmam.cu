@@ -1,11 +1,12 @@
-// CMAM (cross-modality attention, both directions) on the GPU. Four launches at every batch size, each covering both
-// directions, no memset (graph-capturable as one short sequence):
+// CMAM (cross-modality attention, both directions) on the GPU. Four launches (three where the LayerNorm is fused),
+// each covering both directions, no memset (graph-capturable as one short sequence):
 //   1. the six Q/K/V projections (one batched GEMM, tokens read straight from NCHW; split-K when the batch is small,
 //      each split storing its partial sums, which kernel 2 adds)
 //   2. multi-head attention, one warp per query, keys streamed through shared memory with an online softmax; also
 //      zeroes the sums of kernel 3 when it splits K
 //   3. the two output projections with bias and residual (batched GEMM, split-K by fp32 atomics)
-//   4. LayerNorm over channels, written back to NCHW through shared-memory transposes (coalesced along tokens).
+//   4. LayerNorm over channels, written back to NCHW through shared-memory transposes (coalesced along tokens);
+//      at large batch in fp16/bf16, fused into kernel 3 instead (cooperative launch, one grid barrier).
 // The GEMMs (gemm.cuh) run on tensor cores in every dtype: fp16/bf16 MMAs, fp32 as 3xTF32; at large batch the fp16/bf16
 // projections take the 128 x 256 mma.sync tile (gemm_mma.cuh).
 // Intermediates are fp32 in the caller's workspace; inputs/weights/outputs in the op's dtype; accumulation fp32.
@@ -360,12 +361,32 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
     p.r_bs = static_cast<int64_t>(C) * N;
     p.r_rs = 1;
     p.r_ns = N;
+    p.out_t = dir == 0 ? art_out : pv_out;  // NCHW, for the fused LayerNorm
+    p.o_bs = static_cast<int64_t>(C) * N;
+    p.o_rs = 1;
+    p.o_ns = N;
+  }
+  outp.out_mode = cmir_gemm::kOutTyped;
+  // The LayerNorm fused into the mma.sync output projections where they fit and every block is resident at once
+  // (one per SM: batch <= ~66 at 16 tokens x 2048 channels on 132 SMs): the pre-norm rows never leave the
+  // registers; the blocks of a row exchange (mean, M2) of their columns across one grid barrier (in the pre area).
+  cmir_gemm::MmaLn ln{};
+  ln.gamma[0] = wa + o_g;
+  ln.gamma[1] = wp + o_g;
+  ln.beta[0] = wa + o_b;
+  ln.beta[1] = wp + o_b;
+  ln.stats = reinterpret_cast<float2*>(ws + layout.pre);
+  ln.eps = eps;
+  GemmBatch fused = outp;
+  const bool try_fused = cmir_gemm::plan_mma_ln<T>(fused, 2, ln, sms);
+  // Else (and as the fallback of a cooperative launch the device refuses): the pre-norm rows to the workspace.
+  for (int dir = 0; dir < 2; ++dir) {
+    GemmProblem& p = outp.p[dir];
     p.out_t = pre_t + static_cast<int64_t>(dir) * M * C;
     p.o_bs = static_cast<int64_t>(N) * C;
     p.o_rs = C;
     p.o_ns = 1;
   }
-  outp.out_mode = cmir_gemm::kOutTyped;
   const bool mma_out = cmir_gemm::mma_fits<T>(outp, 2, false) && cmir_gemm::plan_mma(outp, 2, sms, 1);
   if (!mma_out) {
     outp.out_mode = cmir_gemm::kOutF32;
@@ -397,6 +418,10 @@ cudaError_t launch_typed(cudaStream_t stream, const T* art, const T* pv, const T
   CMIR_CUDA_TRY(cmir_cuda::launch_opt_in(att_kernel, dim3(static_cast<unsigned>(att_blocks), heads),
                                          dim3(kAttWarps * 32), att_smem, stream, aa));
 
+  if (try_fused) {
+    const cudaError_t e = cmir_gemm::launch_mma_ln<T>(stream, fused, 2, ln);
+    if (e != cudaErrorCooperativeLaunchTooLarge) return e;  // three launches in all (or the launch's error)
+  }
   CMIR_CUDA_TRY(mma_out ? cmir_gemm::launch_mma<T>(stream, outp, 2)
                         : cmir_gemm::launch_gemm<T>(stream, outp, 2, false));
 

@@ -4,7 +4,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <tuple>
+#include <type_traits>
 #include <utility>
+#if defined(__CUDACC__) && !defined(CMIR_CUDA_EMU)
+#include <cooperative_groups.h>
+#endif
 
 // Return the first error of a CUDA call from a function that returns cudaError_t.
 #define CMIR_CUDA_TRY(expr)                      \
@@ -81,6 +86,39 @@ inline cudaError_t launch_opt_in(void (*kernel)(KArgs...), dim3 grid, dim3 block
   }
   return launch(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
+
+// A cooperative launch (every block resident at once, so the kernel may wait at CMIR_GRID_SYNC): the shared-memory
+// opt-in, then cudaLaunchCooperativeKernel (capturable in a CUDA graph). Fails with
+// cudaErrorCooperativeLaunchTooLarge, last error cleared, when the grid exceeds what the device keeps resident at once:
+// the caller falls back to a plan without the grid barrier.
+template <typename... KArgs, typename... Args>
+inline cudaError_t launch_cooperative(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                      cudaStream_t stream, Args&&... args) {
+  if (smem > kDefaultSmemBytes) {
+    CMIR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+#if defined(CMIR_CUDA_EMU)
+  const cudaError_t e = ::cmir_emu::launch_cooperative(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+#else
+  std::tuple<std::decay_t<KArgs>...> params(static_cast<std::decay_t<KArgs>>(std::forward<Args>(args))...);
+  const cudaError_t e = std::apply(
+      [&](auto&... p) {
+        void* ptrs[] = {static_cast<void*>(&p)...};
+        return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
+      },
+      params);
+#endif
+  const cudaError_t last = cudaGetLastError();
+  return e != cudaSuccess ? e : last;
+}
+#endif
+
+// Grid-wide barrier of a kernel launched by launch_cooperative (cooperative_groups' grid.sync(): its memory
+// operations before the barrier are visible to every block after it).
+#if defined(CMIR_CUDA_EMU)
+#define CMIR_GRID_SYNC() ::cmir_emu::grid_barrier(__FILE__, __LINE__)
+#elif defined(__CUDACC__)
+#define CMIR_GRID_SYNC() ::cooperative_groups::this_grid().sync()
 #endif
 
 }  // namespace cmir_cuda

@@ -41,8 +41,157 @@ constexpr size_t mma_smem_bytes() {
   return kMmaStages * sizeof(T) * (mma_a_stage<kAK>() + static_cast<size_t>(kMmaBN) * kMmaLdW);
 }
 
-template <typename T, bool kAK>
-__global__ void __launch_bounds__(kMmaThreads, 1) gemm_mma_kernel(GemmBatch gb) {
+// LayerNorm over all n_out columns of each row, fused into the epilogue (gemm_mma_kernel<T, kAK, true>, launched
+// cooperatively): per problem gamma, beta [n_out] in T; stats: [problems][n tiles][M] (mean, M2) of each block's
+// columns of each row, exchanged through L2 across one grid barrier; the output out_t in T at out(b, r, n) =
+// out_t[b*o_bs + n*o_ns + r] (NCHW: tokens contiguous, o_rs = 1), y = (v - mean) / sqrt(var + eps) * gamma + beta.
+constexpr int kMmaLnProblems = 2;
+struct MmaLn {
+  const void* gamma[kMmaLnProblems];
+  const void* beta[kMmaLnProblems];
+  float2* stats;
+  float eps;
+};
+constexpr int kMmaLnLd = kMmaBM + 8;  // the normalized tile in shared memory, [n][m]: 16-byte rows of 8 tokens
+
+template <typename T>
+constexpr size_t mma_ln_smem_bytes() {  // the epilogue's use of the (then idle) stage buffers
+  return (kMmaWarpsN + 2) * kMmaBM * sizeof(float) + static_cast<size_t>(kMmaBN) * kMmaLnLd * sizeof(T);
+}
+
+// The fused LayerNorm epilogue: acc holds this thread's products (fragment layout of the main loop). 1. v = product +
+// bias + residual (zero outside the output); 2. each row's mean over the block's columns, then M2 = sum (v - mean)^2
+// (two passes, in registers); 3. (mean, M2) to ln.stats; 4. grid barrier; 5. each row's statistics over all n_out
+// from the n tiles' partials (Chan's combination, no cancellation); 6. normalized rows into shared memory [n][m];
+// 7. 16-byte stores of 8 tokens of one channel (NCHW runs along tokens).
+template <typename T>
+__device__ __forceinline__ void mma_ln_epilogue(float (&acc)[4][8][4], const GemmBatch& gb, const MmaLn& ln, int prob,
+                                                unsigned char* smem, int m0, int n0, int wm, int wn, int lane,
+                                                int tid) {
+  const GemmProblem& p = gb.p[prob];
+  const int g = lane / 4, t = lane % 4;
+  const int cols = min(kMmaBN, gb.n_out - n0);
+  __syncthreads();  // every warp has left the main loop: the stage buffers are free
+  float* const red = reinterpret_cast<float*>(smem);  // [kMmaWarpsN][kMmaBM]: each warp column's row sums
+  float* const row_mean = red + kMmaWarpsN * kMmaBM;  // [kMmaBM]
+  float* const row_rstd = row_mean + kMmaBM;          // [kMmaBM]
+  auto tile = reinterpret_cast<T(*)[kMmaLnLd]>(row_rstd + kMmaBM);  // [kMmaBN][kMmaLnLd]
+  const T* const bias_t = static_cast<const T*>(p.bias);
+  const T* const res = static_cast<const T*>(p.res);
+  bool n_ok[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) n_ok[j] = n0 + wn * 64 + 8 * j + 2 * t < gb.n_out;  // the pair is whole (n_out % 8)
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + wm * 64 + 16 * i + g + 8 * h;
+      const int b = m / gb.rows, r = m - b * gb.rows;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int n = n0 + wn * 64 + 8 * j + 2 * t;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float v = 0.f;
+          if (m < gb.M && n_ok[j]) {
+            v = acc[i][j][2 * h + e] + (bias_t != nullptr ? ldg_f32(bias_t + n + e) : 0.f);
+            if (res != nullptr) v += ldg_f32(res + b * p.r_bs + r * p.r_rs + (n + e) * p.r_ns);
+          }
+          acc[i][j][2 * h + e] = v;
+        }
+      }
+    }
+  }
+  // Row sums over this block's columns: 16 values per lane, the 4 lanes of a row (shuffles), the kMmaWarpsN warps
+  // of a row (shared memory). center: the row means to subtract (second pass), or null (first pass).
+  auto row_sums = [&](const float* center) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int lr = wm * 64 + 16 * i + g + 8 * h;
+        const float c = center != nullptr ? center[lr] : 0.f;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float d = n_ok[j] ? acc[i][j][2 * h + e] - c : 0.f;
+            sum += center != nullptr ? d * d : d;
+          }
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (t == 0) red[wn * kMmaBM + lr] = sum;
+      }
+    }
+    __syncthreads();
+    float total = 0.f;
+    if (tid < kMmaBM) {
+#pragma unroll
+      for (int w = 0; w < kMmaWarpsN; ++w) total += red[w * kMmaBM + tid];
+    }
+    return total;
+  };
+  const float block_mean = row_sums(nullptr) / static_cast<float>(cols);
+  if (tid < kMmaBM) row_mean[tid] = block_mean;
+  __syncthreads();  // the means are read, and red rewritten, by the second pass
+  const float block_m2 = row_sums(row_mean);
+  const int n_tiles = static_cast<int>(gridDim.y);
+  float2* const stats = ln.stats + static_cast<int64_t>(prob) * n_tiles * gb.M;
+  if (tid < kMmaBM && m0 + tid < gb.M) {
+    stats[static_cast<int64_t>(blockIdx.y) * gb.M + m0 + tid] = make_float2(block_mean, block_m2);
+  }
+  CMIR_GRID_SYNC();
+  if (tid < kMmaBM && m0 + tid < gb.M) {
+    float mean = 0.f, m2 = 0.f;
+    for (int y = 0; y < n_tiles; ++y) {
+      const float2 part = __ldcg(stats + static_cast<int64_t>(y) * gb.M + m0 + tid);
+      mean += static_cast<float>(min(kMmaBN, gb.n_out - y * kMmaBN)) * part.x;
+    }
+    mean /= static_cast<float>(gb.n_out);
+    for (int y = 0; y < n_tiles; ++y) {
+      const float2 part = __ldcg(stats + static_cast<int64_t>(y) * gb.M + m0 + tid);
+      const float d = part.x - mean;
+      m2 += part.y + static_cast<float>(min(kMmaBN, gb.n_out - y * kMmaBN)) * d * d;
+    }
+    row_mean[tid] = mean;
+    row_rstd[tid] = rsqrtf(m2 / static_cast<float>(gb.n_out) + ln.eps);  // biased variance, as LayerNorm
+  }
+  __syncthreads();
+  const T* const gamma = static_cast<const T*>(ln.gamma[prob]);
+  const T* const beta = static_cast<const T*>(ln.beta[prob]);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int nl = wn * 64 + 8 * j + 2 * t;
+    if (!n_ok[j]) continue;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float ga = ldg_f32(gamma + n0 + nl + e), be = ldg_f32(beta + n0 + nl + e);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int lr = wm * 64 + 16 * i + g + 8 * h;
+          tile[nl + e][lr] = from_f32<T>((acc[i][j][2 * h + e] - row_mean[lr]) * row_rstd[lr] * ga + be);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  constexpr int kRowChunks = kMmaBM / 8;
+  T* const out = static_cast<T*>(p.out_t);
+  for (int c = tid; c < kMmaBN * kRowChunks; c += kMmaThreads) {
+    const int nl = c / kRowChunks, ml = (c % kRowChunks) * 8;
+    const int n = n0 + nl, m = m0 + ml;  // M and rows are multiples of 8: the chunk is one image's, all or none
+    if (n >= gb.n_out || m >= gb.M) continue;
+    const int b = m / gb.rows, r = m - b * gb.rows;
+    *reinterpret_cast<uint4*>(out + b * p.o_bs + n * p.o_ns + r) = *reinterpret_cast<const uint4*>(&tile[nl][ml]);
+  }
+}
+
+template <typename T, bool kAK, bool kLn>
+__global__ void __launch_bounds__(kMmaThreads, 1) gemm_mma_kernel(GemmBatch gb, MmaLn ln) {
   constexpr int kChunk = 8;  // 16-bit elements per 16-byte cp.async
   CMIR_DYNAMIC_SHARED(unsigned char, smem);
   T* const a_stages = reinterpret_cast<T*>(smem);  // [kMmaStages][mma_a_stage<kAK>()]
@@ -153,6 +302,12 @@ __global__ void __launch_bounds__(kMmaThreads, 1) gemm_mma_kernel(GemmBatch gb) 
     stage = stage == kMmaStages - 1 ? 0 : stage + 1;
   }
   __pipeline_wait_prior(0);  // only empty groups remain
+  if constexpr (kLn) {
+    mma_ln_epilogue<T>(acc, gb, ln, prob, smem, m0, n0, wm, wn, lane, tid);
+    return;
+  } else {
+    (void)ln;
+  }
 
   // Epilogue straight from the fragments: lane (g, t) holds rows g and g + 8 of each 16-row tile, columns 2t, 2t+1
   // of each 8-column tile (n_out a multiple of 8: the pair is whole). Bias and residual once, by split 0; then one
@@ -208,7 +363,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) gemm_mma_kernel(GemmBatch gb) 
 // typed row-major (o_ns = 1, even o_rs and o_bs, 4-byte aligned: pairs of T as one 32-bit store). In CMAM the packed
 // K/V weights start dim * (C + 1) elements in: aligned only when dim is a multiple of 8, as n_out must be anyway.
 template <typename T>
-bool mma_fits(const GemmBatch& gb, int problems, bool a_is_float) {
+bool mma_inputs_fit(const GemmBatch& gb, int problems, bool a_is_float) {
   if (std::is_same<T, float>::value || a_is_float || problems < 1 || problems > kMaxProblems) return false;
   if (gb.relu != 0 || gb.gather != 0 || gb.rows < 1 || gb.K % 8 != 0 || gb.n_out % 8 != 0) return false;
   if (gb.a_m_contig != 0 && gb.rows % 8 != 0) return false;
@@ -219,6 +374,15 @@ bool mma_fits(const GemmBatch& gb, int problems, bool a_is_float) {
     if (!a_ok || reinterpret_cast<uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<uintptr_t>(p.w) % 16 != 0) {
       return false;
     }
+  }
+  return true;
+}
+
+template <typename T>
+bool mma_fits(const GemmBatch& gb, int problems, bool a_is_float) {
+  if (!mma_inputs_fit<T>(gb, problems, a_is_float)) return false;
+  for (int i = 0; i < problems; ++i) {
+    const GemmProblem& p = gb.p[i];
     if (gb.out_mode == kOutTyped) {
       if (p.o_ns != 1 || p.o_rs % 2 != 0 || p.o_bs % 2 != 0 || reinterpret_cast<uintptr_t>(p.out_t) % 4 != 0) {
         return false;
@@ -272,11 +436,59 @@ cudaError_t launch_mma(cudaStream_t stream, const GemmBatch& gb, int problems) {
                     static_cast<unsigned>(ceil_div(gb.n_out, kMmaBN)), static_cast<unsigned>(problems * gb.splits));
     if (grid.y > 65535 || grid.z > 65535) return cudaErrorInvalidValue;
     if (gb.a_m_contig != 0) {
-      return cmir_cuda::launch_opt_in(gemm_mma_kernel<T, false>, grid, dim3(kMmaThreads), mma_smem_bytes<T, false>(),
-                                      stream, gb);
+      return cmir_cuda::launch_opt_in(gemm_mma_kernel<T, false, false>, grid, dim3(kMmaThreads),
+                                      mma_smem_bytes<T, false>(), stream, gb, MmaLn{});
     }
-    return cmir_cuda::launch_opt_in(gemm_mma_kernel<T, true>, grid, dim3(kMmaThreads), mma_smem_bytes<T, true>(),
-                                    stream, gb);
+    return cmir_cuda::launch_opt_in(gemm_mma_kernel<T, true, false>, grid, dim3(kMmaThreads),
+                                    mma_smem_bytes<T, true>(), stream, gb, MmaLn{});
+  }
+}
+
+// Whether a batch can take the fused LayerNorm (gemm_mma_kernel<T, kAK, true>) on `sms` SMs: the inputs as mma_fits;
+// at most kMmaLnProblems problems; the typed NCHW output (o_rs = 1; o_ns, o_bs and rows multiples of 8, 16-byte
+// aligned base: 8-token chunks as one store); gamma and beta given, stats 8-byte aligned; one block per tile
+// (unsplit), and every block resident at once for the grid barrier: at most one per SM (the kernel's launch bounds),
+// which is the plan plan_mma gives an unsplit batch. Plans the batch (splits = 1) when it fits.
+template <typename T>
+bool plan_mma_ln(GemmBatch& gb, int problems, const MmaLn& ln, int sms) {
+  if (!mma_inputs_fit<T>(gb, problems, false) || problems > kMmaLnProblems || gb.out_mode != kOutTyped) return false;
+  if (gb.rows % 8 != 0 || reinterpret_cast<uintptr_t>(ln.stats) % 8 != 0 || !(ln.eps >= 0.f)) return false;
+  for (int i = 0; i < problems; ++i) {
+    const GemmProblem& p = gb.p[i];
+    if (p.o_rs != 1 || p.o_ns % 8 != 0 || p.o_bs % 8 != 0 || reinterpret_cast<uintptr_t>(p.out_t) % 16 != 0 ||
+        ln.gamma[i] == nullptr || ln.beta[i] == nullptr) {
+      return false;
+    }
+  }
+  if (tile_count(gb, problems, kMmaBM, kMmaBN) > std::min(sms, kPlanSms) || !plan_mma(gb, problems, sms, 1)) {
+    return false;
+  }
+  return gb.splits == 1;
+}
+
+// Launch a batch planned by plan_mma_ln (cooperative: cudaErrorCooperativeLaunchTooLarge, error cleared, where the
+// device cannot keep the grid resident; the caller then falls back to the unfused kernels).
+template <typename T>
+cudaError_t launch_mma_ln(cudaStream_t stream, const GemmBatch& gb, int problems, const MmaLn& ln) {
+  if constexpr (std::is_same<T, float>::value) {
+    (void)stream;
+    (void)gb;
+    (void)problems;
+    (void)ln;
+    return cudaErrorInvalidValue;
+  } else {
+    if (gb.bm != kMmaBM || gb.splits != 1 || gb.M < 1 || gb.out_mode != kOutTyped || problems > kMmaLnProblems) {
+      return cudaErrorInvalidValue;
+    }
+    const dim3 grid(static_cast<unsigned>(ceil_div(gb.M, kMmaBM)),
+                    static_cast<unsigned>(ceil_div(gb.n_out, kMmaBN)), static_cast<unsigned>(problems));
+    static_assert(mma_ln_smem_bytes<T>() <= mma_smem_bytes<T, false>(), "the epilogue fits the stage buffers");
+    if (gb.a_m_contig != 0) {
+      return cmir_cuda::launch_cooperative(gemm_mma_kernel<T, false, true>, grid, dim3(kMmaThreads),
+                                           mma_smem_bytes<T, false>(), stream, gb, ln);
+    }
+    return cmir_cuda::launch_cooperative(gemm_mma_kernel<T, true, true>, grid, dim3(kMmaThreads),
+                                         mma_smem_bytes<T, true>(), stream, gb, ln);
   }
 }
 

@@ -397,6 +397,7 @@ def test_cmam_mma_projections(case: tuple[int, ...], sms: int, grid: tuple[int, 
                  {"art": _bits(art), "pv": _bits(pv), "wa": _bits(wa), "wp": _bits(wp)}, ["art_out", "pv_out"],
                  order="random", sms=sms)
     assert res.returncode == 0, failure_text(res)
+    assert f"launches={3 if oplan['ln_fused'] else 4} memsets=0" in res.stdout, res.stdout  # LayerNorm fused or not
     assert f"launch 0: grid={grid[0]},{grid[1]},{grid[2]} threads=256 smem=87552" in res.stdout, res.stdout
     out_launch = re.search(r"^launch 2: grid=(\d+),(\d+),(\d+) threads=256 smem=(\d+)$", res.stdout, re.M)
     assert out_launch is not None, res.stdout
@@ -413,6 +414,52 @@ def test_cmam_mma_projections(case: tuple[int, ...], sms: int, grid: tuple[int, 
         ta, tp = mh.to(dtype).eval()(art, pv)
     assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), f"cmam {prec} {case}", _floor(dtype, ra))
     assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), f"cmam {prec} {case}", _floor(dtype, rp))
+
+
+# The LayerNorm fused into the mma.sync output projections (plan_mma_ln; cooperative launch, one grid barrier):
+# (B, C, H, W, dim, heads), emulated SMs, the fused launch's grid (M tiles, n tiles, 2 directions).
+LN_FUSED_CASES = [
+    ((2, 520, 8, 8, 136, 4), 20, (1, 3, 2)),   # C = 520: 3 n tiles, the last of 8 columns (Chan's weights differ)
+    ((9, 136, 4, 4, 32, 2), 8, (2, 1, 2)),     # two M tiles (the second 16 rows), one partial n tile of 136; K =
+                                               # d = 32: one k-step, ending on stage 0, where the epilogue's sums go
+    ((8, 512, 4, 4, 256, 8), 16, (1, 2, 2)),   # the batch-64 target's structure: 16 tokens, d 256, Q/K/V on mma.sync
+]
+
+
+@pytest.mark.parametrize("prec", ["fp16", "bf16"])
+@pytest.mark.parametrize(("case", "sms", "grid"), LN_FUSED_CASES, ids=_ids([c for c, _, _ in LN_FUSED_CASES]))
+def test_cmam_fused_layernorm(case: tuple[int, ...], sms: int, grid: tuple[int, int, int], prec: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 (seventh round): where every output-projection block is resident at once, the LayerNorm runs in
+    their epilogue — three launches, the third cooperative with the grid of the Python mirror (cmam_out_plan's
+    ln_fused) — and both outputs are within 2x PyTorch's own fp16/bf16 error of float64 (the pre-norm rows never
+    rounded). A device that refuses the cooperative grid (CMIR_EMU_COOP_BLOCKS=1, as a GPU shared with other work)
+    gets the unfused launches instead: the refused launch, then the output projections and the LayerNorm kernel,
+    with a result as good."""
+    b, c, h, w, d, heads = case
+    oplan = bench.cmam_out_plan(b * h * w, c, d, prec, sms, h * w)
+    assert oplan["mma"] == 1 and oplan["ln_fused"] == 1 and oplan["tiles"] == grid[0] * grid[1] * grid[2], oplan
+    dtype = DTYPES[prec]
+    m, art, pv, wa, wp = _cmam_setup(case, dtype, 36)
+    with torch.no_grad():
+        ra, rp = R.cmam_ref(art, pv, wa, wp, heads, d, 1e-5)
+        mh = CMAM(c, heads, d)
+        mh.load_state_dict(m.state_dict())
+        ta, tp = mh.to(dtype).eval()(art, pv)
+    for refused in (False, True):
+        if refused:
+            monkeypatch.setenv("CMIR_EMU_COOP_BLOCKS", "1")
+        res = run_op("cmam", [CODES[prec], b, c, h, w, d, heads, "1e-05"],
+                     {"art": _bits(art), "pv": _bits(pv), "wa": _bits(wa), "wp": _bits(wp)}, ["art_out", "pv_out"],
+                     order="random", sms=sms)
+        assert res.returncode == 0, failure_text(res)
+        assert f"launches={5 if refused else 3} memsets=0" in res.stdout, res.stdout
+        assert f"launch 2: grid={grid[0]},{grid[1]},{grid[2]} threads=256 smem=92160" in res.stdout, res.stdout
+        out_a = _tensor(res.outputs["art_out"], dtype, tuple(art.shape))
+        out_p = _tensor(res.outputs["pv_out"], dtype, tuple(pv.shape))
+        what = f"cmam {prec} {case} {'unfused fallback' if refused else 'fused'}"
+        assert_low_precision_bound(max_err(out_a, ra), max_err(ta, ra), what, _floor(dtype, ra))
+        assert_low_precision_bound(max_err(out_p, rp), max_err(tp, rp), what, _floor(dtype, rp))
 
 
 @pytest.mark.parametrize(("ws_off", "mma"), [(0, True), (4, False)], ids=["aligned", "offset_4"])

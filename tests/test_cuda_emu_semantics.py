@@ -6,7 +6,10 @@ lane are reported; launch limits (1024 threads, block z 64, grid y/z 65535) and 
 up to 227 KiB per kernel) fail exactly where an H100/H200 fails; warp shuffles/ballot give CUDA's values; the
 fp16/bf16 conversions match numpy/torch bit for bit. The pieces for tensor-core and pipelined kernels: cp.async lands
 only at the wait that covers it (a wait that is too lax reads stale shared memory), checks alignment and that the
-destination is shared memory; WMMA fragments multiply right in every shape/type and refuse misaligned pointers."""
+destination is shared memory; WMMA fragments multiply right in every shape/type and refuse misaligned pointers. Grid
+barriers (cooperative launches): every block waits for all (a missing one reads another block's slot unwritten), a
+parked block keeps its shared memory, a grid beyond one block per SM is refused, and a grid barrier in a plain launch
+or one a block never reaches is reported."""
 
 from __future__ import annotations
 
@@ -22,14 +25,15 @@ pytestmark = pytest.mark.cuda_emu
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("name", ["barrier", "war_barrier", "poison", "shuffles", "cp_async"])
+@pytest.mark.parametrize("name", ["barrier", "war_barrier", "poison", "shuffles", "cp_async", "grid_barrier"])
 def test_correct_kernels_are_right_in_every_order(name: str, order: str) -> None:
     res = run_driver(["selftest", name], order=order, seed=3)
     assert res.returncode == 0, failure_text(res)
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("name", ["missing_barrier", "missing_war_barrier", "cp_async_missing_wait"])
+@pytest.mark.parametrize("name", ["missing_barrier", "missing_war_barrier", "cp_async_missing_wait",
+                                  "missing_grid_barrier"])
 def test_missing_barrier_gives_wrong_results_in_every_order(name: str, order: str) -> None:
     res = run_driver(["selftest", name], order=order, seed=5)
     assert res.returncode == 0, failure_text(res)  # 0: some thread read the wrong value, as it may on a GPU
@@ -60,6 +64,8 @@ def test_device_attributes_are_h200_like() -> None:
     ("cp_async_misaligned", "cp.async addresses must be aligned"),
     ("cp_async_global_dst", "cp.async destination is not inside the block's shared memory"),
     ("wmma_misaligned", "pointer not 256-bit aligned"),
+    ("grid_plain", "grid barrier in a kernel not launched cooperatively"),
+    ("grid_exit", "exited without arriving"),
 ])
 def test_misuse_is_reported(name: str, message: str) -> None:
     res = run_driver(["selftest", name])

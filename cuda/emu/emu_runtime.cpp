@@ -40,6 +40,14 @@ int sm_count() {
   const int n = v != nullptr ? std::atoi(v) : kSms;
   return n >= 1 && n <= 1024 ? n : kSms;
 }
+// Blocks a cooperative launch may have: one per SM (the emulator cannot count registers, so it allows only what
+// every kernel gets; the launchers plan their cooperative grids to that bound). CMIR_EMU_COOP_BLOCKS lowers it, as a
+// GPU shared with other work (MPS, green contexts) would, to test the launchers' fallbacks.
+int coop_capacity() {
+  const char* v = std::getenv("CMIR_EMU_COOP_BLOCKS");
+  const int n = v != nullptr ? std::atoi(v) : 0;
+  return n >= 1 && n < sm_count() ? n : sm_count();
+}
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr unsigned kMaxBlockDim[3] = {1024, 1024, 64};
 constexpr unsigned kMaxGridDim[3] = {2147483647u, 65535u, 65535u};
@@ -101,7 +109,7 @@ struct Context {
 };
 #endif
 
-enum class State { kRunnable, kBarrier, kWarp, kDone };
+enum class State { kRunnable, kBarrier, kGrid, kWarp, kDone };  // kGrid: waits in a grid-wide barrier
 
 struct AsyncCopy {
   unsigned char* dst;
@@ -142,7 +150,9 @@ struct Scheduler {
       delete f;
     }
   }
-  std::vector<Fiber*> pool;  // grows to the largest block; stacks reused by every launch
+  std::vector<Fiber*> pool;  // grows to the largest block (cooperative: the whole grid); stacks reused by every launch
+  Fiber* const* block_fibers = nullptr;  // the running block's threads (warp collectives wake lanes through it)
+  bool cooperative = false;              // the launch may use grid_barrier (all its blocks resident at once)
   Context main_ctx{};
   Fiber* current = nullptr;
   int nthreads = 0;
@@ -259,17 +269,25 @@ std::string thread_str(const Fiber* f) {
   return buf;
 }
 
-// Runs all threads of the current block to completion.
-void run_block(std::vector<Fiber*>& fibers) {
-  Scheduler& s = sched();
-  const int n = s.nthreads;
+// Makes the n threads of a block runnable, without cp.async copies (copies a thread never waited for die with its
+// block).
+void start_block(Fiber* const* fibers, int n) {
   for (int i = 0; i < n; ++i) {
-    fibers[static_cast<size_t>(i)]->state = State::kRunnable;
-    fibers[static_cast<size_t>(i)]->async_open.clear();  // copies a thread never waited for die with its block
-    fibers[static_cast<size_t>(i)]->async_groups.clear();
+    fibers[i]->state = State::kRunnable;
+    fibers[i]->async_open.clear();
+    fibers[i]->async_groups.clear();
   }
-  for (auto& w : s.warps) w = Warp{};
-  int live = n;
+}
+
+// Runs the threads of the current block (s.block_fibers) until all have exited (true) or all live ones wait in a
+// grid barrier (false: a cooperative launch resumes them once every block has arrived).
+bool run_block() {
+  Scheduler& s = sched();
+  Fiber* const* fibers = s.block_fibers;
+  const int n = s.nthreads;
+  for (auto& w : s.warps) w = Warp{};  // no collective is pending when a block starts or resumes
+  int live = 0;
+  for (int i = 0; i < n; ++i) live += fibers[i]->state != State::kDone;
   const int nwarps = (n + 31) / 32;
   std::vector<int> warp_order, lane_order;
   while (live > 0) {
@@ -284,7 +302,7 @@ void run_block(std::vector<Fiber*>& fibers) {
         progressed = false;
         run_order(lane_order, lanes);
         for (int l : lane_order) {
-          Fiber* f = fibers[static_cast<size_t>(w * 32 + l)];
+          Fiber* f = fibers[w * 32 + l];
           if (f->state != State::kRunnable) continue;
           resume(f);
           ran = progressed = true;
@@ -293,10 +311,11 @@ void run_block(std::vector<Fiber*>& fibers) {
       }
     }
     if (ran || live == 0) continue;
-    // Nobody can run: every live thread waits. A block barrier completes when all of them wait at the same one.
+    // Nobody can run: every live thread waits. A block barrier completes when all of them wait at the same one; a
+    // grid barrier parks the block.
     const Fiber* first = nullptr;
     for (int i = 0; i < n; ++i) {
-      const Fiber* f = fibers[static_cast<size_t>(i)];
+      const Fiber* f = fibers[i];
       if (f->state == State::kDone) continue;
       if (f->state == State::kWarp) {
         fatal(("deadlock: " + thread_str(f) + " waits in a warp collective for lanes that never arrive (exited, "
@@ -313,17 +332,20 @@ void run_block(std::vector<Fiber*>& fibers) {
     }
     if (live != n) {
       for (int i = 0; i < n; ++i) {
-        if (fibers[static_cast<size_t>(i)]->state == State::kDone) {
-          fatal(("__syncthreads at " + std::string(first->barrier_file) + ":" + std::to_string(first->barrier_line) +
-                 " waits for " + thread_str(fibers[static_cast<size_t>(i)]) + ", which has exited")
+        if (fibers[i]->state == State::kDone) {
+          fatal(((first->state == State::kGrid ? "grid barrier at " : "__syncthreads at ") +
+                 std::string(first->barrier_file) + ":" + std::to_string(first->barrier_line) + " waits for " +
+                 thread_str(fibers[i]) + ", which has exited")
                     .c_str());
         }
       }
     }
+    if (first->state == State::kGrid) return false;
     for (int i = 0; i < n; ++i) {
-      if (fibers[static_cast<size_t>(i)]->state == State::kBarrier) fibers[static_cast<size_t>(i)]->state = State::kRunnable;
+      if (fibers[i]->state == State::kBarrier) fibers[i]->state = State::kRunnable;
     }
   }
+  return true;
 }
 
 struct FuncAttrs {
@@ -375,6 +397,20 @@ void block_barrier(const char* file, int line) {
   yield_to_scheduler();
 }
 
+void grid_barrier(const char* file, int line) {
+  Scheduler& s = sched();
+  Fiber* f = s.current;
+  if (f == nullptr) fatal("grid barrier outside a kernel");
+  if (!s.cooperative) {
+    fatal("grid barrier in a kernel not launched cooperatively (on the GPU: undefined, a hang when blocks wait for "
+          "blocks that are not resident)");
+  }
+  f->state = State::kGrid;
+  f->barrier_file = file;
+  f->barrier_line = line;
+  yield_to_scheduler();
+}
+
 const uint64_t* warp_collective(unsigned mask, uint64_t value, Collective kind) {
   Scheduler& s = sched();
   Fiber* f = s.current;
@@ -397,7 +433,7 @@ const uint64_t* warp_collective(unsigned mask, uint64_t value, Collective kind) 
   warp.values[gen % 2][lane] = value;
   ++warp.arrived;
   if (warp.arrived == __builtin_popcount(mask)) {
-    for (int other : warp.waiting) s.pool[static_cast<size_t>(other)]->state = State::kRunnable;
+    for (int other : warp.waiting) s.block_fibers[other]->state = State::kRunnable;
     warp.waiting.clear();
     warp.arrived = 0;
     ++warp.gen;
@@ -493,29 +529,45 @@ cudaError_t run_kernel(LaunchSpec* spec, void (*body)(void*), void* ctx) {
   const char* seed = std::getenv("CMIR_EMU_SEED");
   s.rng.seed(seed != nullptr ? std::strtoull(seed, nullptr, 10) : 0);
   const int n = static_cast<int>(spec->block.x * spec->block.y * spec->block.z);
-  while (static_cast<int>(s.pool.size()) < n) s.pool.push_back(make_fiber());
+  const uint64_t nblocks = static_cast<uint64_t>(spec->grid.x) * spec->grid.y * spec->grid.z;
+  if (spec->cooperative && nblocks > static_cast<uint64_t>(coop_capacity())) {
+    set_error(cudaErrorCooperativeLaunchTooLarge);
+    return cudaErrorCooperativeLaunchTooLarge;
+  }
+  // A cooperative launch keeps every block's threads (and shared memory) alive at once: blocks run one at a time up
+  // to each grid barrier, then all resume.
+  const uint64_t resident = spec->cooperative ? nblocks : 1;
+  const size_t fibers_needed = static_cast<size_t>(resident) * static_cast<size_t>(n);
+  while (s.pool.size() < fibers_needed) s.pool.push_back(make_fiber());
   s.nthreads = n;
   s.warps.assign(static_cast<size_t>((n + 31) / 32), Warp{});
-  for (int i = 0; i < n; ++i) {
-    Fiber* f = s.pool[static_cast<size_t>(i)];
-    f->linear = i;
-    f->tid = uint3{static_cast<unsigned>(i) % spec->block.x, (static_cast<unsigned>(i) / spec->block.x) % spec->block.y,
-                   static_cast<unsigned>(i) / (spec->block.x * spec->block.y)};
+  for (size_t j = 0; j < fibers_needed; ++j) {
+    Fiber* f = s.pool[j];
+    const unsigned i = static_cast<unsigned>(j % static_cast<size_t>(n));
+    f->linear = static_cast<int>(i);
+    f->tid = uint3{i % spec->block.x, (i / spec->block.x) % spec->block.y, i / (spec->block.x * spec->block.y)};
   }
-  // Exactly the requested dynamic shared memory, so AddressSanitizer reports any access past it.
-  std::vector<char> dyn(spec->dynamic_smem + 1);
-  s.dyn_smem = spec->dynamic_smem > 0 ? dyn.data() : nullptr;
+  // Exactly the requested dynamic shared memory per resident block, so AddressSanitizer reports any access past it.
+  // Each block's buffer 16-byte aligned; the bytes up to the next one poisoned (the whole tail: ASan tracks 8-byte
+  // granules by their addressable prefix, so a single poisoned byte followed by addressable ones would not count).
+  const size_t dyn_pitch = (spec->dynamic_smem + 1 + 15) / 16 * 16;
+  std::vector<char> dyn(static_cast<size_t>(resident) * dyn_pitch);
+  const size_t static_bytes = static_cast<size_t>(spec->static_smem_end - spec->static_smem_begin);
+  // Static shared memory is one section per module: a parked block's copy is saved here while others run.
+  std::vector<char> static_saved(spec->cooperative ? static_cast<size_t>(nblocks) * static_bytes : 0);
   s.dyn_smem_bytes = spec->dynamic_smem;
   s.static_begin = spec->static_smem_begin;
   s.static_end = spec->static_smem_end;
 #if defined(CMIR_EMU_ASAN)
-  ASAN_POISON_MEMORY_REGION(dyn.data() + spec->dynamic_smem, 1);
+  for (uint64_t r = 0; r < resident; ++r) {
+    ASAN_POISON_MEMORY_REGION(dyn.data() + r * dyn_pitch + spec->dynamic_smem, dyn_pitch - spec->dynamic_smem);
+  }
 #endif
   s.body = body;
   s.body_ctx = ctx;
+  s.cooperative = spec->cooperative;
   g_block_dim = spec->block;
   g_grid_dim = spec->grid;
-  const uint64_t nblocks = static_cast<uint64_t>(spec->grid.x) * spec->grid.y * spec->grid.z;
   // Blocks run one at a time; in random order mode, in a shuffled order (blocks must not depend on each other).
   std::vector<uint64_t> block_order;
   const bool shuffle_blocks = s.order == "random" && nblocks <= (uint64_t{1} << 24);
@@ -524,19 +576,54 @@ cudaError_t run_kernel(LaunchSpec* spec, void (*body)(void*), void* ctx) {
     for (uint64_t i = 0; i < nblocks; ++i) block_order[i] = i;
     std::shuffle(block_order.begin(), block_order.end(), s.rng);
   }
-  const size_t static_bytes = static_cast<size_t>(spec->static_smem_end - spec->static_smem_begin);
-  for (uint64_t i = 0; i < nblocks; ++i) {
-    const uint64_t b = shuffle_blocks ? block_order[i] : (s.order == "reverse" ? nblocks - 1 - i : i);
+  // Block b's slot among the resident ones, and the switch to it (its index, threads, shared memory).
+  auto enter = [&](uint64_t b) {
+    const uint64_t slot = spec->cooperative ? b : 0;
     g_block_idx = uint3{static_cast<unsigned>(b % spec->grid.x), static_cast<unsigned>((b / spec->grid.x) % spec->grid.y),
                         static_cast<unsigned>(b / (static_cast<uint64_t>(spec->grid.x) * spec->grid.y))};
-    // Shared memory starts undefined: poison it with 0xff bytes (NaN as fp32/fp16/bf16).
-    if (spec->dynamic_smem > 0) std::memset(dyn.data(), 0xff, spec->dynamic_smem);
-    if (static_bytes > 0 && spec->static_smem_begin != nullptr) std::memset(spec->static_smem_begin, 0xff, static_bytes);
-    run_block(s.pool);
+    s.block_fibers = s.pool.data() + slot * static_cast<uint64_t>(n);
+    s.dyn_smem = spec->dynamic_smem > 0 ? dyn.data() + slot * dyn_pitch : nullptr;
+    return slot;
+  };
+  std::vector<char> finished(static_cast<size_t>(resident), 0);
+  for (bool first_round = true;; first_round = false) {
+    for (uint64_t i = 0; i < nblocks; ++i) {
+      const uint64_t b = shuffle_blocks ? block_order[i] : (s.order == "reverse" ? nblocks - 1 - i : i);
+      const uint64_t slot = enter(b);
+      if (spec->cooperative && finished[slot] != 0) continue;
+      char* saved = spec->cooperative ? static_saved.data() + b * static_bytes : nullptr;
+      if (first_round) {
+        // Shared memory starts undefined: poison it with 0xff bytes (NaN as fp32/fp16/bf16).
+        if (spec->dynamic_smem > 0) std::memset(s.dyn_smem, 0xff, spec->dynamic_smem);
+        if (static_bytes > 0 && spec->static_smem_begin != nullptr) std::memset(spec->static_smem_begin, 0xff, static_bytes);
+        start_block(s.block_fibers, n);
+      } else if (saved != nullptr && static_bytes > 0) {
+        std::memcpy(spec->static_smem_begin, saved, static_bytes);
+      }
+      finished[slot] = run_block() ? 1 : 0;
+      if (saved != nullptr && static_bytes > 0) std::memcpy(saved, spec->static_smem_begin, static_bytes);
+    }
+    if (!spec->cooperative) break;
+    // Every block either exited or waits in a grid barrier: all must wait (a block that exited never arrives: on
+    // the GPU the others hang), then all resume.
+    uint64_t done = 0;
+    for (char f : finished) done += static_cast<uint64_t>(f);
+    if (done == nblocks) break;
+    if (done != 0) {
+      fatal("grid barrier: some blocks of the cooperative launch exited without arriving (on the GPU the others "
+            "would wait forever)");
+    }
+    for (size_t j = 0; j < fibers_needed; ++j) {
+      if (s.pool[j]->state == State::kGrid) s.pool[j]->state = State::kRunnable;
+    }
   }
 #if defined(CMIR_EMU_ASAN)
-  ASAN_UNPOISON_MEMORY_REGION(dyn.data() + spec->dynamic_smem, 1);
+  for (uint64_t r = 0; r < resident; ++r) {
+    ASAN_UNPOISON_MEMORY_REGION(dyn.data() + r * dyn_pitch + spec->dynamic_smem, dyn_pitch - spec->dynamic_smem);
+  }
 #endif
+  s.block_fibers = nullptr;
+  s.cooperative = false;
   s.body = nullptr;
   s.body_ctx = nullptr;
   s.dyn_smem = nullptr;
@@ -561,6 +648,7 @@ const char* error_name(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
     case cudaErrorUnknown: return "cudaErrorUnknown";

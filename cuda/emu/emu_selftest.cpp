@@ -24,6 +24,33 @@ __global__ void neighbour_kernel(float* out, int with_barrier) {
   out[t] = s[(t + 1) % n];
 }
 
+// Grid barrier (cooperative launch): each block publishes its values, waits (with_sync), then reads the next block's
+// (cyclically); its own static and dynamic shared memory must survive the wait while other blocks run. out: [2][n]
+// per block, what was read and whether the block's shared memory still held its values.
+__global__ void grid_kernel(float* data, float* out, int with_sync) {
+  __shared__ float st[64];
+  CMIR_DYNAMIC_SHARED(float, dy);
+  const int t = threadIdx.x, n = blockDim.x, b = blockIdx.x, nb = gridDim.x;
+  const float mine = static_cast<float>(1000 * b + t);
+  data[b * n + t] = mine;
+  st[t] = mine;
+  dy[t] = -mine;
+  if (with_sync) CMIR_GRID_SYNC();
+  out[(2 * b) * n + t] = data[((b + 1) % nb) * n + t];
+  out[(2 * b + 1) * n + t] = st[t] == mine && dy[t] == -mine ? 1.f : 0.f;
+}
+
+__global__ void grid_plain_kernel(float* out) {
+  out[threadIdx.x] = 1.f;
+  CMIR_GRID_SYNC();
+}
+
+__global__ void grid_exit_kernel(float* out) {
+  if (blockIdx.x == 1) return;  // never arrives: on the GPU the other blocks wait forever
+  CMIR_GRID_SYNC();
+  out[threadIdx.x] = 1.f;
+}
+
 // Two rounds through one slot per thread: the second write must wait until every thread read the first round.
 __global__ void war_kernel(float* out, int with_barrier) {
   CMIR_DYNAMIC_SHARED(float, s);
@@ -225,6 +252,41 @@ int war(bool with_barrier) {
   }
   std::printf("%d of %d reads wrong\n", wrong, 2 * n);
   return with_barrier ? (wrong == 0 ? 0 : 1) : (wrong > 0 ? 0 : 1);
+}
+
+// 4 blocks of 64 threads through a grid barrier; without it some block reads its neighbour's slot before the
+// neighbour wrote it (the slots start as NaN). Also: the cooperative launch is refused beyond one block per SM.
+int grid(bool with_sync) {
+  const int n = 64, nb = 4;
+  float* data = nullptr;
+  float* out = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&data), nb * n * 4);
+  cudaMalloc(reinterpret_cast<void**>(&out), 2 * nb * n * 4);
+  cudaMemset(data, 0xff, nb * n * 4);
+  const cudaError_t e = cmir_cuda::launch_cooperative(grid_kernel, dim3(nb), dim3(n), n * 4, nullptr, data, out,
+                                                      with_sync ? 1 : 0);
+  if (e != cudaSuccess) return fail(cudaGetErrorName(e));
+  const auto h = download(out, 2 * nb * n);
+  int wrong = 0, lost = 0;
+  for (int b = 0; b < nb; ++b) {
+    for (int t = 0; t < n; ++t) {
+      wrong += h[static_cast<size_t>(2 * b * n + t)] != static_cast<float>(1000 * ((b + 1) % nb) + t);
+      lost += h[static_cast<size_t>((2 * b + 1) * n + t)] != 1.f;
+    }
+  }
+  std::printf("%d of %d reads wrong, %d shared-memory values lost\n", wrong, nb * n, lost);
+  if (lost != 0) return fail("a block's shared memory changed while it waited at the grid barrier");
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  const cudaError_t big = cmir_cuda::launch_cooperative(grid_kernel, dim3(sms + 1), dim3(n), n * 4, nullptr, data,
+                                                        out, 0);
+  const cudaError_t after = cudaGetLastError();
+  std::printf("cooperative %d blocks on %d SMs: %s (last error then %s)\n", sms + 1, sms, cudaGetErrorName(big),
+              cudaGetErrorName(after));
+  cudaFree(data);
+  cudaFree(out);
+  if (big != cudaErrorCooperativeLaunchTooLarge || after != cudaSuccess) return fail("too large a cooperative grid");
+  return with_sync ? (wrong == 0 ? 0 : 1) : (wrong > 0 ? 0 : 1);
 }
 
 int poison() {
@@ -512,6 +574,8 @@ int misuse(const std::string& name) {
     e = launch(wmma_misaligned_kernel, dim3(1), dim3(32), 0, nullptr, h);
   }
   if (name == "cp_async_global_dst") e = launch(cp_async_global_dst_kernel, dim3(1), dim3(1), 0, nullptr, in, out);
+  if (name == "grid_plain") e = launch(grid_plain_kernel, dim3(2), dim3(32), 0, nullptr, out);
+  if (name == "grid_exit") e = cmir_cuda::launch_cooperative(grid_exit_kernel, dim3(3), dim3(32), 0, nullptr, out);
   std::printf("%s: the emulator did not stop the kernel (%s)\n", name.c_str(), cudaGetErrorName(e));
   return 1;
 }
@@ -543,9 +607,11 @@ int selftest(const std::string& name) {
   if (name == "wmma") return wmma();
   if (name == "mma_sync") return mma_sync();
   if (name == "cp_async_missing_wait") return pipeline(2);
+  if (name == "grid_barrier") return grid(true);
+  if (name == "missing_grid_barrier") return grid(false);
   if (name == "smem_oob" || name == "global_oob" || name == "divergent_barrier" || name == "exited_barrier" ||
       name == "warp_exit" || name == "cp_async_misaligned" || name == "cp_async_global_dst" ||
-      name == "wmma_misaligned") {
+      name == "wmma_misaligned" || name == "grid_plain" || name == "grid_exit") {
     return misuse(name);
   }
   std::fprintf(stderr, "unknown selftest %s\n", name.c_str());

@@ -8,7 +8,7 @@ halo index shifted by one, the attention kernel's shared-memory opt-in dropped, 
 typed epilogue or typed split-K (counter, last block, summation order) broken, the pointwise convolution's
 residual / ReLU / strides wrong, or the tensor-core involution's fragments (band register pair, ldmatrix matrix
 order), staging (halo, walk, parity slots, unaligned pairs) or output (columns, row ends) broken (`--only MMA`), or
-the mma.sync projection tile's fragments, pipeline, epilogue or plan broken (`--only gemm_mma`).
+the mma.sync projection tile's fragments, pipeline, epilogue, plan or fused LayerNorm broken (`--only gemm_mma`).
 The emulator tests of that file (TESTS) then run on it (CMIR_EMU_CUDA_DIR) and must fail; the first failing test is
 reported. Exit status 1 if any mutant survives. Takes a few minutes (one emulator build per mutant); not part of
 `make test`.
@@ -130,6 +130,21 @@ def mutants(cuda: Path) -> list[tuple[str, str, str, str]]:
          "10 * tiles * splits < 7 * static_cast<int64_t>(sms)", "20 * tiles * splits < 7 * static_cast<int64_t>(sms)"),
         ("gemm_mma.cuh planner: more blocks than SMs allowed", "gemm_mma.cuh",
          "2 * tiles * splits <= sms", "tiles * splits <= sms"),
+        ("gemm_mma.cuh fused LayerNorm: the grid barrier removed", "gemm_mma.cuh",
+         "  CMIR_GRID_SYNC();", "  (void)0;"),
+        ("gemm_mma.cuh fused LayerNorm: Chan's between-tile term dropped", "gemm_mma.cuh",
+         "m2 += part.y + static_cast<float>(min(kMmaBN, gb.n_out - y * kMmaBN)) * d * d;",
+         "m2 += part.y + 0.f * d;"),
+        ("gemm_mma.cuh fused LayerNorm: a partial n tile's mean over 256 columns", "gemm_mma.cuh",
+         "const int cols = min(kMmaBN, gb.n_out - n0);", "const int cols = kMmaBN;"),
+        ("gemm_mma.cuh fused LayerNorm: every tile weighted 256 in the mean", "gemm_mma.cuh",
+         "mean += static_cast<float>(min(kMmaBN, gb.n_out - y * kMmaBN)) * part.x;",
+         "mean += static_cast<float>(kMmaBN) * part.x;"),
+        ("gemm_mma.cuh fused LayerNorm: the pair's channels swapped in the output tile", "gemm_mma.cuh",
+         "tile[nl + e][lr] = from_f32<T>(", "tile[nl + 1 - e][lr] = from_f32<T>("),
+        ("gemm_mma.cuh fused LayerNorm: planned beyond one block per SM", "gemm_mma.cuh",
+         "tile_count(gb, problems, kMmaBM, kMmaBN) > std::min(sms, kPlanSms)",
+         "tile_count(gb, problems, kMmaBM, kMmaBN) > 4 * std::min(sms, kPlanSms)"),
         ("gemm.cuh cp.async wait one k-step too lax", "gemm.cuh", "__pipeline_wait_prior(kStages - 2);",
          "__pipeline_wait_prior(kStages - 1);"),
         ("gemm.cuh refill the stage being multiplied (WAR race)", "gemm.cuh",
@@ -219,7 +234,7 @@ TESTS = {
     "cmam.cu": ["tests/test_cuda_emu.py", "-k", "cmam"],
     "gemm.cuh": ["tests/test_cuda_emu.py", "tests/test_cuda_emu_pointwise.py", "tests/test_cuda_emu_conv2d.py", "-k",
                  "cmam or pointwise or conv2d"],
-    "gemm_mma.cuh": ["tests/test_cuda_emu.py", "-k", "mma_projections or four_launches"],
+    "gemm_mma.cuh": ["tests/test_cuda_emu.py", "-k", "mma_projections or four_launches or fused_layernorm"],
     "pointwise.cu": ["tests/test_cuda_emu_pointwise.py"],
     "conv2d.cu": ["tests/test_cuda_emu_conv2d.py"],
     "spatial_attention.cu": ["tests/test_cuda_emu_spatial_attention.py"],

@@ -43,6 +43,7 @@ enum cudaError_t {
   cudaErrorNoDevice = 100,
   cudaErrorInvalidResourceHandle = 400,
   cudaErrorIllegalAddress = 700,
+  cudaErrorCooperativeLaunchTooLarge = 720,
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorNotSupported = 801,
   cudaErrorUnknown = 999,
@@ -156,6 +157,9 @@ CMIR_EMU_API extern dim3 g_grid_dim;
 
 // Block-wide barrier; `site` identifies the __syncthreads() call (all threads must wait at the same one).
 CMIR_EMU_API void block_barrier(const char* file, int line);
+// Grid-wide barrier of a cooperative launch (cooperative_groups' grid.sync()): every thread of every block waits
+// at it (the same call site in a block) before any continues; fatal in a plain launch.
+CMIR_EMU_API void grid_barrier(const char* file, int line);
 // Warp collective over the lanes of `mask`: deposits `value`, waits for every lane of the mask (each must make the
 // same kind of call) and returns the 32 deposited values (valid until this lane's next collective).
 enum class Collective : int { kSync = 0, kShuffle = 1, kVote = 2 };
@@ -172,6 +176,7 @@ struct LaunchSpec {
   char* static_smem_begin;  // this module's cmir_emu_shared section
   char* static_smem_end;
   void* dynamic_smem_out;   // set by the runtime: the block's dynamic shared memory
+  bool cooperative;         // cudaLaunchCooperativeKernel: all blocks resident (at most one per SM), grid barriers
 };
 // Validates the launch as the card would (returns the error cudaGetLastError will report) and runs every block.
 CMIR_EMU_API cudaError_t run_kernel(LaunchSpec* spec, void (*body)(void*), void* ctx);
@@ -209,8 +214,8 @@ namespace cmir_emu {
 // The launch: kernel arguments are copied into the parameter types (as CUDA passes them by value), then every
 // thread of every block calls the kernel with them.
 template <typename... KArgs, typename... Args>
-cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t /*stream*/,
-                   Args&&... args) {
+cudaError_t launch_as(bool cooperative, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                      Args&&... args) {
   static_assert(sizeof...(KArgs) == sizeof...(Args), "kernel launched with the wrong number of arguments");
   using Params = std::tuple<std::decay_t<KArgs>...>;
   Params params(static_cast<std::decay_t<KArgs>>(std::forward<Args>(args))...);
@@ -219,9 +224,19 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
     Params* p;
   } ctx{kernel, &params};
   LaunchSpec spec{grid, block, smem, reinterpret_cast<const void*>(kernel), __start_cmir_emu_shared,
-                  __stop_cmir_emu_shared, nullptr};
+                  __stop_cmir_emu_shared, nullptr, cooperative};
   return run_kernel(
       &spec, [](void* c) { std::apply(static_cast<Ctx*>(c)->k, *static_cast<Ctx*>(c)->p); }, &ctx);
+}
+template <typename... KArgs, typename... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t /*stream*/,
+                   Args&&... args) {
+  return launch_as(false, kernel, grid, block, smem, std::forward<Args>(args)...);
+}
+template <typename... KArgs, typename... Args>
+cudaError_t launch_cooperative(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                               cudaStream_t /*stream*/, Args&&... args) {
+  return launch_as(true, kernel, grid, block, smem, std::forward<Args>(args)...);
 }
 
 template <typename T>

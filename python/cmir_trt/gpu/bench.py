@@ -200,13 +200,18 @@ def cmam_proj_plan(m: int, n_out: int, k: int, problems: int, precision: str, sm
     return plan or cmam_gemm_plan(m, n_out, k, problems, precision, sms)
 
 
-def cmam_out_plan(m: int, channels: int, dim: int, precision: str, sms: int = 132) -> dict[str, int]:
+def cmam_out_plan(m: int, channels: int, dim: int, precision: str, sms: int = 132,
+                  tokens: int = 16) -> dict[str, int]:
     """The output projections' launch as cuda/cmam.cu picks it (2 problems, K = dim): the mma.sync tile, never split
-    (its typed pre-norm output), where it fits (fp16/bf16, C and dim multiples of 8) and _mma_plan takes it; else
-    cmam_gemm_plan (WMMA, fp32 sums, split-K by atomics). "mma": 1 for the mma.sync tile."""
+    (its typed output), where it fits (fp16/bf16, C and dim multiples of 8) and _mma_plan takes it; else
+    cmam_gemm_plan (WMMA, fp32 sums, split-K by atomics). "mma": 1 for the mma.sync tile; "ln_fused": 1 where the
+    LayerNorm is fused into it (plan_mma_ln: tokens a multiple of 8, one tile per block and at most one block per SM,
+    the cooperative launch's bound), so that no pre-norm rows and no LayerNorm launch remain."""
     fits = precision != "fp32" and channels % 8 == 0 and dim % 8 == 0
     plan = _mma_plan(m, channels, dim, 2, sms, 1) if fits else None
-    return plan or cmam_gemm_plan(m, channels, dim, 2, precision, sms)
+    if plan is None:
+        return {**cmam_gemm_plan(m, channels, dim, 2, precision, sms), "ln_fused": 0}
+    return {**plan, "ln_fused": int(tokens % 8 == 0 and plan["tiles"] <= min(sms, CMAM_PLAN_SMS))}
 
 
 def cmam_cost(n: int, channels: int, tokens: int, dim: int, heads: int, precision: str = "fp32",
@@ -218,19 +223,22 @@ def cmam_cost(n: int, channels: int, tokens: int, dim: int, heads: int, precisio
     the attention kernel), the attention output (in the op's dtype) written + read, the fp32 pre-norm sums zeroed by
     the attention kernel when the output projections split K (s_out > 1), stored (or atomically added) once per split
     and read once by the LayerNorm — or, from the mma.sync output projections, the pre-norm rows in the op's dtype
-    written and read once. s_qkv and s_out follow the launch plans on a `sms`-SM card (cmam_proj_plan,
-    cmam_out_plan)."""
+    written and read once — or, with the LayerNorm fused, only the row statistics of each block. s_qkv and s_out
+    follow the launch plans on a `sms`-SM card (cmam_proj_plan, cmam_out_plan)."""
     e = _elem(precision)
     t, c, d = tokens, channels, dim
     m = n * t
     s_qkv = cmam_proj_plan(m, d, c, 6, precision, sms, t)["splits"]
-    out_plan = cmam_out_plan(m, c, d, precision, sms)
+    out_plan = cmam_out_plan(m, c, d, precision, sms, t)
     s_out = out_plan["splits"]
     flops = 12 * n * t * c * d + 8 * n * t * t * d + 4 * n * t * d * c
     weights = 2 * (4 * d * c + 3 * d + 3 * c) * e
     io = 4 * n * c * t * e
     partials = 4 * 2 * 6 * s_qkv * m * d
-    if out_plan["mma"]:  # pre-norm rows in the op's dtype: written once, read once
+    if out_plan["ln_fused"]:  # no pre-norm rows: each block's (mean, M2) per row, written once, read by every n tile
+        n_tiles = -(-c // CMAM_MMA_TILE[1])
+        pre = 8 * 2 * n_tiles * m * (1 + n_tiles)
+    elif out_plan["mma"]:  # pre-norm rows in the op's dtype: written once, read once
         pre = e * 2 * m * c * 2
     else:
         pre = 4 * 2 * m * c * ((1 if s_out > 1 else 0) + s_out + 1)
